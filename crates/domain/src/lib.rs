@@ -1,0 +1,28 @@
+//! The key lifecycle as pure functions: the functional core of keyledger.
+//!
+//! Every decision about a VPN key — minting a client UUID, rotating it, revoking, renewing,
+//! expiring, acknowledging what a panel did — is taken here by [`decide`], from the key's
+//! current [`KeyState`] and a [`KeyCommand`], and returned as [`KeyEvent`]s that the event
+//! store records. [`evolve`] folds recorded events back into state. Nothing in this crate
+//! performs I/O, reads the clock or draws random numbers: time and fresh UUIDs arrive inside
+//! commands, so every outcome is reproducible from the log alone. The `vless://` share link
+//! is rendered here too, because it is a deterministic function of key state and inbound
+//! settings.
+
+mod command;
+mod decide;
+mod desired;
+mod error;
+mod event;
+mod identity;
+mod link;
+mod state;
+
+pub use command::*;
+pub use decide::{decide, evolve, replay};
+pub use desired::DesiredClient;
+pub use error::DomainError;
+pub use event::*;
+pub use identity::*;
+pub use link::{InboundLinkSettings, LinkError, render_vless_link};
+pub use state::{FailureNote, KeyDetails, KeyState, KeyStatus, Phase};

@@ -1,0 +1,124 @@
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::identity::{LocationId, UserId};
+
+/// Where a key stands in its life. `Provisioning`, `Rotating` and `Revoking` wait for the
+/// worker's acknowledgement that the panel matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Absent,
+    Provisioning,
+    Active,
+    Rotating,
+    Revoking,
+    Revoked,
+    Expired,
+}
+
+impl Phase {
+    /// A live key is one the user holds: the one-live-key-per-location rule counts these.
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Provisioning | Self::Active | Self::Rotating)
+    }
+
+    /// Phases that end once the worker acknowledges the panel's change.
+    pub fn awaits_panel(self) -> bool {
+        matches!(self, Self::Provisioning | Self::Rotating | Self::Revoking)
+    }
+}
+
+/// The status shown to users and in key views (CONTRACT.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    Provisioning,
+    Active,
+    Rotating,
+    Revoking,
+    Revoked,
+    Expired,
+    Failed,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provisioning => "provisioning",
+            Self::Active => "active",
+            Self::Rotating => "rotating",
+            Self::Revoking => "revoking",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// What the key is, once it has been requested.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyDetails {
+    pub user_id: UserId,
+    pub location: LocationId,
+    pub email: String,
+    pub client_uuid: Uuid,
+    pub expires_at: Option<OffsetDateTime>,
+    pub traffic_limit_bytes: u64,
+    /// The inbound the panel confirmed holding the client in.
+    pub inbound_id: Option<i64>,
+}
+
+/// The last failure the worker recorded since the panel last confirmed a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureNote {
+    pub attempt: u32,
+    pub error: String,
+    pub retry_at: OffsetDateTime,
+}
+
+/// A key's state, folded from its events by [`crate::evolve`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyState {
+    /// How many events the stream holds.
+    pub version: u32,
+    pub phase: Phase,
+    pub details: Option<KeyDetails>,
+    /// Every client UUID this key ever had, so that no rotation can hand one back.
+    pub used_client_uuids: BTreeSet<Uuid>,
+    pub failure: Option<FailureNote>,
+}
+
+impl Default for KeyState {
+    fn default() -> Self {
+        Self {
+            version: 0,
+            phase: Phase::Absent,
+            details: None,
+            used_client_uuids: BTreeSet::new(),
+            failure: None,
+        }
+    }
+}
+
+impl KeyState {
+    /// The status of the key, or `None` for a stream with no request yet.
+    pub fn status(&self) -> Option<KeyStatus> {
+        if self.failure.is_some() && self.phase.awaits_panel() {
+            return Some(KeyStatus::Failed);
+        }
+        let status = match self.phase {
+            Phase::Absent => return None,
+            Phase::Provisioning => KeyStatus::Provisioning,
+            Phase::Active => KeyStatus::Active,
+            Phase::Rotating => KeyStatus::Rotating,
+            Phase::Revoking => KeyStatus::Revoking,
+            Phase::Revoked => KeyStatus::Revoked,
+            Phase::Expired => KeyStatus::Expired,
+        };
+        Some(status)
+    }
+}
