@@ -1,0 +1,41 @@
+use uuid::Uuid;
+
+/// A failure of the store itself (connection, SQL, migration).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored event at position {position} is unreadable: {reason}")]
+    CorruptEvent { position: i64, reason: String },
+}
+
+/// Why an append did not happen. Nothing was written in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("stream {stream_id} is at version {actual}, not the expected {expected}")]
+    VersionConflict {
+        stream_id: Uuid,
+        expected: u32,
+        actual: u32,
+    },
+    #[error("an append needs at least one event")]
+    NoEvents,
+    #[error("event id {event_id} is already recorded as another event")]
+    EventIdTaken { event_id: Uuid },
+    #[error("command {command_id} was already applied to stream {stream_id}, not {requested}")]
+    CommandIdTaken {
+        command_id: Uuid,
+        stream_id: Uuid,
+        requested: Uuid,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for AppendError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(StoreError::Database(e))
+    }
+}
