@@ -109,10 +109,10 @@ fn details(state: &KeyState) -> Result<&KeyDetails, DomainError> {
 }
 
 fn request(state: &KeyState, cmd: &RequestKey) -> Result<Vec<KeyEvent>, DomainError> {
-    if let Some(existing) = &state.details {
-        if existing.user_id != cmd.user_id || existing.location != cmd.location {
-            return Err(DomainError::IdentityMismatch);
-        }
+    if let Some(existing) = &state.details
+        && (existing.user_id != cmd.user_id || existing.location != cmd.location)
+    {
+        return Err(DomainError::IdentityMismatch);
     }
     // Asking again for a key you hold is answered with the key you hold.
     if state.phase.is_live() {
@@ -194,7 +194,11 @@ fn expire(state: &KeyState, cmd: &ExpireKey) -> Result<Vec<KeyEvent>, DomainErro
 
 /// An acknowledgement counts only for the phase it answers and the UUID that is current:
 /// a late acknowledgement for a UUID the key has moved away from must not bring it back.
-fn acknowledges(state: &KeyState, phase: Phase, client_uuid: uuid::Uuid) -> Result<bool, DomainError> {
+fn acknowledges(
+    state: &KeyState,
+    phase: Phase,
+    client_uuid: uuid::Uuid,
+) -> Result<bool, DomainError> {
     let details = details(state)?;
     Ok(state.phase == phase && details.client_uuid == client_uuid)
 }

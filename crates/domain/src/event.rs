@@ -190,7 +190,10 @@ mod tests {
         let data = event.data();
         assert_eq!(data["expires_at"], "2030-01-01T00:00:00Z");
         assert_eq!(data["email"], "tg7-ams");
-        assert_eq!(KeyEvent::from_parts("key.requested", &data).expect("decodes"), event);
+        assert_eq!(
+            KeyEvent::from_parts("key.requested", &data).expect("decodes"),
+            event
+        );
     }
 
     #[test]
@@ -203,9 +206,14 @@ mod tests {
     #[test]
     fn every_type_name_matches_its_variant() {
         let samples = [
-            KeyEvent::Provisioned(KeyProvisioned { client_uuid: Uuid::nil(), inbound_id: 1 }),
+            KeyEvent::Provisioned(KeyProvisioned {
+                client_uuid: Uuid::nil(),
+                inbound_id: 1,
+            }),
             KeyEvent::Revoked(KeyRevoked {}),
-            KeyEvent::DriftRepaired(KeyDriftRepaired { kind: DriftKind::UnknownOnPanel }),
+            KeyEvent::DriftRepaired(KeyDriftRepaired {
+                kind: DriftKind::UnknownOnPanel,
+            }),
         ];
         for event in samples {
             let tagged = serde_json::to_value(&event).expect("serialises");

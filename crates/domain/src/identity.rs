@@ -151,9 +151,18 @@ mod tests {
         let fra = LocationId::new("fra").expect("valid");
         let user = UserId::new(42).expect("valid");
         let other = UserId::new(43).expect("valid");
-        assert_eq!(KeyId::for_user_at(user, &ams), KeyId::for_user_at(user, &ams));
-        assert_ne!(KeyId::for_user_at(user, &ams), KeyId::for_user_at(user, &fra));
-        assert_ne!(KeyId::for_user_at(user, &ams), KeyId::for_user_at(other, &ams));
+        assert_eq!(
+            KeyId::for_user_at(user, &ams),
+            KeyId::for_user_at(user, &ams)
+        );
+        assert_ne!(
+            KeyId::for_user_at(user, &ams),
+            KeyId::for_user_at(user, &fra)
+        );
+        assert_ne!(
+            KeyId::for_user_at(user, &ams),
+            KeyId::for_user_at(other, &ams)
+        );
     }
 
     #[test]

@@ -162,10 +162,12 @@ pub fn render_vless_link(
     flow: &str,
     email: &str,
 ) -> Result<String, LinkError> {
-    let stream: StreamSettings = serde_json::from_value(inbound.stream_settings.clone())
-        .map_err(|e| LinkError::InvalidJson {
-            field: "streamSettings",
-            message: e.to_string(),
+    let stream: StreamSettings =
+        serde_json::from_value(inbound.stream_settings.clone()).map_err(|e| {
+            LinkError::InvalidJson {
+                field: "streamSettings",
+                message: e.to_string(),
+            }
         })?;
     if stream.network.is_empty() {
         return Err(LinkError::Missing("network"));
@@ -261,7 +263,10 @@ fn push_security_params(
     let flow_allowed = stream.network == "tcp" && !flow.is_empty();
     match stream.security.as_str() {
         "tls" => {
-            let tls = stream.tls_settings.as_ref().ok_or(LinkError::Missing("tlsSettings"))?;
+            let tls = stream
+                .tls_settings
+                .as_ref()
+                .ok_or(LinkError::Missing("tlsSettings"))?;
             params.push(("security", "tls".to_owned()));
             let fingerprint = tls.settings.as_ref().map(|s| s.fingerprint.clone());
             params.push(("fp", fingerprint.unwrap_or_default()));
@@ -285,9 +290,9 @@ fn push_security_params(
             params.push(("security", "reality".to_owned()));
             params.push(("pbk", keys.public_key.clone()));
             params.push(("fp", keys.fingerprint.clone()));
-            if let Some(sni) = reality.server_names.first() {
-                params.push(("sni", sni.clone()));
-            }
+            // The panel writes `sni=` even when no server name is configured.
+            let sni = reality.server_names.first().cloned().unwrap_or_default();
+            params.push(("sni", sni));
             if let Some(sid) = reality.short_ids.first() {
                 params.push(("sid", sid.clone()));
             }
@@ -311,7 +316,10 @@ fn encode_uri_component(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         let unreserved = byte.is_ascii_alphanumeric()
-            || matches!(byte, b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')');
+            || matches!(
+                byte,
+                b'-' | b'_' | b'.' | b'!' | b'~' | b'*' | b'\'' | b'(' | b')'
+            );
         if unreserved {
             out.push(byte as char);
         } else {
@@ -403,7 +411,8 @@ mod tests {
 
     #[test]
     fn incomplete_settings_are_refused() {
-        let reality_without_key = json!({"network": "tcp", "security": "reality", "realitySettings": {"settings": {}}});
+        let reality_without_key =
+            json!({"network": "tcp", "security": "reality", "realitySettings": {"settings": {}}});
         assert!(matches!(
             render_vless_link(&inbound(reality_without_key), CLIENT, "", "e"),
             Err(LinkError::Missing(_))

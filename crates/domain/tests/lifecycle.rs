@@ -141,8 +141,12 @@ fn requesting_a_key_mints_the_given_client_uuid_and_email() {
 
 #[test]
 fn requesting_a_key_you_already_have_is_idempotent() {
-    given(&[requested(1)]).when(request_cmd(2, None)).then_nothing();
-    given(&active_key()).when(request_cmd(2, None)).then_nothing();
+    given(&[requested(1)])
+        .when(request_cmd(2, None))
+        .then_nothing();
+    given(&active_key())
+        .when(request_cmd(2, None))
+        .then_nothing();
     given(&[requested(1), provisioned(1), rotation(1, 2)])
         .when(request_cmd(3, None))
         .then_nothing();
@@ -152,7 +156,9 @@ fn requesting_a_key_you_already_have_is_idempotent() {
 fn a_revoked_key_can_be_requested_again_with_a_new_client() {
     let mut history = active_key();
     history.extend([revocation("lost phone"), revoked()]);
-    let state = given(&history).when(request_cmd(2, None)).then(&[requested(2)]);
+    let state = given(&history)
+        .when(request_cmd(2, None))
+        .then(&[requested(2)]);
     assert_eq!(state.status(), Some(KeyStatus::Provisioning));
     given(&history)
         .when(request_cmd(1, None))
@@ -249,7 +255,9 @@ fn acknowledgements_for_an_unknown_key_are_refused() {
 
 #[test]
 fn rotation_mints_a_uuid_the_key_never_had() {
-    let state = given(&active_key()).when(rotate_cmd(2)).then(&[rotation(1, 2)]);
+    let state = given(&active_key())
+        .when(rotate_cmd(2))
+        .then(&[rotation(1, 2)]);
     assert_eq!(state.status(), Some(KeyStatus::Rotating));
 
     let history = [requested(1), provisioned(1), rotation(1, 2), rotated(2)];
@@ -272,7 +280,10 @@ fn every_rotation_in_a_long_history_yields_a_new_uuid() {
     }
     assert_eq!(state.used_client_uuids.len(), 49);
     for old in 1..50u128 {
-        assert!(decide(&state, &rotate_cmd(old)).is_err(), "uuid {old} reused");
+        assert!(
+            decide(&state, &rotate_cmd(old)).is_err(),
+            "uuid {old} reused"
+        );
     }
 }
 
@@ -438,7 +449,9 @@ fn renewing_extends_expiry_and_revives_an_expired_key() {
             expires_at: NOW,
             now: NOW,
         });
-    given(&[]).when(renew(later)).then_refused(DomainError::KeyNotFound);
+    given(&[])
+        .when(renew(later))
+        .then_refused(DomainError::KeyNotFound);
 }
 
 #[test]
@@ -534,7 +547,11 @@ fn drift_findings_and_repairs_are_recorded() {
 #[test]
 fn desired_state_follows_the_phase() {
     let until = datetime!(2030-01-01 00:00 UTC);
-    let state = replay(&[requested_until(1, Some(until)), provisioned(1), rotation(1, 2)]);
+    let state = replay(&[
+        requested_until(1, Some(until)),
+        provisioned(1),
+        rotation(1, 2),
+    ]);
     let desired = state.desired_client().expect("live key has a client");
     assert_eq!(desired.client_uuid, uuid(2));
     assert_eq!(desired.email, "tg4242-ams");

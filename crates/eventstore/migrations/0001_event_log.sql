@@ -63,13 +63,65 @@ CREATE FUNCTION keyledger_event_hash(
     p_prev_hash text, p_position bigint, p_stream_id uuid, p_version integer, p_event_id uuid,
     p_type text, p_data jsonb, p_metadata jsonb, p_recorded_at timestamptz
 ) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT encode(sha256(convert_to(
+-- plpgsql, not sql: a non-inlined SQL function is planned again on every call, which made
+-- hashing cost more than the insert itself; plpgsql keeps the plan for the session.
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN encode(sha256(convert_to(
         p_prev_hash || E'\n' || p_position::text || E'\n' || p_stream_id::text || E'\n'
         || p_version::text || E'\n' || p_event_id::text || E'\n' || p_type || E'\n'
         || p_data::text || E'\n' || p_metadata::text || E'\n'
         || ((extract(epoch FROM p_recorded_at) * 1000000)::bigint)::text,
-        'UTF8')), 'hex')
+        'UTF8')), 'hex');
+END
+$$;
+
+-- Appends events to a stream if it is at p_expected, and remembers the command; returns
+-- the new events' positions and versions, or no rows when the stream is at another version.
+-- One call does the whole append, so it needs no explicit transaction and costs one round
+-- trip; plpgsql keeps its plans for the session. Races on one stream end in the
+-- (stream_id, version) unique violation, which the caller reads as a conflict.
+CREATE FUNCTION keyledger_append(
+    p_stream_id uuid, p_expected integer, p_event_ids uuid[], p_types text[], p_data jsonb[],
+    p_metadata jsonb, p_command_id uuid
+) RETURNS TABLE (out_position bigint, out_version integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := cardinality(p_event_ids);
+    current_version integer;
+    prev_hash text;
+    first_position bigint;
+    at timestamptz := now();
+BEGIN
+    IF n IS NULL OR n < 1 OR cardinality(p_types) <> n OR cardinality(p_data) <> n THEN
+        RAISE EXCEPTION 'keyledger: an append needs matching, non-empty event arrays'
+            USING ERRCODE = 'KL003';
+    END IF;
+    SELECT e.version, e.hash INTO current_version, prev_hash
+    FROM events e WHERE e.stream_id = p_stream_id ORDER BY e.version DESC LIMIT 1;
+    IF coalesce(current_version, 0) <> p_expected THEN
+        RETURN;
+    END IF;
+    prev_hash := coalesce(prev_hash, '');
+    first_position := keyledger_reserve_positions(n);
+    FOR i IN 1..n LOOP
+        out_position := first_position + i - 1;
+        out_version := p_expected + i;
+        prev_hash := keyledger_event_hash(prev_hash, out_position, p_stream_id, out_version,
+            p_event_ids[i], p_types[i], p_data[i], p_metadata, at);
+        INSERT INTO events (position, stream_id, version, type, data, metadata, event_id,
+                            recorded_at, hash)
+        VALUES (out_position, p_stream_id, out_version, p_types[i], p_data[i], p_metadata,
+                p_event_ids[i], at, prev_hash);
+        RETURN NEXT;
+    END LOOP;
+    IF p_command_id IS NOT NULL THEN
+        INSERT INTO commands (command_id, stream_id, first_position, last_position,
+                              first_version, last_version)
+        VALUES (p_command_id, p_stream_id, first_position, first_position + n - 1,
+                p_expected + 1, p_expected + n);
+    END IF;
+END
 $$;
 
 -- The log is append-only, enforced by the database itself.

@@ -2,9 +2,9 @@ use serde_json::Value;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use crate::EventStore;
 use crate::error::{AppendError, StoreError};
 use crate::model::{EventMetadata, NewEvent};
-use crate::EventStore;
 
 /// Where an append's events landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,47 +32,9 @@ impl AppendOutcome {
     }
 }
 
-/// One statement does the whole append, so it needs no explicit transaction and costs one
-/// round trip: check the stream's version, reserve positions (which also fixes the
-/// transaction id, see the migration), chain the hashes, insert the events and remember the
-/// command. A version mismatch inserts nothing and returns no rows; races on the same stream
-/// end in the `(stream_id, version)` unique violation.
-const APPEND_SQL: &str = r#"
-WITH RECURSIVE
-head AS (
-    SELECT coalesce(max(version), 0) AS version FROM events WHERE stream_id = $1
-),
-reserved AS (
-    SELECT keyledger_reserve_positions(cardinality($3::uuid[])) AS first_position
-    FROM head WHERE head.version = $2::int
-),
-input AS (
-    SELECT * FROM unnest($3::uuid[], $4::text[], $5::jsonb[]) WITH ORDINALITY AS i(event_id, type, data, ord)
-),
-chain AS (
-    SELECT i.ord, r.first_position AS position, $2::int + 1 AS version, i.event_id, i.type, i.data,
-           keyledger_event_hash(
-               coalesce((SELECT hash FROM events WHERE stream_id = $1 AND version = $2::int), ''),
-               r.first_position, $1, $2::int + 1, i.event_id, i.type, i.data, $6::jsonb, now()) AS hash
-    FROM input i CROSS JOIN reserved r
-    WHERE i.ord = 1
-  UNION ALL
-    SELECT i.ord, c.position + 1, c.version + 1, i.event_id, i.type, i.data,
-           keyledger_event_hash(c.hash, c.position + 1, $1, c.version + 1, i.event_id, i.type,
-                                i.data, $6::jsonb, now())
-    FROM chain c JOIN input i ON i.ord = c.ord + 1
-),
-recorded_command AS (
-    INSERT INTO commands (command_id, stream_id, first_position, last_position, first_version, last_version)
-    SELECT $7::uuid, $1, r.first_position, r.first_position + cardinality($3::uuid[]) - 1,
-           $2::int + 1, $2::int + cardinality($3::uuid[])
-    FROM reserved r
-    WHERE $7::uuid IS NOT NULL
-)
-INSERT INTO events (position, stream_id, version, type, data, metadata, event_id, recorded_at, hash)
-SELECT position, $1, version, type, data, $6::jsonb, event_id, now(), hash FROM chain
-RETURNING position, version
-"#;
+/// The whole append is one call of `keyledger_append` (see the migration).
+const APPEND_SQL: &str = "SELECT out_position AS position, out_version AS version
+     FROM keyledger_append($1, $2, $3, $4, $5, $6, $7)";
 
 impl EventStore {
     /// Appends `events` to `stream_id`, which must be at `expected_version` (0 for a new
@@ -102,13 +64,12 @@ impl EventStore {
         if events.is_empty() {
             return Err(AppendError::NoEvents);
         }
-        let expected = i32::try_from(expected_version).map_err(|_| {
-            AppendError::VersionConflict {
+        let expected =
+            i32::try_from(expected_version).map_err(|_| AppendError::VersionConflict {
                 stream_id,
                 expected: expected_version,
                 actual: 0,
-            }
-        })?;
+            })?;
         let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
@@ -130,7 +91,13 @@ impl EventStore {
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
                 let constraint = db.constraint().unwrap_or_default().to_owned();
                 return self
-                    .explain_duplicate(&constraint, stream_id, expected_version, &event_ids, metadata)
+                    .explain_duplicate(
+                        &constraint,
+                        stream_id,
+                        expected_version,
+                        &event_ids,
+                        metadata,
+                    )
                     .await;
             }
             Err(e) => return Err(e.into()),
@@ -162,17 +129,17 @@ impl EventStore {
         metadata: &EventMetadata,
     ) -> Result<AppendOutcome, AppendError> {
         let resolved = async {
-            if let Some(command_id) = metadata.command_id {
-                if let Some(range) = self.command_range(command_id).await? {
-                    if range.stream_id != stream_id {
-                        return Ok(Err(AppendError::CommandIdTaken {
-                            command_id,
-                            stream_id: range.stream_id,
-                            requested: stream_id,
-                        }));
-                    }
-                    return Ok(Ok(range));
+            if let Some(command_id) = metadata.command_id
+                && let Some(range) = self.command_range(command_id).await?
+            {
+                if range.stream_id != stream_id {
+                    return Ok(Err(AppendError::CommandIdTaken {
+                        command_id,
+                        stream_id: range.stream_id,
+                        requested: stream_id,
+                    }));
                 }
+                return Ok(Ok(range));
             }
             if constraint == "events_event_id_key" {
                 return self.recorded_event_ids(stream_id, event_ids).await;
@@ -192,7 +159,10 @@ impl EventStore {
     }
 
     /// Where the events of an already applied command are, if it was applied.
-    pub async fn command_range(&self, command_id: Uuid) -> Result<Option<AppendedRange>, StoreError> {
+    pub async fn command_range(
+        &self,
+        command_id: Uuid,
+    ) -> Result<Option<AppendedRange>, StoreError> {
         let row = sqlx::query(
             "SELECT stream_id, first_position, last_position, first_version, last_version
              FROM commands WHERE command_id = $1",

@@ -31,24 +31,38 @@ impl ChainReport {
     }
 }
 
-/// The hash of one event given the previous event's hash (README "Hash chain"). This is
-/// the same formula as the SQL function `keyledger_event_hash` and `sql/verify_chain.sql`,
-/// written a third time so that each can check the others.
-pub fn chain_hash(
-    prev_hash: &str,
-    position: i64,
-    stream_id: Uuid,
-    version: i32,
-    event_id: Uuid,
-    event_type: &str,
-    data_text: &str,
-    metadata_text: &str,
-    recorded_at_micros: i64,
-) -> String {
-    let content = format!(
-        "{prev_hash}\n{position}\n{stream_id}\n{version}\n{event_id}\n{event_type}\n{data_text}\n{metadata_text}\n{recorded_at_micros}"
-    );
-    hex::encode(Sha256::digest(content.as_bytes()))
+/// An event's content as the hash chain sees it: JSON as PostgreSQL renders `jsonb` to
+/// text, the time as whole microseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainLink<'a> {
+    pub position: i64,
+    pub stream_id: Uuid,
+    pub version: i32,
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub data_text: &'a str,
+    pub metadata_text: &'a str,
+    pub recorded_at_micros: i64,
+}
+
+impl ChainLink<'_> {
+    /// The hash of this event given the previous event's hash (README "Hash chain"). The
+    /// same formula as the SQL function `keyledger_event_hash` and `sql/verify_chain.sql`,
+    /// written a third time so that each can check the others.
+    pub fn hash(&self, prev_hash: &str) -> String {
+        let content = format!(
+            "{prev_hash}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.position,
+            self.stream_id,
+            self.version,
+            self.event_id,
+            self.event_type,
+            self.data_text,
+            self.metadata_text,
+            self.recorded_at_micros
+        );
+        hex::encode(Sha256::digest(content.as_bytes()))
+    }
 }
 
 /// Recomputes every stream's hash chain and checks the append-only guards are in place.
@@ -81,21 +95,26 @@ pub async fn verify_chains(pool: &PgPool) -> Result<ChainReport, StoreError> {
             }
         };
         report.events += 1;
-        let computed = chain_hash(
-            prev_hash,
+        let link = ChainLink {
             position,
             stream_id,
             version,
-            row.try_get("event_id")?,
-            row.try_get::<&str, _>("type")?,
-            row.try_get::<&str, _>("data_text")?,
-            row.try_get::<&str, _>("metadata_text")?,
-            row.try_get("recorded_at_micros")?,
-        );
+            event_id: row.try_get("event_id")?,
+            event_type: row.try_get("type")?,
+            data_text: row.try_get("data_text")?,
+            metadata_text: row.try_get("metadata_text")?,
+            recorded_at_micros: row.try_get("recorded_at_micros")?,
+        };
+        let computed = link.hash(prev_hash);
         let problem = if version != expected_version {
-            Some(format!("version {version} follows version {}", expected_version - 1))
+            Some(format!(
+                "version {version} follows version {}",
+                expected_version - 1
+            ))
         } else if computed != stored {
-            Some(format!("stored hash {stored} but the content hashes to {computed}"))
+            Some(format!(
+                "stored hash {stored} but the content hashes to {computed}"
+            ))
         } else {
             None
         };
@@ -137,12 +156,25 @@ mod tests {
 
     #[test]
     fn chain_hash_is_lower_hex_sha256_of_the_documented_text() {
-        let hash = chain_hash("", 1, Uuid::nil(), 1, Uuid::nil(), "key.revoked", "{}", "{}", 0);
+        let link = ChainLink {
+            position: 1,
+            stream_id: Uuid::nil(),
+            version: 1,
+            event_id: Uuid::nil(),
+            event_type: "key.revoked",
+            data_text: "{}",
+            metadata_text: "{}",
+            recorded_at_micros: 0,
+        };
+        let hash = link.hash("");
         let expected = hex::encode(Sha256::digest(
             format!("\n1\n{0}\n1\n{0}\nkey.revoked\n{{}}\n{{}}\n0", Uuid::nil()).as_bytes(),
         ));
         assert_eq!(hash, expected);
         assert_eq!(hash.len(), 64);
-        assert!(hash.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            hash.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
     }
 }

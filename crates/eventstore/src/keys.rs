@@ -97,7 +97,8 @@ impl KeyLedger {
                     });
                 }
                 Ok(AppendOutcome::AlreadyAppended(_)) => {
-                    if let Some(outcome) = self.already_applied(key_id, metadata.command_id).await? {
+                    if let Some(outcome) = self.already_applied(key_id, metadata.command_id).await?
+                    {
                         return Ok(outcome);
                     }
                 }

@@ -22,7 +22,7 @@ pub mod testing;
 
 pub use append::{AppendOutcome, AppendedRange};
 pub use error::{AppendError, StoreError};
-pub use integrity::{ChainBreak, ChainReport, verify_chains};
+pub use integrity::{ChainBreak, ChainLink, ChainReport, verify_chains};
 pub use keys::{CommandOutcome, ExecuteError, KeyLedger};
 pub use model::{Actor, ActorKind, EventMetadata, NewEvent, RecordedEvent};
 

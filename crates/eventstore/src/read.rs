@@ -1,8 +1,8 @@
 use uuid::Uuid;
 
+use crate::EventStore;
 use crate::error::StoreError;
 use crate::model::{EVENT_COLUMNS, RecordedEvent};
-use crate::EventStore;
 
 impl EventStore {
     /// Every event of one stream, oldest first.

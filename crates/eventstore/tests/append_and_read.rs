@@ -22,7 +22,12 @@ fn metadata(command_id: Option<Uuid>) -> EventMetadata {
 
 fn events(n: usize) -> Vec<NewEvent> {
     (0..n)
-        .map(|i| NewEvent::new("key.drift_repaired", json!({"kind": "missing_on_panel", "n": i})))
+        .map(|i| {
+            NewEvent::new(
+                "key.drift_repaired",
+                json!({"kind": "missing_on_panel", "n": i}),
+            )
+        })
         .collect()
 }
 
@@ -30,11 +35,20 @@ fn events(n: usize) -> Vec<NewEvent> {
 async fn appended_events_read_back_in_order_with_versions_positions_and_hashes() {
     let db = TestDatabase::create().await;
     let stream = Uuid::new_v4();
-    let first = db.store.append(stream, 0, &events(3), &metadata(None)).await.expect("append");
-    let AppendOutcome::Appended(range) = first else { panic!("expected a fresh append") };
+    let first = db
+        .store
+        .append(stream, 0, &events(3), &metadata(None))
+        .await
+        .expect("append");
+    let AppendOutcome::Appended(range) = first else {
+        panic!("expected a fresh append")
+    };
     assert_eq!((range.first_version, range.last_version), (1, 3));
     assert_eq!(range.last_position - range.first_position, 2);
-    db.store.append(stream, 3, &events(1), &metadata(None)).await.expect("second append");
+    db.store
+        .append(stream, 3, &events(1), &metadata(None))
+        .await
+        .expect("second append");
 
     let read = db.store.read_stream(stream).await.expect("read");
     let versions: Vec<i32> = read.iter().map(|e| e.version).collect();
@@ -44,14 +58,24 @@ async fn appended_events_read_back_in_order_with_versions_positions_and_hashes()
     assert_eq!(read[1].data["n"], 1);
     let all = db.store.read_all(0, 100).await.expect("read all");
     assert_eq!(all, read);
-    assert_eq!(db.store.read_stream_after(stream, 2).await.expect("read").len(), 2);
+    assert_eq!(
+        db.store
+            .read_stream_after(stream, 2)
+            .await
+            .expect("read")
+            .len(),
+        2
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_expected_version_is_a_typed_conflict_and_writes_nothing() {
     let db = TestDatabase::create().await;
     let stream = Uuid::new_v4();
-    db.store.append(stream, 0, &events(2), &metadata(None)).await.expect("append");
+    db.store
+        .append(stream, 0, &events(2), &metadata(None))
+        .await
+        .expect("append");
     for expected in [0, 1, 5] {
         let err = db
             .store
@@ -96,17 +120,32 @@ async fn a_repeated_command_id_is_answered_with_the_first_outcome() {
     let db = TestDatabase::create().await;
     let stream = Uuid::new_v4();
     let command = Some(Uuid::new_v4());
-    let first = db.store.append(stream, 0, &events(2), &metadata(command)).await.expect("first");
+    let first = db
+        .store
+        .append(stream, 0, &events(2), &metadata(command))
+        .await
+        .expect("first");
     // The retry carries the same command and the version it saw before the first landed.
-    let retry = db.store.append(stream, 0, &events(2), &metadata(command)).await.expect("retry");
+    let retry = db
+        .store
+        .append(stream, 0, &events(2), &metadata(command))
+        .await
+        .expect("retry");
     assert!(matches!(first, AppendOutcome::Appended(_)));
     assert_eq!(retry, AppendOutcome::AlreadyAppended(first.range()));
     // Even at the right version, the same command is not applied twice.
-    let again = db.store.append(stream, 2, &events(1), &metadata(command)).await.expect("again");
+    let again = db
+        .store
+        .append(stream, 2, &events(1), &metadata(command))
+        .await
+        .expect("again");
     assert_eq!(again, AppendOutcome::AlreadyAppended(first.range()));
     assert_eq!(db.store.read_stream(stream).await.expect("read").len(), 2);
 
-    let elsewhere = db.store.append(Uuid::new_v4(), 0, &events(1), &metadata(command)).await;
+    let elsewhere = db
+        .store
+        .append(Uuid::new_v4(), 0, &events(1), &metadata(command))
+        .await;
     assert!(matches!(elsewhere, Err(AppendError::CommandIdTaken { .. })));
 }
 
@@ -115,11 +154,25 @@ async fn a_repeated_event_id_is_idempotent_in_its_stream_and_refused_elsewhere()
     let db = TestDatabase::create().await;
     let stream = Uuid::new_v4();
     let batch = events(2);
-    let first = db.store.append(stream, 0, &batch, &metadata(None)).await.expect("first");
-    let again = db.store.append(stream, 2, &batch, &metadata(None)).await.expect("again");
+    let first = db
+        .store
+        .append(stream, 0, &batch, &metadata(None))
+        .await
+        .expect("first");
+    let again = db
+        .store
+        .append(stream, 2, &batch, &metadata(None))
+        .await
+        .expect("again");
     assert_eq!(again, AppendOutcome::AlreadyAppended(first.range()));
-    let other = db.store.append(Uuid::new_v4(), 0, &batch, &metadata(None)).await;
-    assert!(matches!(other, Err(AppendError::EventIdTaken { .. })), "{other:?}");
+    let other = db
+        .store
+        .append(Uuid::new_v4(), 0, &batch, &metadata(None))
+        .await;
+    assert!(
+        matches!(other, Err(AppendError::EventIdTaken { .. })),
+        "{other:?}"
+    );
     assert_eq!(db.store.read_all(0, 100).await.expect("read").len(), 2);
 }
 
@@ -147,7 +200,10 @@ async fn a_follower_never_skips_an_event_that_commits_late() {
 
     // The fast append is committed, but passing it now would skip the slow one for good.
     let seen = db.store.read_all(0, 100).await.expect("read");
-    assert!(seen.is_empty(), "follower passed an uncommitted lower position: {seen:?}");
+    assert!(
+        seen.is_empty(),
+        "follower passed an uncommitted lower position: {seen:?}"
+    );
 
     slow.commit().await.expect("commit");
     let seen = db.store.read_all(0, 100).await.expect("read");
@@ -168,18 +224,26 @@ async fn a_follower_sees_every_event_once_in_order_under_concurrent_writers() {
                 for version in 0..per_writer {
                     let batch = events(1 + version as usize % 3);
                     let v = store.stream_version(stream).await.expect("version");
-                    store.append(stream, v, &batch, &metadata(None)).await.expect("append");
+                    store
+                        .append(stream, v, &batch, &metadata(None))
+                        .await
+                        .expect("append");
                 }
             })
         })
         .collect();
 
-    let expected_total: usize = (0..per_writer).map(|v| 1 + v as usize % 3).sum::<usize>() * writers;
+    let expected_total: usize =
+        (0..per_writer).map(|v| 1 + v as usize % 3).sum::<usize>() * writers;
     let mut seen = Vec::new();
     let mut after = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while seen.len() < expected_total {
-        assert!(tokio::time::Instant::now() < deadline, "follower stalled at {}", seen.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "follower stalled at {}",
+            seen.len()
+        );
         let page = db.store.read_all(after, 7).await.expect("read");
         if let Some(last) = page.last() {
             after = last.position;

@@ -14,13 +14,25 @@ async fn seeded() -> (TestDatabase, Uuid) {
     let meta = EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Admin, "a"));
     // Data chosen to exercise JSON text rendering: unicode, escapes, nesting, numbers.
     let batch = vec![
-        NewEvent::new("key.revocation_requested", json!({"reason": "ключ утерян \"phone\"\n\t🙂"})),
-        NewEvent::new("key.drift_detected", json!({"kind": "settings_differ", "expected": {"b": 1, "a": [1.5, null, true]}, "observed": {}})),
+        NewEvent::new(
+            "key.revocation_requested",
+            json!({"reason": "ключ утерян \"phone\"\n\t🙂"}),
+        ),
+        NewEvent::new(
+            "key.drift_detected",
+            json!({"kind": "settings_differ", "expected": {"b": 1, "a": [1.5, null, true]}, "observed": {}}),
+        ),
         NewEvent::new("key.revoked", json!({})),
     ];
-    db.store.append(stream, 0, &batch, &meta).await.expect("append");
+    db.store
+        .append(stream, 0, &batch, &meta)
+        .await
+        .expect("append");
     let other = NewEvent::new("key.expired", json!({}));
-    db.store.append(Uuid::new_v4(), 0, &[other], &meta_for_other()).await.expect("append");
+    db.store
+        .append(Uuid::new_v4(), 0, &[other], &meta_for_other())
+        .await
+        .expect("append");
     (db, stream)
 }
 
@@ -60,14 +72,20 @@ async fn update_is_refused_by_the_database() {
 #[tokio::test]
 async fn delete_is_refused_by_the_database() {
     let (db, _) = seeded().await;
-    let err = sqlx::query("DELETE FROM events").execute(db.pool()).await.expect_err("refused");
+    let err = sqlx::query("DELETE FROM events")
+        .execute(db.pool())
+        .await
+        .expect_err("refused");
     assert!(err.to_string().contains("append-only"), "{err}");
 }
 
 #[tokio::test]
 async fn truncate_is_refused_by_the_database() {
     let (db, _) = seeded().await;
-    let err = sqlx::query("TRUNCATE events").execute(db.pool()).await.expect_err("refused");
+    let err = sqlx::query("TRUNCATE events")
+        .execute(db.pool())
+        .await
+        .expect_err("refused");
     assert!(err.to_string().contains("append-only"), "{err}");
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
         .fetch_one(db.pool())
@@ -91,8 +109,14 @@ async fn tampering_as_superuser_is_caught_by_the_script_and_by_verify() {
     let report = verify_chains(db.pool()).await.expect("verify");
     assert!(!report.holds());
     assert_eq!(report.breaks.len(), 1, "{report:?}");
-    assert_eq!((report.breaks[0].stream_id, report.breaks[0].version), (stream, 1));
-    assert_eq!(script_findings(&db).await, vec![(stream, 1, "hash differs".to_owned())]);
+    assert_eq!(
+        (report.breaks[0].stream_id, report.breaks[0].version),
+        (stream, 1)
+    );
+    assert_eq!(
+        script_findings(&db).await,
+        vec![(stream, 1, "hash differs".to_owned())]
+    );
 }
 
 #[tokio::test]
@@ -109,7 +133,13 @@ async fn a_removed_event_breaks_the_chain_and_a_disabled_guard_is_reported() {
     let report = verify_chains(db.pool()).await.expect("verify");
     assert_eq!(report.breaks.len(), 1, "{report:?}");
     assert_eq!(report.breaks[0].version, 3);
-    assert_eq!(report.disabled_guards, vec!["trigger events_append_only is disabled"]);
+    assert_eq!(
+        report.disabled_guards,
+        vec!["trigger events_append_only is disabled"]
+    );
     let findings = script_findings(&db).await;
-    assert_eq!(findings, vec![(stream, 3, "version does not follow".to_owned())]);
+    assert_eq!(
+        findings,
+        vec![(stream, 3, "version does not follow".to_owned())]
+    );
 }

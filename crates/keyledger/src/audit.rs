@@ -1,0 +1,157 @@
+//! `keyledger migrate` and `keyledger audit …`: the auditor's view of the log.
+
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use eventstore::{EventStore, RecordedEvent, create_database_if_missing, verify_chains};
+use uuid::Uuid;
+
+use crate::config::Config;
+
+const EXPORT_PAGE: i64 = 1000;
+
+/// Creates the database if missing and applies migrations.
+pub async fn migrate(config: &Config) -> anyhow::Result<EventStore> {
+    let url = config.database_url.as_str();
+    let created = create_database_if_missing(url).await.with_context(|| {
+        format!(
+            "cannot reach or create the database at {}",
+            config.database_url
+        )
+    })?;
+    if created {
+        tracing::info!(database = %config.database_url, "created database");
+    }
+    let store = open_store(config).await?;
+    store.migrate().await.context("migrations failed")?;
+    tracing::info!(database = %config.database_url, "migrations applied");
+    Ok(store)
+}
+
+/// Connects to the configured database.
+pub async fn open_store(config: &Config) -> anyhow::Result<EventStore> {
+    EventStore::connect(config.database_url.as_str(), 8)
+        .await
+        .with_context(|| format!("cannot connect to the database at {}", config.database_url))
+}
+
+/// Prints a key's history, oldest first. Returns false when the key has no events.
+pub async fn history(
+    store: &EventStore,
+    key_id: Uuid,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let events = store.read_stream(key_id).await?;
+    if events.is_empty() {
+        bail!("no events recorded for key {key_id}");
+    }
+    if json {
+        for event in &events {
+            writeln!(out, "{}", serde_json::to_string(event)?)?;
+        }
+        return Ok(true);
+    }
+    writeln!(out, "key {key_id}: {} events", events.len())?;
+    for event in &events {
+        writeln!(out, "{}", describe(event))?;
+    }
+    Ok(true)
+}
+
+/// One human-readable line for an event.
+fn describe(event: &RecordedEvent) -> String {
+    let when = event
+        .recorded_at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| event.recorded_at.to_string());
+    let actor = &event.metadata["actor"];
+    let by = format!(
+        "{}:{}",
+        actor["kind"].as_str().unwrap_or("?"),
+        actor["id"].as_str().unwrap_or("?")
+    );
+    let detail = summarize(event);
+    format!(
+        "  v{:<3} {when}  #{:<8} {:<26} by {by:<24} {detail}",
+        event.version, event.position, event.event_type
+    )
+}
+
+fn summarize(event: &RecordedEvent) -> String {
+    let data = &event.data;
+    let field = |name: &str| data[name].as_str().unwrap_or_default().to_owned();
+    match event.event_type.as_str() {
+        "key.requested" => format!(
+            "client {} for user {} at {}, expires {}",
+            field("client_uuid"),
+            data["user_id"],
+            field("location"),
+            data["expires_at"].as_str().unwrap_or("never")
+        ),
+        "key.provisioned" => format!(
+            "client {} in inbound {}",
+            field("client_uuid"),
+            data["inbound_id"]
+        ),
+        "key.rotation_requested" => {
+            format!(
+                "{} -> {}",
+                field("old_client_uuid"),
+                field("new_client_uuid")
+            )
+        }
+        "key.rotated" => format!("now {}", field("client_uuid")),
+        "key.revocation_requested" => format!("reason: {}", field("reason")),
+        "key.renewed" => format!("until {}", field("expires_at")),
+        "key.provisioning_failed" => format!(
+            "attempt {}: {} (retry at {})",
+            data["attempt"],
+            field("error"),
+            field("retry_at")
+        ),
+        "key.drift_detected" | "key.drift_repaired" => format!("kind {}", field("kind")),
+        _ => String::new(),
+    }
+}
+
+/// Checks every hash chain and the append-only guards; returns whether all hold.
+pub async fn verify(store: &EventStore, out: &mut impl Write) -> anyhow::Result<bool> {
+    let report = verify_chains(store.pool()).await?;
+    for guard in &report.disabled_guards {
+        writeln!(out, "GUARD  {guard}")?;
+    }
+    for broken in &report.breaks {
+        writeln!(
+            out,
+            "BREAK  stream {} version {} (position {}): {}",
+            broken.stream_id, broken.version, broken.position, broken.problem
+        )?;
+    }
+    let verdict = if report.holds() {
+        "all hash chains hold"
+    } else {
+        "the log was altered"
+    };
+    writeln!(
+        out,
+        "checked {} events in {} streams: {verdict}",
+        report.events, report.streams
+    )?;
+    Ok(report.holds())
+}
+
+/// Every event after `after` as JSON lines, in log order.
+pub async fn export(store: &EventStore, after: i64, out: &mut impl Write) -> anyhow::Result<bool> {
+    let mut position = after;
+    loop {
+        let page = store.read_all(position, EXPORT_PAGE).await?;
+        let Some(last) = page.last() else {
+            return Ok(true);
+        };
+        position = last.position;
+        for event in &page {
+            writeln!(out, "{}", serde_json::to_string(event)?)?;
+        }
+    }
+}

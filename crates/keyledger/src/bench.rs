@@ -1,0 +1,280 @@
+//! Benchmarks as programs: each prints JSON with its own figures and the baseline it is
+//! compared with, measured in the same run on the same machine.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use eventstore::{Actor, ActorKind, EventMetadata, EventStore, NewEvent};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::cli::AppendBenchArgs;
+use crate::config::Config;
+
+/// The store must reach this fraction of a bare INSERT's throughput (issue "event store").
+const APPEND_TARGET_RATIO: f64 = 0.7;
+
+/// The cases of `bench append`: (concurrency, events per append).
+const APPEND_CASES: [(usize, usize); 4] = [(1, 1), (16, 1), (1, 100), (16, 100)];
+
+#[derive(Debug, Serialize)]
+struct AppendCase {
+    case: String,
+    concurrency: usize,
+    events_per_append: usize,
+    store_events_per_s: f64,
+    baseline_rows_per_s: f64,
+    ratio: f64,
+    target_ratio: f64,
+    meets_target: bool,
+}
+
+/// A database of its own on the configured server, so a benchmark never writes into the
+/// real log; dropped afterwards whatever happened.
+struct ScratchDatabase {
+    server_url: url::Url,
+    name: String,
+    pool: PgPool,
+}
+
+impl ScratchDatabase {
+    async fn create(config: &Config, max_connections: u32) -> anyhow::Result<Self> {
+        // Administrative statements go to the server's maintenance database.
+        let mut server_url = config.database_url.url().clone();
+        server_url.set_path("/postgres");
+        let name = format!("keyledger_bench_{}", Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(server_url.as_str())
+            .await
+            .with_context(|| format!("cannot connect to {}", config.database_url))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+        let mut url = server_url.clone();
+        url.set_path(&format!("/{name}"));
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .connect(url.as_str())
+            .await?;
+        Ok(Self {
+            server_url,
+            name,
+            pool,
+        })
+    }
+
+    async fn drop(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        let mut admin = PgConnection::connect(self.server_url.as_str()).await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await?;
+        Ok(())
+    }
+}
+
+/// `keyledger bench append`.
+pub async fn append(
+    config: &Config,
+    args: &AppendBenchArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let scratch = ScratchDatabase::create(config, 20).await?;
+    let result = run_append_cases(&scratch.pool, args).await;
+    scratch.drop().await?;
+    let cases = result?;
+    let report = json!({
+        "benchmark": "append",
+        "seconds_per_measurement": args.seconds,
+        "rounds": args.rounds,
+        "baseline": "bare INSERT of rows of the same shape and indexes, same pool and concurrency",
+        "cases": cases,
+    });
+    writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    Ok(())
+}
+
+async fn run_append_cases(
+    pool: &PgPool,
+    args: &AppendBenchArgs,
+) -> anyhow::Result<Vec<AppendCase>> {
+    let store = EventStore::new(pool.clone());
+    store.migrate().await?;
+    sqlx::raw_sql(
+        "CREATE TABLE bench_baseline (
+             position bigserial PRIMARY KEY, stream_id uuid NOT NULL, version integer NOT NULL,
+             type text NOT NULL, data jsonb NOT NULL, metadata jsonb NOT NULL,
+             event_id uuid NOT NULL UNIQUE, recorded_at timestamptz NOT NULL, hash text NOT NULL,
+             UNIQUE (stream_id, version))",
+    )
+    .execute(pool)
+    .await?;
+
+    let measurement = Duration::from_secs_f64(args.seconds.max(0.1));
+    let mut cases = Vec::new();
+    for (concurrency, batch) in APPEND_CASES {
+        let (mut store_events, mut store_time) = (0u64, Duration::ZERO);
+        let (mut base_rows, mut base_time) = (0u64, Duration::ZERO);
+        // Alternate the two so that a noisy spell on the machine hits both alike.
+        for _ in 0..args.rounds.max(1) {
+            let (n, t) = drive(concurrency, measurement, |_| {
+                let store = store.clone();
+                StoreAppender::new(store, batch)
+            })
+            .await?;
+            store_events += n;
+            store_time += t;
+            let (n, t) = drive(concurrency, measurement, |_| {
+                BareInserter::new(pool.clone(), batch)
+            })
+            .await?;
+            base_rows += n;
+            base_time += t;
+        }
+        let store_rate = store_events as f64 / store_time.as_secs_f64();
+        let base_rate = base_rows as f64 / base_time.as_secs_f64();
+        let ratio = store_rate / base_rate;
+        cases.push(AppendCase {
+            case: format!(
+                "{}_c{concurrency}",
+                if batch == 1 {
+                    "single".to_owned()
+                } else {
+                    format!("batch{batch}")
+                }
+            ),
+            concurrency,
+            events_per_append: batch,
+            store_events_per_s: store_rate.round(),
+            baseline_rows_per_s: base_rate.round(),
+            ratio: (ratio * 1000.0).round() / 1000.0,
+            target_ratio: APPEND_TARGET_RATIO,
+            meets_target: ratio >= APPEND_TARGET_RATIO,
+        });
+    }
+    Ok(cases)
+}
+
+/// One writer of a benchmark: performs one unit of work and says how many rows it wrote.
+trait Writer: Send + 'static {
+    fn write(&mut self) -> impl std::future::Future<Output = anyhow::Result<u64>> + Send;
+}
+
+/// Runs `concurrency` writers for `duration`; returns rows written and the time taken.
+async fn drive<W: Writer>(
+    concurrency: usize,
+    duration: Duration,
+    make: impl Fn(usize) -> W,
+) -> anyhow::Result<(u64, Duration)> {
+    let start = Instant::now();
+    let deadline = Arc::new(start + duration);
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let mut writer = make(i);
+            let deadline = deadline.clone();
+            tokio::spawn(async move {
+                let mut rows = 0;
+                while Instant::now() < *deadline {
+                    rows += writer.write().await?;
+                }
+                anyhow::Ok(rows)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok((total, start.elapsed()))
+}
+
+fn sample_data(i: usize) -> Value {
+    json!({"kind": "settings_differ", "expected": {"enable": true, "n": i}, "observed": {"enable": false}})
+}
+
+fn sample_metadata() -> EventMetadata {
+    EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Service, "bench"))
+}
+
+struct StoreAppender {
+    store: EventStore,
+    stream: Uuid,
+    version: u32,
+    batch: usize,
+}
+
+impl StoreAppender {
+    fn new(store: EventStore, batch: usize) -> Self {
+        Self {
+            store,
+            stream: Uuid::new_v4(),
+            version: 0,
+            batch,
+        }
+    }
+}
+
+impl Writer for StoreAppender {
+    async fn write(&mut self) -> anyhow::Result<u64> {
+        let events: Vec<NewEvent> = (0..self.batch)
+            .map(|i| NewEvent::new("key.drift_detected", sample_data(i)))
+            .collect();
+        let mut metadata = sample_metadata();
+        metadata.command_id = None;
+        self.store
+            .append(self.stream, self.version, &events, &metadata)
+            .await?;
+        self.version += self.batch as u32;
+        Ok(self.batch as u64)
+    }
+}
+
+struct BareInserter {
+    pool: PgPool,
+    stream: Uuid,
+    version: i32,
+    batch: usize,
+}
+
+impl BareInserter {
+    fn new(pool: PgPool, batch: usize) -> Self {
+        Self {
+            pool,
+            stream: Uuid::new_v4(),
+            version: 0,
+            batch,
+        }
+    }
+}
+
+const BASELINE_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+impl Writer for BareInserter {
+    async fn write(&mut self) -> anyhow::Result<u64> {
+        let metadata = serde_json::to_value(sample_metadata())?;
+        let ids: Vec<Uuid> = (0..self.batch).map(|_| Uuid::new_v4()).collect();
+        let data: Vec<Value> = (0..self.batch).map(sample_data).collect();
+        sqlx::query(
+            "INSERT INTO bench_baseline (stream_id, version, type, data, metadata, event_id, recorded_at, hash)
+             SELECT $1, $2 + i.ord::int, 'key.drift_detected', i.data, $3, i.event_id, now(), $5
+             FROM unnest($4::uuid[], $6::jsonb[]) WITH ORDINALITY AS i(event_id, data, ord)",
+        )
+        .bind(self.stream)
+        .bind(self.version)
+        .bind(&metadata)
+        .bind(&ids)
+        .bind(BASELINE_HASH)
+        .bind(&data)
+        .execute(&self.pool)
+        .await?;
+        self.version += self.batch as i32;
+        Ok(self.batch as u64)
+    }
+}

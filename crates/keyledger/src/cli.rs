@@ -1,0 +1,66 @@
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use uuid::Uuid;
+
+/// keyledger: VPN access keys for Telegram users, from one append-only event log.
+#[derive(Debug, Parser)]
+#[command(name = "keyledger", version)]
+pub struct Cli {
+    /// TOML configuration file; environment variables take precedence over it.
+    #[arg(long, global = true, env = "KEYLEDGER_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the database if missing and apply migrations.
+    Migrate,
+    /// Read and check the event log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Benchmarks; each prints JSON with its baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// A key's full history, oldest first.
+    History {
+        key_id: Uuid,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every stream's hash chain and the log's append-only guards; exit 1 on a break.
+    Verify,
+    /// Every event as JSON lines, in log order.
+    Export {
+        /// Start after this log position.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Append throughput against a bare INSERT of the same rows through the same pool.
+    Append(AppendBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AppendBenchArgs {
+    /// Seconds each measurement runs (store and baseline alike).
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Alternating rounds of store and baseline per case, to even out machine noise.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+}

@@ -1,0 +1,398 @@
+//! Configuration: an optional TOML file, overridden by environment variables
+//! (CONTRACT.md §2). Secrets are only ever read from the environment and never printed.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use domain::LocationId;
+use serde::Deserialize;
+use url::Url;
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/keyledger";
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
+/// Bearer tokens shorter than this are refused: they could be guessed.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// A configuration problem, naming the field (file key or environment variable).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration error in {field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret value: its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// A connection URL that may carry a password; shown with the password masked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceUrl(Url);
+
+impl ServiceUrl {
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.0
+    }
+}
+
+impl fmt::Display for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        f.write_str(shown.as_str())
+    }
+}
+
+impl fmt::Debug for ServiceUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServiceUrl({self})")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Which of the panel's APIs a location speaks (x3ui-api.md "Versions that matter").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PanelApi {
+    /// `/panel/api/inbounds/*`, panels v2.x to v3.0.
+    #[default]
+    Legacy,
+    /// `/panel/api/clients/*`, panels v3.1 and later.
+    Clients,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PanelCredentials {
+    Password { username: String, password: Secret },
+    ApiToken(Secret),
+}
+
+/// One 3x-ui panel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub id: LocationId,
+    pub name: String,
+    /// The panel's base URL including its web base path, always ending in `/`.
+    pub panel_url: Url,
+    pub credentials: PanelCredentials,
+    pub inbound_id: i64,
+    pub public_host: String,
+    pub accept_invalid_certs: bool,
+    pub api: PanelApi,
+}
+
+/// The resolved configuration every role runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub database_url: ServiceUrl,
+    pub amqp_url: ServiceUrl,
+    pub http_addr: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub auditor_token: Option<Secret>,
+    pub service_token: Option<Secret>,
+    pub telegram_bot_token: Option<Secret>,
+    pub telegram_api_url: Url,
+    pub log_filter: String,
+    /// `None`: pretty on a terminal, JSON otherwise.
+    pub log_format: Option<LogFormat>,
+    pub locations: Vec<Location>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    amqp_url: Option<String>,
+    http_addr: Option<String>,
+    telegram_api_url: Option<String>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    locations: Vec<FileLocation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLocation {
+    id: String,
+    name: String,
+    panel_url: String,
+    username: Option<String>,
+    password_env: Option<String>,
+    inbound_id: i64,
+    public_host: String,
+    #[serde(default)]
+    accept_invalid_certs: bool,
+    #[serde(default)]
+    api: PanelApi,
+    api_token_env: Option<String>,
+}
+
+impl Config {
+    /// Reads the file at `path` (if any) and applies the process environment over it.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        Self::from_sources(text.as_deref(), |name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from file text and an environment lookup.
+    pub fn from_sources(
+        file: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let file: FileConfig = match file {
+            Some(text) => toml::from_str(text).map_err(|e| {
+                let message = e.message().to_owned();
+                let field = unknown_field_name(&message).unwrap_or_else(|| "config file".into());
+                ConfigError::new(field, message)
+            })?,
+            None => FileConfig::default(),
+        };
+        let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+
+        let database_url = service_url(
+            "DATABASE_URL",
+            env("DATABASE_URL").or(file.database_url),
+            DEFAULT_DATABASE_URL,
+            &["postgres", "postgresql"],
+        )?;
+        let amqp_url = service_url(
+            "AMQP_URL",
+            env("AMQP_URL").or(file.amqp_url),
+            DEFAULT_AMQP_URL,
+            &["amqp", "amqps"],
+        )?;
+        let http_addr = env("KEYLEDGER_HTTP_ADDR")
+            .or(file.http_addr)
+            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
+        let http_addr = http_addr.parse().map_err(|_| {
+            ConfigError::new(
+                "KEYLEDGER_HTTP_ADDR",
+                format!("{http_addr:?} is not an address like 127.0.0.1:8080"),
+            )
+        })?;
+        let telegram_api_url = env("TELEGRAM_API_URL")
+            .or(file.telegram_api_url)
+            .unwrap_or_else(|| DEFAULT_TELEGRAM_API_URL.into());
+        let telegram_api_url = http_url("TELEGRAM_API_URL", &telegram_api_url)?;
+        let log_format = match env("KEYLEDGER_LOG_FORMAT") {
+            Some(raw) => Some(match raw.as_str() {
+                "json" => LogFormat::Json,
+                "pretty" => LogFormat::Pretty,
+                other => {
+                    return Err(ConfigError::new(
+                        "KEYLEDGER_LOG_FORMAT",
+                        format!("{other:?} is neither \"json\" nor \"pretty\""),
+                    ));
+                }
+            }),
+            None => file.log_format,
+        };
+        let locations = file
+            .locations
+            .into_iter()
+            .enumerate()
+            .map(|(index, location)| resolve_location(index, location, &env))
+            .collect::<Result<Vec<_>, _>>()?;
+        ensure_unique_ids(&locations)?;
+
+        Ok(Self {
+            database_url,
+            amqp_url,
+            http_addr,
+            admin_token: token(&env, "KEYLEDGER_ADMIN_TOKEN")?,
+            auditor_token: token(&env, "KEYLEDGER_AUDITOR_TOKEN")?,
+            service_token: token(&env, "KEYLEDGER_SERVICE_TOKEN")?,
+            telegram_bot_token: env("TELEGRAM_BOT_TOKEN").map(Secret::new),
+            telegram_api_url,
+            log_filter: env("RUST_LOG").unwrap_or_else(|| "info".into()),
+            log_format,
+            locations,
+        })
+    }
+}
+
+/// serde's message for an unknown key is "unknown field `x`, expected ...".
+fn unknown_field_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+fn service_url(
+    field: &str,
+    raw: Option<String>,
+    default: &str,
+    schemes: &[&str],
+) -> Result<ServiceUrl, ConfigError> {
+    let raw = raw.unwrap_or_else(|| default.to_owned());
+    let url =
+        Url::parse(&raw).map_err(|e| ConfigError::new(field, format!("not a valid URL: {e}")))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(ConfigError::new(
+            field,
+            format!("scheme must be one of {schemes:?}, not {:?}", url.scheme()),
+        ));
+    }
+    Ok(ServiceUrl(url))
+}
+
+fn http_url(field: &str, raw: &str) -> Result<Url, ConfigError> {
+    let url =
+        Url::parse(raw).map_err(|e| ConfigError::new(field, format!("not a valid URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(ConfigError::new(
+            field,
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    Ok(url)
+}
+
+fn token(env: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<Secret>, ConfigError> {
+    let Some(value) = env(name) else {
+        return Ok(None);
+    };
+    if value.chars().count() < MIN_TOKEN_CHARS {
+        return Err(ConfigError::new(
+            name,
+            format!("a bearer token needs at least {MIN_TOKEN_CHARS} characters"),
+        ));
+    }
+    Ok(Some(Secret::new(value)))
+}
+
+fn secret_from_env(
+    env: &impl Fn(&str) -> Option<String>,
+    field: String,
+    variable: &str,
+) -> Result<Secret, ConfigError> {
+    env(variable).map(Secret::new).ok_or_else(|| {
+        ConfigError::new(field, format!("environment variable {variable} is not set"))
+    })
+}
+
+fn resolve_location(
+    index: usize,
+    raw: FileLocation,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Location, ConfigError> {
+    let field = |name: &str| format!("locations[{index}].{name}");
+    let id = LocationId::new(raw.id).map_err(|e| ConfigError::new(field("id"), e.to_string()))?;
+    if raw.name.trim().is_empty() {
+        return Err(ConfigError::new(field("name"), "must not be empty"));
+    }
+    let mut panel_url = http_url(&field("panel_url"), &raw.panel_url)?;
+    if !panel_url.path().ends_with('/') {
+        let path = format!("{}/", panel_url.path());
+        panel_url.set_path(&path);
+    }
+    if raw.inbound_id <= 0 {
+        return Err(ConfigError::new(
+            field("inbound_id"),
+            "must be a positive inbound id",
+        ));
+    }
+    let public_host = raw.public_host.trim().to_owned();
+    let bare = public_host.trim_matches(['[', ']']);
+    let host_ok = !public_host.is_empty()
+        && (url::Host::parse(&public_host).is_ok()
+            || url::Host::parse(&format!("[{bare}]")).is_ok());
+    if !host_ok {
+        return Err(ConfigError::new(
+            field("public_host"),
+            format!("{public_host:?} is not a host name or IP address"),
+        ));
+    }
+    let credentials = match (raw.api_token_env, raw.username, raw.password_env) {
+        (Some(variable), _, _) => {
+            PanelCredentials::ApiToken(secret_from_env(env, field("api_token_env"), &variable)?)
+        }
+        (None, Some(username), Some(variable)) if !username.trim().is_empty() => {
+            PanelCredentials::Password {
+                username,
+                password: secret_from_env(env, field("password_env"), &variable)?,
+            }
+        }
+        (None, Some(username), _) if !username.trim().is_empty() => {
+            return Err(ConfigError::new(
+                field("password_env"),
+                "names the environment variable holding the panel password; it is required with username",
+            ));
+        }
+        (None, _, _) => {
+            return Err(ConfigError::new(
+                field("username"),
+                "a location needs username and password_env, or api_token_env",
+            ));
+        }
+    };
+    Ok(Location {
+        id,
+        name: raw.name,
+        panel_url,
+        credentials,
+        inbound_id: raw.inbound_id,
+        public_host,
+        accept_invalid_certs: raw.accept_invalid_certs,
+        api: raw.api,
+    })
+}
+
+fn ensure_unique_ids(locations: &[Location]) -> Result<(), ConfigError> {
+    let mut seen = HashSet::new();
+    for (index, location) in locations.iter().enumerate() {
+        if !seen.insert(location.id.clone()) {
+            return Err(ConfigError::new(
+                format!("locations[{index}].id"),
+                format!("location id {:?} is used twice", location.id.as_str()),
+            ));
+        }
+    }
+    Ok(())
+}

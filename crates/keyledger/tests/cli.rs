@@ -1,0 +1,161 @@
+//! The `keyledger` binary end to end: migrate, audit and exit codes, against a real database.
+
+use std::process::{Command, Output};
+
+use eventstore::testing::{TestDatabase, database_url, server_url};
+use eventstore::{Actor, ActorKind, EventMetadata, NewEvent};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+fn keyledger(database_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keyledger"))
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", database_url)
+        .env("KEYLEDGER_LOG_FORMAT", "json")
+        .output()
+        .expect("binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn seeded_key(db: &TestDatabase) -> Uuid {
+    let key = Uuid::new_v4();
+    let meta =
+        EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::TelegramUser, "42"));
+    let events = [
+        NewEvent::new(
+            "key.requested",
+            json!({"user_id": 42, "location": "ams", "client_uuid": Uuid::new_v4(),
+                   "email": "tg42-ams", "expires_at": null, "traffic_limit_bytes": 0}),
+        ),
+        NewEvent::new("key.revocation_requested", json!({"reason": "lost phone"})),
+    ];
+    db.store.append(key, 0, &events, &meta).await.expect("seed");
+    db.store
+        .append(
+            Uuid::new_v4(),
+            0,
+            &[NewEvent::new("key.expired", json!({}))],
+            &EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Scheduler, "s")),
+        )
+        .await
+        .expect("seed other");
+    key
+}
+
+#[tokio::test]
+async fn migrate_creates_a_missing_database_and_is_repeatable() {
+    let name = format!("keyledger_cli_{}", Uuid::new_v4().simple());
+    let url = database_url(&server_url(), &name);
+    for _ in 0..2 {
+        let output = keyledger(&url, &["migrate"]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let verify = keyledger(&url, &["audit", "verify"]);
+    assert!(verify.status.success());
+    assert!(stdout(&verify).contains("checked 0 events"));
+    let mut admin = sqlx::PgConnection::connect(&server_url())
+        .await
+        .expect("admin");
+    use sqlx::Connection;
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .expect("cleanup");
+}
+
+#[tokio::test]
+async fn history_prints_a_keys_events_oldest_first() {
+    let db = TestDatabase::create().await;
+    let key = seeded_key(&db).await;
+    let output = keyledger(&db.url, &["audit", "history", &key.to_string()]);
+    assert!(output.status.success());
+    let text = stdout(&output);
+    let requested = text.find("key.requested").expect("requested shown");
+    let revocation = text
+        .find("key.revocation_requested")
+        .expect("revocation shown");
+    assert!(requested < revocation);
+    assert!(text.contains("reason: lost phone") && text.contains("telegram_user:42"));
+
+    let output = keyledger(&db.url, &["audit", "history", &key.to_string(), "--json"]);
+    let lines: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["version"], 1);
+    assert_eq!(lines[1]["type"], "key.revocation_requested");
+    assert_eq!(lines[0]["stream_id"], key.to_string());
+
+    let unknown = keyledger(&db.url, &["audit", "history", &Uuid::new_v4().to_string()]);
+    assert_eq!(unknown.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn export_prints_every_event_in_log_order() {
+    let db = TestDatabase::create().await;
+    seeded_key(&db).await;
+    let output = keyledger(&db.url, &["audit", "export"]);
+    let positions: Vec<i64> = stdout(&output)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["position"]
+                .as_i64()
+                .expect("position")
+        })
+        .collect();
+    assert_eq!(positions.len(), 3);
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    let after = keyledger(
+        &db.url,
+        &["audit", "export", "--after", &positions[1].to_string()],
+    );
+    assert_eq!(stdout(&after).lines().count(), 1);
+}
+
+#[tokio::test]
+async fn verify_exits_non_zero_after_tampering() {
+    let db = TestDatabase::create().await;
+    let key = seeded_key(&db).await;
+    let clean = keyledger(&db.url, &["audit", "verify"]);
+    assert_eq!(clean.status.code(), Some(0), "{}", stdout(&clean));
+    assert!(stdout(&clean).contains("all hash chains hold"));
+
+    sqlx::raw_sql(&format!(
+        "ALTER TABLE events DISABLE TRIGGER events_append_only;
+         UPDATE events SET data = jsonb_set(data, '{{reason}}', '\"nothing\"') WHERE stream_id = '{key}' AND version = 2;
+         ALTER TABLE events ENABLE TRIGGER events_append_only;"
+    ))
+    .execute(db.pool())
+    .await
+    .expect("tamper");
+    let tampered = keyledger(&db.url, &["audit", "verify"]);
+    assert_eq!(tampered.status.code(), Some(1));
+    let text = stdout(&tampered);
+    assert!(
+        text.contains(&format!("BREAK  stream {key} version 2")),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_configuration_and_usage_exit_with_2() {
+    let bad_url = keyledger("mysql://nope", &["audit", "verify"]);
+    assert_eq!(bad_url.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_url.stderr).contains("DATABASE_URL"));
+    let usage = keyledger("postgres://x@127.0.0.1/none", &["audit", "frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2));
+    let no_file = keyledger(
+        "postgres://x@127.0.0.1/none",
+        &["--config", "/nonexistent.toml", "migrate"],
+    );
+    assert_eq!(no_file.status.code(), Some(2));
+}
