@@ -47,8 +47,15 @@ impl EventStore {
         metadata: &EventMetadata,
     ) -> Result<AppendOutcome, AppendError> {
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-        self.append_on(&mut conn, stream_id, expected_version, events, metadata)
-            .await
+        let result = self
+            .append_on(&mut conn, stream_id, expected_version, events, metadata)
+            .await;
+        if matches!(result, Err(AppendError::Store(_))) {
+            // An append cut short may have left the position lock held by this session
+            // (see keyledger_reserve_positions); closing the session releases it.
+            conn.close_on_drop();
+        }
+        result
     }
 
     /// Appends on a connection the caller holds, typically inside its own transaction;

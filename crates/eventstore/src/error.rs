@@ -7,6 +7,10 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the log cannot be read past position {position} (committed up to {target}): a long-running transaction holds readers back"
+    )]
+    HorizonStuck { position: i64, target: i64 },
     #[error("stored event at position {position} is unreadable: {reason}")]
     CorruptEvent { position: i64, reason: String },
 }

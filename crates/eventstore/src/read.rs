@@ -57,3 +57,62 @@ impl EventStore {
             .collect::<Result<_, _>>()?)
     }
 }
+
+/// How long [`EventStore::read_committed`] waits for in-flight transactions to end.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+impl EventStore {
+    /// The highest position committed so far, whether or not readers may pass it yet.
+    pub async fn last_position(&self) -> Result<i64, StoreError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(last.unwrap_or(0))
+    }
+
+    /// Every event after `after_position` that had committed when the call began, in log
+    /// order. Transactions still running elsewhere on the server hold the gap-free reader
+    /// back for a moment; this waits for them (up to 30 s) rather than returning short.
+    pub async fn read_committed(
+        &self,
+        after_position: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let target = self.last_position().await?;
+        let mut events = Vec::new();
+        let mut position = after_position;
+        loop {
+            let page = self.read_page_until(position, target, 1000).await?;
+            let Some(last) = page.last() else {
+                return Ok(events);
+            };
+            position = last.position;
+            events.extend(page);
+        }
+    }
+
+    /// The next page of up to `limit` events after `after_position`, waiting (up to 30 s)
+    /// while in-flight transactions hold the reader back. Empty only once `target` is reached.
+    pub async fn read_page_until(
+        &self,
+        after_position: i64,
+        target: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
+        while after_position < target {
+            let page = self.read_all(after_position, limit).await?;
+            if !page.is_empty() {
+                return Ok(page);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::HorizonStuck {
+                    position: after_position,
+                    target,
+                });
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
+        Ok(Vec::new())
+    }
+}

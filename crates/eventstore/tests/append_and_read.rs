@@ -56,7 +56,7 @@ async fn appended_events_read_back_in_order_with_versions_positions_and_hashes()
     assert!(read.windows(2).all(|w| w[0].position < w[1].position));
     assert!(read.iter().all(|e| e.hash.len() == 64));
     assert_eq!(read[1].data["n"], 1);
-    let all = db.store.read_all(0, 100).await.expect("read all");
+    let all = db.store.read_committed(0).await.expect("read all");
     assert_eq!(all, read);
     assert_eq!(
         db.store
@@ -173,7 +173,7 @@ async fn a_repeated_event_id_is_idempotent_in_its_stream_and_refused_elsewhere()
         matches!(other, Err(AppendError::EventIdTaken { .. })),
         "{other:?}"
     );
-    assert_eq!(db.store.read_all(0, 100).await.expect("read").len(), 2);
+    assert_eq!(db.store.read_committed(0).await.expect("read").len(), 2);
 }
 
 /// DESIGN.md §5 rule 3: the first append takes the lower position but commits last; a
@@ -206,7 +206,7 @@ async fn a_follower_never_skips_an_event_that_commits_late() {
     );
 
     slow.commit().await.expect("commit");
-    let seen = db.store.read_all(0, 100).await.expect("read");
+    let seen = db.store.read_committed(0).await.expect("read");
     let streams: Vec<Uuid> = seen.iter().map(|e| e.stream_id).collect();
     assert_eq!(streams, vec![early, late]);
 }

@@ -141,11 +141,13 @@ pub async fn verify(store: &EventStore, out: &mut impl Write) -> anyhow::Result<
     Ok(report.holds())
 }
 
-/// Every event after `after` as JSON lines, in log order.
+/// Every event after `after` that had committed when the export began, as JSON lines in
+/// log order.
 pub async fn export(store: &EventStore, after: i64, out: &mut impl Write) -> anyhow::Result<bool> {
+    let target = store.last_position().await?;
     let mut position = after;
     loop {
-        let page = store.read_all(position, EXPORT_PAGE).await?;
+        let page = store.read_page_until(position, target, EXPORT_PAGE).await?;
         let Some(last) = page.last() else {
             return Ok(true);
         };
