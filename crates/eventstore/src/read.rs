@@ -99,8 +99,11 @@ impl EventStore {
         target: i64,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if after_position >= target {
+            return Ok(Vec::new());
+        }
         let deadline = tokio::time::Instant::now() + SETTLE_TIMEOUT;
-        while after_position < target {
+        loop {
             let page = self.read_all(after_position, limit).await?;
             if !page.is_empty() {
                 return Ok(page);
@@ -113,6 +116,5 @@ impl EventStore {
             }
             tokio::time::sleep(SETTLE_POLL).await;
         }
-        Ok(Vec::new())
     }
 }
