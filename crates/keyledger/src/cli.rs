@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use uuid::Uuid;
 
 /// keyledger: VPN access keys for Telegram users, from one append-only event log.
@@ -16,6 +16,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service's roles in one process until SIGTERM or SIGINT.
+    Serve {
+        /// Comma-separated subset of roles to run (default: every role this build has).
+        #[arg(long, value_delimiter = ',')]
+        roles: Option<Vec<Role>>,
+    },
     /// Create the database if missing and apply migrations.
     Migrate,
     /// Read and check the event log.
@@ -63,4 +69,15 @@ pub struct AppendBenchArgs {
     /// Alternating rounds of store and baseline per case, to even out machine noise.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+}
+
+/// The roles of CONTRACT.md §1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Api,
+    Relay,
+    Projector,
+    Worker,
+    Bot,
+    Scheduler,
 }

@@ -9,6 +9,8 @@ pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod scheduler;
+pub mod serve;
 pub mod telemetry;
 
 use std::process::ExitCode;
@@ -62,6 +64,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     telemetry::init(&config);
     let mut out = std::io::stdout().lock();
     match cli.command {
+        Command::Serve { roles } => {
+            serve::serve(&config, roles).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate => {
             audit::migrate(&config).await?;
             Ok(ExitCode::SUCCESS)

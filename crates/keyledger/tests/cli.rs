@@ -159,3 +159,59 @@ fn bad_configuration_and_usage_exit_with_2() {
     );
     assert_eq!(no_file.status.code(), Some(2));
 }
+
+#[test]
+fn serve_refuses_roles_this_build_lacks() {
+    let output = keyledger(
+        "postgres://x@127.0.0.1/none",
+        &["serve", "--roles", "scheduler,api"],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Api"));
+}
+
+#[tokio::test]
+async fn serve_runs_until_sigterm_and_exits_cleanly() {
+    use std::io::{BufRead, BufReader};
+    let db = TestDatabase::create().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyledger"))
+        .args(["serve", "--roles", "scheduler"])
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("KEYLEDGER_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    // Keep draining stderr after the ready line: a closed pipe would fail the child's logging.
+    let drain = tokio::task::spawn_blocking(move || {
+        let mut ready_tx = Some(ready_tx);
+        let mut lines = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("keyledger serving")
+                && let Some(tx) = ready_tx.take()
+            {
+                let _ = tx.send(());
+            }
+            lines.push(line);
+        }
+        lines
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx)
+        .await
+        .expect("serve became ready in time")
+        .expect("serve logged that it was serving");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    let logs = drain.await.expect("drain");
+    assert_eq!(status.code(), Some(0), "{logs:#?}");
+    assert!(logs.iter().any(|l| l.contains("shutting down")));
+}

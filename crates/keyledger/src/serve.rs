@@ -1,0 +1,65 @@
+//! `keyledger serve`: runs the selected roles in one process until SIGTERM or SIGINT.
+
+use std::time::Duration;
+
+use eventstore::KeyLedger;
+use tokio_util::sync::CancellationToken;
+
+use crate::Failure;
+use crate::cli::Role;
+use crate::config::Config;
+use crate::scheduler::Scheduler;
+
+/// Roles this build can run. The others of CONTRACT.md §1 arrive with their issues.
+pub const AVAILABLE_ROLES: [Role; 1] = [Role::Scheduler];
+
+const SCHEDULER_TICK: Duration = Duration::from_secs(5);
+
+pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Failure> {
+    let roles = roles.unwrap_or_else(|| AVAILABLE_ROLES.to_vec());
+    if let Some(missing) = roles.iter().find(|role| !AVAILABLE_ROLES.contains(role)) {
+        return Err(Failure::Usage(format!(
+            "role {missing:?} is not available in this build; available: {AVAILABLE_ROLES:?}"
+        )));
+    }
+    let store = crate::audit::migrate(config).await?;
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for role in &roles {
+        match role {
+            Role::Scheduler => {
+                let scheduler = Scheduler::new(KeyLedger::new(store.clone()), SCHEDULER_TICK);
+                tasks.spawn(scheduler.run(stop.clone()));
+            }
+            other => unreachable!("role {other:?} was checked against AVAILABLE_ROLES"),
+        }
+    }
+    tracing::info!(?roles, "keyledger serving");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
