@@ -24,10 +24,7 @@ impl EventStore {
             .bind(i32::try_from(after_version).unwrap_or(i32::MAX))
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .iter()
-            .map(RecordedEvent::from_row)
-            .collect::<Result<_, _>>()?)
+        Ok(decode_rows(&rows)?)
     }
 
     /// Up to `limit` events after `after_position`, in log order.
@@ -51,11 +48,12 @@ impl EventStore {
             .bind(limit.clamp(1, 10_000))
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .iter()
-            .map(RecordedEvent::from_row)
-            .collect::<Result<_, _>>()?)
+        Ok(decode_rows(&rows)?)
     }
+}
+
+fn decode_rows(rows: &[sqlx::postgres::PgRow]) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    rows.iter().map(RecordedEvent::from_row).collect()
 }
 
 /// How long [`EventStore::read_committed`] waits for in-flight transactions to end.
