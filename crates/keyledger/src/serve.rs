@@ -34,32 +34,35 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
             other => unreachable!("role {other:?} was checked against AVAILABLE_ROLES"),
         }
     }
+    // Listen for signals before saying we serve: a SIGTERM right after that line must
+    // shut down cleanly, not hit the default handler.
+    let shutdown = shutdown_signal()?;
     tracing::info!(?roles, "keyledger serving");
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Registers the SIGINT and SIGTERM handlers now and returns a future that ends at the
+/// first of them.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot listen for SIGTERM: {e}")))?;
+    #[cfg(unix)]
+    let mut interrupt =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot listen for SIGINT: {e}")))?;
+    Ok(async move {
+        #[cfg(unix)]
         tokio::select! {
-            _ = interrupt => {}
+            _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
