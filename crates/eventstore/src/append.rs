@@ -59,7 +59,8 @@ impl EventStore {
     }
 
     /// Appends on a connection the caller holds, typically inside its own transaction;
-    /// the events must be that transaction's first write. The caller commits.
+    /// the events must be that transaction's first write. The caller commits, and should
+    /// close the session if this fails with a store error (see [`EventStore::append`]).
     pub async fn append_on(
         &self,
         conn: &mut PgConnection,

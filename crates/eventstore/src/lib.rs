@@ -68,6 +68,25 @@ impl EventStore {
     }
 }
 
+/// `database_url` with its database name replaced by `database`.
+pub fn with_database(database_url: &str, database: &str) -> Result<String, url::ParseError> {
+    let mut url = url::Url::parse(database_url)?;
+    url.set_path(&format!("/{database}"));
+    Ok(url.to_string())
+}
+
+/// Creates the database named in `database_url`.
+pub async fn create_database(database_url: &str) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateDatabase;
+    Ok(sqlx::Postgres::create_database(database_url).await?)
+}
+
+/// Drops the database named in `database_url`, ending its open sessions.
+pub async fn drop_database(database_url: &str) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateDatabase;
+    Ok(sqlx::Postgres::force_drop_database(database_url).await?)
+}
+
 /// Creates the database named in `database_url` if it does not exist yet.
 pub async fn create_database_if_missing(database_url: &str) -> Result<bool, StoreError> {
     use sqlx::migrate::MigrateDatabase;

@@ -76,22 +76,6 @@ impl EventMetadata {
             command_id: Some(command_id),
         }
     }
-
-    /// Metadata for events caused by an earlier event (a worker's acknowledgement).
-    pub fn caused_by(cause: &RecordedEvent, actor: Actor) -> Self {
-        let correlation_id = cause
-            .metadata
-            .get("correlation_id")
-            .and_then(Value::as_str)
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .unwrap_or(cause.event_id);
-        Self {
-            correlation_id,
-            causation_id: cause.event_id,
-            actor,
-            command_id: None,
-        }
-    }
 }
 
 /// An event as the log holds it; serialises to the body of CONTRACT.md §4 and §6.

@@ -1,10 +1,10 @@
 //! A throwaway database per test, so tests run in parallel against the real PostgreSQL.
 
+use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::EventStore;
+use crate::{EventStore, create_database, drop_database, with_database};
 
 /// The server tests create their databases on: `KEYLEDGER_TEST_DATABASE_URL`, or the
 /// machine's local PostgreSQL.
@@ -22,16 +22,9 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub async fn create() -> Self {
-        let server = server_url();
         let name = format!("keyledger_test_{}", Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&server)
-            .await
-            .expect("test PostgreSQL reachable");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
-        let url = database_url(&server, &name);
+        let url = with_database(&server_url(), &name).expect("valid test server URL");
+        create_database(&url).await.expect("create test database");
         let pool = PgPoolOptions::new()
             .max_connections(20)
             .connect(&url)
@@ -47,30 +40,16 @@ impl TestDatabase {
     }
 }
 
-/// `server` with its database name replaced by `database`.
-pub fn database_url(server: &str, database: &str) -> String {
-    let mut url = url::Url::parse(server).expect("valid server URL");
-    url.set_path(&format!("/{database}"));
-    url.to_string()
-}
-
 impl Drop for TestDatabase {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        let server = server_url();
+        let url = self.url.clone();
         // Drop may run inside or outside a runtime; a thread with its own runtime works in both.
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .ok()?;
-            runtime.block_on(async {
-                let mut admin = PgConnection::connect(&server).await.ok()?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .ok()
-            })
+            runtime.block_on(drop_database(&url)).ok()
         })
         .join();
         if !matches!(dropped, Ok(Some(_))) {

@@ -2,15 +2,17 @@
 //! compared with, measured in the same run on the same machine.
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use eventstore::{Actor, ActorKind, EventMetadata, EventStore, NewEvent};
+use eventstore::{
+    Actor, ActorKind, EventMetadata, EventStore, NewEvent, create_database, drop_database,
+    with_database,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::cli::AppendBenchArgs;
@@ -37,45 +39,30 @@ struct AppendCase {
 /// A database of its own on the configured server, so a benchmark never writes into the
 /// real log; dropped afterwards whatever happened.
 struct ScratchDatabase {
-    server_url: url::Url,
-    name: String,
+    url: String,
     pool: PgPool,
 }
 
 impl ScratchDatabase {
     async fn create(config: &Config, max_connections: u32) -> anyhow::Result<Self> {
-        // Administrative statements go to the server's maintenance database.
-        let mut server_url = config.database_url.url().clone();
-        server_url.set_path("/postgres");
         let name = format!("keyledger_bench_{}", Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(server_url.as_str())
-            .await
-            .with_context(|| format!("cannot connect to {}", config.database_url))?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await?;
-        let mut url = server_url.clone();
-        url.set_path(&format!("/{name}"));
+        let url = with_database(config.database_url.as_str(), &name)?;
+        create_database(&url).await.with_context(|| {
+            format!(
+                "cannot create a scratch database on {}",
+                config.database_url
+            )
+        })?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .connect(url.as_str())
+            .connect(&url)
             .await?;
-        Ok(Self {
-            server_url,
-            name,
-            pool,
-        })
+        Ok(Self { url, pool })
     }
 
     async fn drop(self) -> anyhow::Result<()> {
         self.pool.close().await;
-        let mut admin = PgConnection::connect(self.server_url.as_str()).await?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await?;
+        drop_database(&self.url).await?;
         Ok(())
     }
 }
@@ -174,14 +161,13 @@ async fn drive<W: Writer>(
     make: impl Fn(usize) -> W,
 ) -> anyhow::Result<(u64, Duration)> {
     let start = Instant::now();
-    let deadline = Arc::new(start + duration);
+    let deadline = start + duration;
     let tasks: Vec<_> = (0..concurrency)
         .map(|i| {
             let mut writer = make(i);
-            let deadline = deadline.clone();
             tokio::spawn(async move {
                 let mut rows = 0;
-                while Instant::now() < *deadline {
+                while Instant::now() < deadline {
                     rows += writer.write().await?;
                 }
                 anyhow::Ok(rows)
@@ -199,8 +185,15 @@ fn sample_data(i: usize) -> Value {
     json!({"kind": "settings_differ", "expected": {"enable": true, "n": i}, "observed": {"enable": false}})
 }
 
+/// Bench appends carry no command id: the baseline has no command table to match.
 fn sample_metadata() -> EventMetadata {
-    EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Service, "bench"))
+    let id = Uuid::new_v4();
+    EventMetadata {
+        correlation_id: id,
+        causation_id: id,
+        actor: Actor::new(ActorKind::Service, "bench"),
+        command_id: None,
+    }
 }
 
 struct StoreAppender {
@@ -226,10 +219,8 @@ impl Writer for StoreAppender {
         let events: Vec<NewEvent> = (0..self.batch)
             .map(|i| NewEvent::new("key.drift_detected", sample_data(i)))
             .collect();
-        let mut metadata = sample_metadata();
-        metadata.command_id = None;
         self.store
-            .append(self.stream, self.version, &events, &metadata)
+            .append(self.stream, self.version, &events, &sample_metadata())
             .await?;
         self.version += self.batch as u32;
         Ok(self.batch as u64)

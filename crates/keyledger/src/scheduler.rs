@@ -82,18 +82,13 @@ impl Scheduler {
                     tracing::warn!(position = recorded.position, key_id = %recorded.stream_id, "undecodable event skipped by scheduler");
                     continue;
                 };
-                let state = self.keys.remove(&recorded.stream_id).unwrap_or_default();
-                self.keys.insert(recorded.stream_id, evolve(state, &event));
+                let state = self.keys.entry(recorded.stream_id).or_default();
+                *state = evolve(std::mem::take(state), &event);
             }
         }
     }
 
-    async fn expire(
-        &mut self,
-        key_id: Uuid,
-        expires_at: OffsetDateTime,
-        now: OffsetDateTime,
-    ) -> bool {
+    async fn expire(&self, key_id: Uuid, expires_at: OffsetDateTime, now: OffsetDateTime) -> bool {
         let name = format!("{key_id}/{}", expires_at.unix_timestamp_nanos());
         let command_id = Uuid::new_v5(&EXPIRY_COMMAND_NAMESPACE, name.as_bytes());
         let metadata =

@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use eventstore::testing::{TestDatabase, database_url, server_url};
+use eventstore::testing::{TestDatabase, server_url};
 use eventstore::{Actor, ActorKind, EventMetadata, NewEvent};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -49,7 +49,7 @@ async fn seeded_key(db: &TestDatabase) -> Uuid {
 #[tokio::test]
 async fn migrate_creates_a_missing_database_and_is_repeatable() {
     let name = format!("keyledger_cli_{}", Uuid::new_v4().simple());
-    let url = database_url(&server_url(), &name);
+    let url = eventstore::with_database(&server_url(), &name).expect("valid URL");
     for _ in 0..2 {
         let output = keyledger(&url, &["migrate"]);
         assert!(
@@ -61,14 +61,7 @@ async fn migrate_creates_a_missing_database_and_is_repeatable() {
     let verify = keyledger(&url, &["audit", "verify"]);
     assert!(verify.status.success());
     assert!(stdout(&verify).contains("checked 0 events"));
-    let mut admin = sqlx::PgConnection::connect(&server_url())
-        .await
-        .expect("admin");
-    use sqlx::Connection;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .expect("cleanup");
+    eventstore::drop_database(&url).await.expect("cleanup");
 }
 
 #[tokio::test]
