@@ -1,3 +1,5 @@
+use std::borrow::Cow;
+
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -32,13 +34,127 @@ impl AppendOutcome {
     }
 }
 
-/// The whole append is one call of `keyledger_append` (see the migration).
-const APPEND_SQL: &str = "SELECT out_position AS position, out_version AS version
-     FROM keyledger_append($1, $2, $3, $4, $5, $6, $7)";
+/// Every append is a call of `keyledger_append_batch` (see migration 0002); a lone append
+/// is a batch of one.
+const APPEND_BATCH_SQL: &str = "SELECT append_index, first_position, first_version
+     FROM keyledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// One append as the store carries it between the caller and the batch writer.
+/// Borrowed while the caller writes it itself, owned once queued for a writer task.
+#[derive(Debug, Clone)]
+pub(crate) struct AppendRequest<'a> {
+    pub stream_id: Uuid,
+    pub expected_version: u32,
+    pub events: Cow<'a, [NewEvent]>,
+    pub metadata: Cow<'a, EventMetadata>,
+}
+
+impl<'a> AppendRequest<'a> {
+    pub fn new(
+        stream_id: Uuid,
+        expected_version: u32,
+        events: &'a [NewEvent],
+        metadata: &'a EventMetadata,
+    ) -> Result<Self, AppendError> {
+        if events.is_empty() {
+            return Err(AppendError::NoEvents);
+        }
+        if i32::try_from(expected_version).is_err() {
+            return Err(AppendError::VersionConflict {
+                stream_id,
+                expected: expected_version,
+                actual: 0,
+            });
+        }
+        Ok(Self {
+            stream_id,
+            expected_version,
+            events: Cow::Borrowed(events),
+            metadata: Cow::Borrowed(metadata),
+        })
+    }
+
+    pub fn into_owned(self) -> AppendRequest<'static> {
+        AppendRequest {
+            events: Cow::Owned(self.events.into_owned()),
+            metadata: Cow::Owned(self.metadata.into_owned()),
+            ..self
+        }
+    }
+
+    fn range(&self, first_position: i64, first_version: i32) -> AppendedRange {
+        let last = self.events.len() as i64 - 1;
+        let first_version = first_version.max(0) as u32;
+        AppendedRange {
+            stream_id: self.stream_id,
+            first_position,
+            last_position: first_position + last,
+            first_version,
+            last_version: first_version + last as u32,
+        }
+    }
+}
+
+/// Writes `requests` in one statement and one transaction (if the caller holds none).
+/// Returns, per request, where its events landed, or `None` when its stream was at
+/// another version. A database error means nothing of the batch was written.
+pub(crate) async fn write_batch(
+    conn: &mut PgConnection,
+    requests: &[&AppendRequest<'_>],
+) -> Result<Vec<Option<AppendedRange>>, sqlx::Error> {
+    let mut stream_ids = Vec::with_capacity(requests.len());
+    let mut expected = Vec::with_capacity(requests.len());
+    let mut metadata = Vec::with_capacity(requests.len());
+    let mut command_ids = Vec::with_capacity(requests.len());
+    let mut counts = Vec::with_capacity(requests.len());
+    let (mut event_ids, mut types, mut data) = (vec![], vec![], vec![]);
+    for request in requests {
+        stream_ids.push(request.stream_id);
+        expected.push(request.expected_version as i32);
+        metadata.push(serde_json::to_value(&*request.metadata).unwrap_or(Value::Null));
+        command_ids.push(request.metadata.command_id);
+        counts.push(request.events.len() as i32);
+        for event in request.events.iter() {
+            event_ids.push(event.event_id);
+            types.push(event.event_type.as_str());
+            data.push(&event.data);
+        }
+    }
+    let rows = sqlx::query(APPEND_BATCH_SQL)
+        .bind(&stream_ids)
+        .bind(&expected)
+        .bind(&metadata)
+        .bind(&command_ids)
+        .bind(&counts)
+        .bind(&event_ids)
+        .bind(&types)
+        .bind(&data)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut ranges = vec![None; requests.len()];
+    for row in rows {
+        let index: i32 = row.try_get("append_index")?;
+        let request = usize::try_from(index - 1)
+            .ok()
+            .and_then(|i| requests.get(i).map(|r| (i, r)));
+        let Some((i, request)) = request else {
+            return Err(sqlx::Error::Protocol(format!(
+                "keyledger_append_batch answered for append {index} of {}",
+                requests.len()
+            )));
+        };
+        ranges[i] = Some(request.range(
+            row.try_get("first_position")?,
+            row.try_get("first_version")?,
+        ));
+    }
+    Ok(ranges)
+}
 
 impl EventStore {
     /// Appends `events` to `stream_id`, which must be at `expected_version` (0 for a new
-    /// stream). All events are written atomically, or none.
+    /// stream). All events are written atomically, or none. Concurrent appends share
+    /// transactions (group commit, see `group.rs`); each still gets its own answer.
     pub async fn append(
         &self,
         stream_id: Uuid,
@@ -46,10 +162,17 @@ impl EventStore {
         events: &[NewEvent],
         metadata: &EventMetadata,
     ) -> Result<AppendOutcome, AppendError> {
+        let request = AppendRequest::new(stream_id, expected_version, events, metadata)?;
+        self.group.append(self, request).await
+    }
+
+    /// Appends one request alone, on a pooled connection.
+    pub(crate) async fn append_alone(
+        &self,
+        request: &AppendRequest<'_>,
+    ) -> Result<AppendOutcome, AppendError> {
         let mut conn = self.pool.acquire().await.map_err(StoreError::from)?;
-        let result = self
-            .append_on(&mut conn, stream_id, expected_version, events, metadata)
-            .await;
+        let result = self.append_request_on(&mut conn, request).await;
         if matches!(result, Err(AppendError::Store(_))) {
             // An append cut short may have left the position lock held by this session
             // (see keyledger_reserve_positions); closing the session releases it.
@@ -69,73 +192,43 @@ impl EventStore {
         events: &[NewEvent],
         metadata: &EventMetadata,
     ) -> Result<AppendOutcome, AppendError> {
-        if events.is_empty() {
-            return Err(AppendError::NoEvents);
-        }
-        let expected =
-            i32::try_from(expected_version).map_err(|_| AppendError::VersionConflict {
-                stream_id,
-                expected: expected_version,
-                actual: 0,
-            })?;
-        let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
-        let metadata_json = serde_json::to_value(metadata).unwrap_or(Value::Null);
+        let request = AppendRequest::new(stream_id, expected_version, events, metadata)?;
+        self.append_request_on(conn, &request).await
+    }
 
-        let result = sqlx::query(APPEND_SQL)
-            .bind(stream_id)
-            .bind(expected)
-            .bind(&event_ids)
-            .bind(&types)
-            .bind(&data)
-            .bind(&metadata_json)
-            .bind(metadata.command_id)
-            .fetch_all(&mut *conn)
-            .await;
-
-        let rows = match result {
-            Ok(rows) => rows,
+    async fn append_request_on(
+        &self,
+        conn: &mut PgConnection,
+        request: &AppendRequest<'_>,
+    ) -> Result<AppendOutcome, AppendError> {
+        match write_batch(conn, &[request]).await {
+            Ok(ranges) => match ranges.into_iter().next().flatten() {
+                Some(range) => Ok(AppendOutcome::Appended(range)),
+                None => self.explain_refusal("version", request).await,
+            },
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
                 let constraint = db.constraint().unwrap_or_default().to_owned();
-                return self
-                    .explain_duplicate(
-                        &constraint,
-                        stream_id,
-                        expected_version,
-                        &event_ids,
-                        metadata,
-                    )
-                    .await;
+                self.explain_refusal(&constraint, request).await
             }
-            Err(e) => return Err(e.into()),
-        };
-        if rows.is_empty() {
-            return self
-                .explain_duplicate("version", stream_id, expected_version, &event_ids, metadata)
-                .await;
+            Err(e) => Err(e.into()),
         }
-        let first = &rows[0];
-        let last = &rows[rows.len() - 1];
-        Ok(AppendOutcome::Appended(AppendedRange {
-            stream_id,
-            first_position: first.try_get("position")?,
-            last_position: last.try_get("position")?,
-            first_version: version_of(first)?,
-            last_version: version_of(last)?,
-        }))
     }
 
     /// Turns a refused append into its meaning: the same command or events already recorded
     /// (answered idempotently), or a real conflict.
-    async fn explain_duplicate(
+    pub(crate) async fn explain_refusal(
         &self,
         constraint: &str,
-        stream_id: Uuid,
-        expected_version: u32,
-        event_ids: &[Uuid],
-        metadata: &EventMetadata,
+        request: &AppendRequest<'_>,
     ) -> Result<AppendOutcome, AppendError> {
+        let AppendRequest {
+            stream_id,
+            expected_version,
+            metadata,
+            ..
+        } = request;
+        let (stream_id, expected_version) = (*stream_id, *expected_version);
+        let event_ids: Vec<Uuid> = request.events.iter().map(|e| e.event_id).collect();
         let resolved = async {
             if let Some(command_id) = metadata.command_id
                 && let Some(range) = self.command_range(command_id).await?
@@ -149,8 +242,10 @@ impl EventStore {
                 }
                 return Ok(Ok(range));
             }
-            if constraint == "events_event_id_key" {
-                return self.recorded_event_ids(stream_id, event_ids).await;
+            // Also when the version moved: the events may be ours, written by an earlier
+            // attempt whose answer was lost.
+            if constraint == "events_event_id_key" || self.any_recorded(&event_ids).await? {
+                return self.recorded_event_ids(stream_id, &event_ids).await;
             }
             let actual = self.stream_version(stream_id).await?;
             Ok(Err(AppendError::VersionConflict {
@@ -164,6 +259,15 @@ impl EventStore {
             Ok(Err(err)) => Err(err),
             Err(store) => Err(AppendError::Store(store)),
         }
+    }
+
+    async fn any_recorded(&self, event_ids: &[Uuid]) -> Result<bool, StoreError> {
+        let found: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT FROM events WHERE event_id = ANY($1))")
+                .bind(event_ids)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(found)
     }
 
     /// Where the events of an already applied command are, if it was applied.
@@ -225,11 +329,6 @@ impl EventStore {
                 .await?;
         Ok(version.unwrap_or(0).max(0) as u32)
     }
-}
-
-fn version_of(row: &sqlx::postgres::PgRow) -> Result<u32, sqlx::Error> {
-    let version: i32 = row.try_get("version")?;
-    Ok(version.max(0) as u32)
 }
 
 fn range_from_row(row: &sqlx::postgres::PgRow) -> Result<AppendedRange, StoreError> {

@@ -47,7 +47,7 @@ pub struct ChainLink<'a> {
 
 impl ChainLink<'_> {
     /// The hash of this event given the previous event's hash (README "Hash chain"). The
-    /// same formula as the SQL function `keyledger_event_hash` and `sql/verify_chain.sql`,
+    /// same formula as `keyledger_append_batch` (migration 0002) and `sql/verify_chain.sql`,
     /// written a third time so that each can check the others.
     pub fn hash(&self, prev_hash: &str) -> String {
         let content = format!(

@@ -13,6 +13,7 @@
 
 mod append;
 mod error;
+mod group;
 mod integrity;
 mod keys;
 mod model;
@@ -29,6 +30,7 @@ pub use model::{Actor, ActorKind, EventMetadata, NewEvent, RecordedEvent};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -37,11 +39,15 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone, Debug)]
 pub struct EventStore {
     pool: PgPool,
+    group: Arc<group::GroupCommit>,
 }
 
 impl EventStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            group: Arc::default(),
+        }
     }
 
     /// Connects a pool of `max_connections` to `database_url`.
@@ -54,7 +60,7 @@ impl EventStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        Ok(Self { pool })
+        Ok(Self::new(pool))
     }
 
     pub fn pool(&self) -> &PgPool {

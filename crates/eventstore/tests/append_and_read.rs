@@ -277,3 +277,112 @@ async fn events_must_be_the_first_write_of_their_transaction() {
         .expect_err("refused");
     assert!(err.to_string().contains("first write"), "{err}");
 }
+
+/// Group commit: appends that arrive together share transactions, yet each is judged on
+/// its own — a stale one is refused without failing its neighbours, a retried command is
+/// answered idempotently, and two appends racing for one stream leave exactly one winner.
+#[tokio::test]
+async fn concurrent_appends_share_transactions_and_each_gets_its_own_answer() {
+    let db = TestDatabase::create().await;
+    let stale = Uuid::new_v4();
+    db.store
+        .append(stale, 0, &events(1), &metadata(None))
+        .await
+        .expect("seed");
+    let retried = Uuid::new_v4();
+    let retried_command = Uuid::new_v4();
+    let first = db
+        .store
+        .append(retried, 0, &events(2), &metadata(Some(retried_command)))
+        .await
+        .expect("first attempt")
+        .range();
+    let contested = Uuid::new_v4();
+
+    let fresh: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+    let mut tasks = Vec::new();
+    for &stream in &fresh {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            (
+                stream,
+                store.append(stream, 0, &events(2), &metadata(None)).await,
+            )
+        }));
+    }
+    let store = db.store.clone();
+    let stale_attempt =
+        tokio::spawn(async move { store.append(stale, 0, &events(1), &metadata(None)).await });
+    let store = db.store.clone();
+    let retry = tokio::spawn(async move {
+        store
+            .append(retried, 0, &events(2), &metadata(Some(retried_command)))
+            .await
+    });
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let store = db.store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(contested, 0, &events(1), &metadata(None))
+                    .await
+            })
+        })
+        .collect();
+
+    for task in tasks {
+        let (stream, result) = task.await.expect("task");
+        let range = result.expect("fresh stream appends").range();
+        assert_eq!(
+            (range.stream_id, range.first_version, range.last_version),
+            (stream, 1, 2)
+        );
+        assert_eq!(
+            range.last_position,
+            range.first_position + 1,
+            "consecutive positions"
+        );
+    }
+    assert!(matches!(
+        stale_attempt.await.expect("task"),
+        Err(AppendError::VersionConflict {
+            expected: 0,
+            actual: 1,
+            ..
+        })
+    ));
+    assert_eq!(
+        retry.await.expect("task").expect("retry"),
+        AppendOutcome::AlreadyAppended(first)
+    );
+    let race: Vec<_> = futures::future::join_all(racers).await;
+    let wins = race
+        .iter()
+        .filter(|r| matches!(r, Ok(Ok(AppendOutcome::Appended(_)))))
+        .count();
+    assert_eq!(wins, 1, "exactly one of two racers wins: {race:?}");
+
+    let transactions: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT tx) FROM events WHERE stream_id = ANY($1)")
+            .bind(&fresh)
+            .fetch_one(db.store.pool())
+            .await
+            .expect("count transactions");
+    assert!(
+        transactions < fresh.len() as i64,
+        "40 concurrent appends took {transactions} transactions: no group commit"
+    );
+    let positions: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY position")
+        .fetch_all(db.store.pool())
+        .await
+        .expect("positions");
+    let distinct: HashSet<_> = positions.iter().collect();
+    assert_eq!(distinct.len(), positions.len());
+    assert_eq!(positions.len(), 1 + 2 + 40 * 2 + 1);
+    assert!(
+        verify_chains(db.store.pool())
+            .await
+            .expect("verify")
+            .holds()
+    );
+}
