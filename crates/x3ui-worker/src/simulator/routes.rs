@@ -127,7 +127,8 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
 fn set_cookie(response: &mut Response, value: &str, max_age: Duration) {
     let cookie = format!(
         "{COOKIE_NAME}={value}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-        max_age.as_secs()
+        // Rounded up: Max-Age=0 would tell the client to drop the cookie at once.
+        max_age.as_millis().div_ceil(1000)
     );
     if let Ok(header) = HeaderValue::from_str(&cookie) {
         response.headers_mut().append(SET_COOKIE, header);
