@@ -87,7 +87,13 @@ impl<A: PanelApi> Panel<A> {
     /// addClient request. Outcomes are in the order of `specs`.
     pub async fn ensure_clients(&self, specs: &[ClientSpec]) -> Result<Vec<Ensured>, PanelError> {
         let _write = self.writes.lock().await;
-        self.guarded(|| self.ensure_once(specs)).await
+        // Kept across retries: an add whose read-back failed still was an add, even
+        // though the retry then finds the client in place.
+        let outcomes = std::sync::Mutex::new(vec![Ensured::Unchanged; specs.len()]);
+        self.guarded(|| self.ensure_once(specs, &outcomes)).await?;
+        Ok(outcomes
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Makes the panel hold no client with this email. An unknown client is already gone;
@@ -98,9 +104,17 @@ impl<A: PanelApi> Panel<A> {
         self.guarded(|| self.absent_once(email)).await
     }
 
-    async fn ensure_once(&self, specs: &[ClientSpec]) -> Result<Vec<Ensured>, PanelError> {
+    async fn ensure_once(
+        &self,
+        specs: &[ClientSpec],
+        outcomes: &std::sync::Mutex<Vec<Ensured>>,
+    ) -> Result<(), PanelError> {
+        let record = |i: usize, outcome| {
+            outcomes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)[i] = outcome;
+        };
         let mut snapshot = self.api.list_clients().await?;
-        let mut outcomes = vec![Ensured::Unchanged; specs.len()];
         // A duplicate email on add means someone added it since we looked: look again,
         // then it is an update (or nothing); so at most one extra round.
         for round in 0..2 {
@@ -112,7 +126,7 @@ impl<A: PanelApi> Panel<A> {
                         let observed = observed.clone();
                         self.update(&observed, &spec.apply_to(Some(&observed)))
                             .await?;
-                        outcomes[i] = Ensured::Updated;
+                        record(i, Ensured::Updated);
                     }
                     None => missing.push(i),
                 }
@@ -124,7 +138,7 @@ impl<A: PanelApi> Panel<A> {
             match self.api.add_clients(&new).await {
                 Ok(()) => {
                     for &i in &missing {
-                        outcomes[i] = Ensured::Added;
+                        record(i, Ensured::Added);
                     }
                     break;
                 }
@@ -156,7 +170,7 @@ impl<A: PanelApi> Panel<A> {
                 None => return Err(self.mismatch(&spec.email, "missing after the write".into())),
             }
         }
-        Ok(outcomes)
+        Ok(())
     }
 
     async fn update(&self, current: &PanelClient, new: &PanelClient) -> Result<(), PanelError> {

@@ -15,15 +15,31 @@ async fn ensure_client_adds_once_then_does_nothing_then_updates() {
         let flavour = config.flavour;
         let (sim, panel) = start(config).await;
         let mut wanted = spec("tg1-ams");
-        assert_eq!(panel.ensure_client(&wanted).await.unwrap(), Ensured::Added, "{flavour:?}");
-        assert_eq!(panel.ensure_client(&wanted).await.unwrap(), Ensured::Unchanged, "{flavour:?}");
+        assert_eq!(
+            panel.ensure_client(&wanted).await.unwrap(),
+            Ensured::Added,
+            "{flavour:?}"
+        );
+        assert_eq!(
+            panel.ensure_client(&wanted).await.unwrap(),
+            Ensured::Unchanged,
+            "{flavour:?}"
+        );
 
         wanted.expiry_time_ms = 1_900_000_000_000;
         wanted.total_bytes = 50 << 30;
         wanted.enable = false;
-        assert_eq!(panel.ensure_client(&wanted).await.unwrap(), Ensured::Updated, "{flavour:?}");
+        assert_eq!(
+            panel.ensure_client(&wanted).await.unwrap(),
+            Ensured::Updated,
+            "{flavour:?}"
+        );
         let stored = sim.handle().client("tg1-ams").unwrap();
-        assert_eq!(stored["expiryTime"], json!(1_900_000_000_000_i64), "{flavour:?}");
+        assert_eq!(
+            stored["expiryTime"],
+            json!(1_900_000_000_000_i64),
+            "{flavour:?}"
+        );
         assert_eq!(stored["totalGB"], json!(50_i64 << 30), "{flavour:?}");
         assert_eq!(stored["enable"], json!(false), "{flavour:?}");
         assert_eq!(sim.handle().clients(1).len(), 1, "{flavour:?}");
@@ -37,7 +53,10 @@ async fn a_disabled_client_is_added_disabled_even_where_the_panel_enables_new_on
     let mut wanted = spec("tg2-ams");
     wanted.enable = false;
     assert_eq!(panel.ensure_client(&wanted).await.unwrap(), Ensured::Added);
-    assert_eq!(sim.handle().client("tg2-ams").unwrap()["enable"], json!(false));
+    assert_eq!(
+        sim.handle().client("tg2-ams").unwrap()["enable"],
+        json!(false)
+    );
 }
 
 #[tokio::test]
@@ -52,13 +71,20 @@ async fn rotation_replaces_the_uuid_and_keeps_fields_we_do_not_own() {
 
     let old = wanted.id;
     wanted.id = Uuid::new_v4();
-    assert_eq!(panel.ensure_client(&wanted).await.unwrap(), Ensured::Updated);
+    assert_eq!(
+        panel.ensure_client(&wanted).await.unwrap(),
+        Ensured::Updated
+    );
 
     let clients = sim.handle().clients(1);
     assert_eq!(clients.len(), 1);
     assert_eq!(clients[0]["id"], json!(wanted.id.to_string()));
     assert_ne!(clients[0]["id"], json!(old.to_string()));
-    assert_eq!(clients[0]["reset"], json!(30), "a full replace must resend foreign fields");
+    assert_eq!(
+        clients[0]["reset"],
+        json!(30),
+        "a full replace must resend foreign fields"
+    );
     assert_eq!(clients[0]["created_at"], created);
 }
 
@@ -67,9 +93,20 @@ async fn ensure_absent_deletes_once_and_then_reports_already_gone() {
     for config in [SimConfig::v2_9(), SimConfig::v2_6(), SimConfig::v3_1()] {
         let flavour = config.flavour;
         let (sim, panel) = start(config).await;
-        panel.ensure_clients(&[spec("keep-ams"), spec("drop-ams")]).await.unwrap();
-        assert_eq!(panel.ensure_client_absent("drop-ams").await.unwrap(), Absence::Deleted, "{flavour:?}");
-        assert_eq!(panel.ensure_client_absent("drop-ams").await.unwrap(), Absence::AlreadyGone, "{flavour:?}");
+        panel
+            .ensure_clients(&[spec("keep-ams"), spec("drop-ams")])
+            .await
+            .unwrap();
+        assert_eq!(
+            panel.ensure_client_absent("drop-ams").await.unwrap(),
+            Absence::Deleted,
+            "{flavour:?}"
+        );
+        assert_eq!(
+            panel.ensure_client_absent("drop-ams").await.unwrap(),
+            Absence::AlreadyGone,
+            "{flavour:?}"
+        );
         assert!(sim.handle().client("drop-ams").is_none());
         assert!(sim.handle().client("keep-ams").is_some());
     }
@@ -80,14 +117,23 @@ async fn the_last_client_is_disabled_instead_of_deleted_until_another_exists() {
     let (sim, panel) = start(SimConfig::v2_9()).await;
     panel.ensure_client(&spec("only-ams")).await.unwrap();
 
-    assert_eq!(panel.ensure_client_absent("only-ams").await.unwrap(), Absence::Disabled);
+    assert_eq!(
+        panel.ensure_client_absent("only-ams").await.unwrap(),
+        Absence::Disabled
+    );
     let stored = sim.handle().client("only-ams").unwrap();
     assert_eq!(stored["enable"], json!(false));
     // Idempotent: still the last one, still disabled, nothing else happens.
-    assert_eq!(panel.ensure_client_absent("only-ams").await.unwrap(), Absence::Disabled);
+    assert_eq!(
+        panel.ensure_client_absent("only-ams").await.unwrap(),
+        Absence::Disabled
+    );
 
     panel.ensure_client(&spec("next-ams")).await.unwrap();
-    assert_eq!(panel.ensure_client_absent("only-ams").await.unwrap(), Absence::Deleted);
+    assert_eq!(
+        panel.ensure_client_absent("only-ams").await.unwrap(),
+        Absence::Deleted
+    );
     assert!(sim.handle().client("only-ams").is_none());
 }
 
@@ -95,7 +141,10 @@ async fn the_last_client_is_disabled_instead_of_deleted_until_another_exists() {
 async fn on_v3_1_the_last_client_can_be_deleted() {
     let (sim, panel) = start(SimConfig::v3_1()).await;
     panel.ensure_client(&spec("only-ams")).await.unwrap();
-    assert_eq!(panel.ensure_client_absent("only-ams").await.unwrap(), Absence::Deleted);
+    assert_eq!(
+        panel.ensure_client_absent("only-ams").await.unwrap(),
+        Absence::Deleted
+    );
     assert!(sim.handle().clients(1).is_empty());
 }
 
@@ -112,7 +161,12 @@ async fn several_missing_clients_go_into_one_add_request() {
 
     assert_eq!(
         outcomes,
-        [Ensured::Added, Ensured::Added, Ensured::Updated, Ensured::Added]
+        [
+            Ensured::Added,
+            Ensured::Added,
+            Ensured::Updated,
+            Ensured::Added
+        ]
     );
     assert_eq!(sim.handle().stats().add_calls, adds_before + 1);
     assert_eq!(sim.handle().clients(1).len(), 4);
@@ -122,7 +176,10 @@ async fn several_missing_clients_go_into_one_add_request() {
 async fn drift_behind_our_back_is_repaired_by_ensuring_again() {
     let (sim, panel) = start(SimConfig::v2_9()).await;
     let wanted = spec("tg4-ams");
-    panel.ensure_clients(&[wanted.clone(), spec("other-ams")]).await.unwrap();
+    panel
+        .ensure_clients(&[wanted.clone(), spec("other-ams")])
+        .await
+        .unwrap();
 
     assert!(sim.handle().remove_client("tg4-ams"));
     assert_eq!(panel.ensure_client(&wanted).await.unwrap(), Ensured::Added);
@@ -132,9 +189,24 @@ async fn drift_behind_our_back_is_repaired_by_ensuring_again() {
         c.insert("expiryTime".into(), json!(1));
     }));
     let listed = panel.list_clients().await.unwrap();
-    assert_eq!(wanted.differences(listed.by_email("tg4-ams").unwrap()), ["enable", "expiryTime"]);
-    assert_eq!(panel.ensure_client(&wanted).await.unwrap(), Ensured::Updated);
-    assert!(wanted.matches(panel.list_clients().await.unwrap().by_email("tg4-ams").unwrap()));
+    assert_eq!(
+        wanted.differences(listed.by_email("tg4-ams").unwrap()),
+        ["enable", "expiryTime"]
+    );
+    assert_eq!(
+        panel.ensure_client(&wanted).await.unwrap(),
+        Ensured::Updated
+    );
+    assert!(
+        wanted.matches(
+            panel
+                .list_clients()
+                .await
+                .unwrap()
+                .by_email("tg4-ams")
+                .unwrap()
+        )
+    );
 }
 
 #[tokio::test]

@@ -28,7 +28,10 @@ async fn a_wrong_password_is_a_failure_although_the_panel_says_200() {
     let sim = PanelSimulator::start(SimConfig::v2_9()).await.unwrap();
     let panel = with_credentials(&sim, password("wrong"));
     let error = panel.list_clients().await.unwrap_err();
-    assert!(matches!(error, PanelError::LoginRefused { ref msg, .. } if msg.contains("Invalid username")), "{error:?}");
+    assert!(
+        matches!(error, PanelError::LoginRefused { ref msg, .. } if msg.contains("Invalid username")),
+        "{error:?}"
+    );
     // Never retried in a loop: one attempt per call.
     assert_eq!(sim.handle().stats().failed_logins, 1);
 }
@@ -38,11 +41,21 @@ async fn repeated_login_failures_open_the_breaker() {
     let sim = PanelSimulator::start(SimConfig::v2_9()).await.unwrap();
     let panel = with_credentials(&sim, password("wrong"));
     for _ in 0..3 {
-        assert!(matches!(panel.list_clients().await, Err(PanelError::LoginRefused { .. })));
+        assert!(matches!(
+            panel.list_clients().await,
+            Err(PanelError::LoginRefused { .. })
+        ));
     }
     assert_eq!(panel.breaker_state(), BreakerState::Open);
-    assert!(matches!(panel.list_clients().await, Err(PanelError::CircuitOpen { .. })));
-    assert_eq!(sim.handle().stats().failed_logins, 3, "an open breaker sends nothing");
+    assert!(matches!(
+        panel.list_clients().await,
+        Err(PanelError::CircuitOpen { .. })
+    ));
+    assert_eq!(
+        sim.handle().stats().failed_logins,
+        3,
+        "an open breaker sends nothing"
+    );
 }
 
 #[tokio::test]
@@ -54,12 +67,20 @@ async fn the_panels_login_limiter_looks_like_a_wrong_password() {
     }
     let right = Panel::connect(sim.panel_config("ams", 1), fast_policy()).unwrap();
     let error = right.api().login().await.unwrap_err();
-    assert!(matches!(error, PanelError::LoginRefused { .. }), "{error:?}");
+    assert!(
+        matches!(error, PanelError::LoginRefused { .. }),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]
 async fn an_expired_session_is_renewed_once_per_expiry() {
-    for config in [SimConfig::v2_6(), SimConfig::v2_9(), SimConfig::v3_0(), SimConfig::v3_1()] {
+    for config in [
+        SimConfig::v2_6(),
+        SimConfig::v2_9(),
+        SimConfig::v3_0(),
+        SimConfig::v3_1(),
+    ] {
         let flavour = (config.flavour, config.unauthenticated);
         let (sim, panel) = start(config).await;
         panel.list_clients().await.unwrap();
@@ -77,10 +98,14 @@ async fn sessions_that_die_after_a_max_age_are_renewed_transparently() {
     let (sim, panel) = start(SimConfig::v2_9()).await;
     sim.handle()
         .update_faults(|f| f.session_max_age = Some(Duration::from_millis(250)));
-    eventually("a second login after the session aged out", Duration::from_secs(5), || async {
-        panel.list_clients().await.unwrap();
-        (sim.handle().stats().logins >= 2).then_some(())
-    })
+    eventually(
+        "a second login after the session aged out",
+        Duration::from_secs(5),
+        || async {
+            panel.list_clients().await.unwrap();
+            (sim.handle().stats().logins >= 2).then_some(())
+        },
+    )
     .await;
 }
 
@@ -91,9 +116,15 @@ async fn csrf_tokens_are_fetched_and_sent_on_v3_0() {
     assert!(sim.handle().client("tg1-ams").is_some());
 
     // Without the header the panel answers 403, so the POST above did carry it.
-    let raw = reqwest::Client::builder().cookie_store(true).build().unwrap();
+    let raw = reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap();
     let base = sim.base_url();
-    raw.get(base.join("csrf-token").unwrap()).send().await.unwrap();
+    raw.get(base.join("csrf-token").unwrap())
+        .send()
+        .await
+        .unwrap();
     let status = raw
         .post(base.join("login").unwrap())
         .form(&[("username", "admin"), ("password", "sim-password")])
@@ -113,7 +144,10 @@ async fn a_bearer_token_needs_no_login_and_a_wrong_one_is_rejected() {
 
     let wrong = with_credentials(&sim, Credentials::ApiToken(Secret::new("nope")));
     let error = wrong.list_clients().await.unwrap_err();
-    assert!(matches!(error, PanelError::SessionRejected { status: 404, .. }), "{error:?}");
+    assert!(
+        matches!(error, PanelError::SessionRejected { status: 404, .. }),
+        "{error:?}"
+    );
 }
 
 #[tokio::test]
@@ -123,7 +157,10 @@ async fn a_wrong_base_path_is_reported_as_configuration_not_retried_as_a_session
     config.base_url = sim.base_url().join("../wrong-path/").unwrap();
     let panel = Panel::connect(config, fast_policy()).unwrap();
     let error = panel.list_clients().await.unwrap_err();
-    assert!(matches!(error, PanelError::SessionRejected { .. }), "{error:?}");
+    assert!(
+        matches!(error, PanelError::SessionRejected { .. }),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("base path"), "{error}");
     assert_eq!(sim.handle().stats().logins, 0);
 }
@@ -149,7 +186,10 @@ async fn secrets_never_show_in_debug_or_error_output() {
         format!("{token_error:?} {token_error}"),
     ];
     for output in outputs {
-        assert!(!output.contains(secret_password), "password leaked: {output}");
+        assert!(
+            !output.contains(secret_password),
+            "password leaked: {output}"
+        );
         assert!(!output.contains(secret_token), "token leaked: {output}");
     }
     assert!(format!("{config:?}").contains("redacted"));
