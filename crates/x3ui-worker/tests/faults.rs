@@ -124,8 +124,13 @@ async fn slow_answers_time_out_instead_of_hanging() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_lost_by_the_panel_are_caught_by_read_back_and_redone() {
     let sim = PanelSimulator::start(SimConfig::v2_9()).await.unwrap();
-    sim.handle()
-        .update_faults(|f| f.lost_write_window = Some(Duration::from_millis(150)));
+    // Every answer takes 100 ms, longer than the two writers are apart, so the second
+    // write lands after the first one's write but before its read-back: the read-back
+    // sees the loss. (A loss after the read-back is left to the periodic reconcile.)
+    sim.handle().update_faults(|f| {
+        f.lost_write_window = Some(Duration::from_millis(300));
+        f.latency = Duration::from_millis(100);
+    });
     // Two workers, each with its own per-panel lock: nothing serialises them.
     let first = Panel::connect(sim.panel_config("ams", 1), fast_policy()).unwrap();
     let second = Panel::connect(sim.panel_config("ams", 1), fast_policy()).unwrap();

@@ -95,23 +95,7 @@ fn email_path(action: &str, email: &str) -> String {
 }
 
 impl PanelApi for ClientsApi {
-    fn location(&self) -> &str {
-        self.session.location()
-    }
-
-    fn inbound_id(&self) -> i64 {
-        self.session.config().inbound_id
-    }
-
-    async fn login(&self) -> Result<(), PanelError> {
-        self.session.login().await
-    }
-
-    async fn get_inbound(&self) -> Result<Inbound, PanelError> {
-        Ok(fetch_inbound(&self.session, Operation::GetInbound)
-            .await?
-            .inbound)
-    }
+    super::session_basics!();
 
     async fn list_clients(&self) -> Result<InboundClients, PanelError> {
         let operation = Operation::ListClients;

@@ -65,23 +65,7 @@ pub(crate) async fn fetch_inbound(
 }
 
 impl PanelApi for LegacyApi {
-    fn location(&self) -> &str {
-        self.session.location()
-    }
-
-    fn inbound_id(&self) -> i64 {
-        self.session.config().inbound_id
-    }
-
-    async fn login(&self) -> Result<(), PanelError> {
-        self.session.login().await
-    }
-
-    async fn get_inbound(&self) -> Result<Inbound, PanelError> {
-        Ok(fetch_inbound(&self.session, Operation::GetInbound)
-            .await?
-            .inbound)
-    }
+    super::session_basics!();
 
     async fn list_clients(&self) -> Result<InboundClients, PanelError> {
         fetch_inbound(&self.session, Operation::ListClients).await

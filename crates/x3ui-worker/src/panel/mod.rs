@@ -67,6 +67,34 @@ impl AnyPanelApi {
     }
 }
 
+/// The four methods every route family answers the same way, from its `session` field
+/// (a macro rather than trait defaults, so the trait stays implementable outside).
+macro_rules! session_basics {
+    () => {
+        fn location(&self) -> &str {
+            self.session.location()
+        }
+
+        fn inbound_id(&self) -> i64 {
+            self.session.config().inbound_id
+        }
+
+        async fn login(&self) -> Result<(), PanelError> {
+            self.session.login().await
+        }
+
+        async fn get_inbound(&self) -> Result<Inbound, PanelError> {
+            Ok(crate::panel::legacy::fetch_inbound(
+                &self.session,
+                crate::error::Operation::GetInbound,
+            )
+            .await?
+            .inbound)
+        }
+    };
+}
+use session_basics;
+
 macro_rules! delegate {
     ($self:ident, $api:ident => $call:expr) => {
         match $self {

@@ -518,15 +518,7 @@ async fn del_client(
     Path((inbound, uuid)): Path<(String, String)>,
 ) -> Response {
     authorized!(shared, headers, Method::POST);
-    deleted(
-        delete_where(
-            &shared,
-            &inbound,
-            |c| id_of(c) == uuid,
-            &["Client Not Found In Inbound For ID:", &uuid],
-        )
-        .await,
-    )
+    deleted(delete_where(&shared, &inbound, &ClientKey::Id(uuid)).await)
 }
 
 async fn del_client_by_email(
@@ -535,35 +527,44 @@ async fn del_client_by_email(
     Path((inbound, email)): Path<(String, String)>,
 ) -> Response {
     authorized!(shared, headers, Method::POST);
-    deleted(
-        delete_where(
-            &shared,
-            &inbound,
-            |c| email_of(c).eq_ignore_ascii_case(&email),
-            &["Client Not Found In Inbound For Email:", &email],
-        )
-        .await,
-    )
+    deleted(delete_where(&shared, &inbound, &ClientKey::Email(email)).await)
 }
 
-async fn delete_where(
-    shared: &Shared,
-    inbound: &str,
-    matches: impl Fn(&Map<String, Value>) -> bool,
-    not_found: &[&str],
-) -> Result<(), String> {
+/// How a delete names its client.
+enum ClientKey {
+    Id(String),
+    Email(String),
+}
+
+impl ClientKey {
+    fn matches(&self, client: &Client) -> bool {
+        match self {
+            Self::Id(id) => id_of(client) == id,
+            Self::Email(email) => email_of(client).eq_ignore_ascii_case(email),
+        }
+    }
+
+    fn not_found(&self) -> String {
+        match self {
+            Self::Id(id) => go_error(&["Client Not Found In Inbound For ID:", id]),
+            Self::Email(email) => go_error(&["Client Not Found In Inbound For Email:", email]),
+        }
+    }
+}
+
+async fn delete_where(shared: &Shared, inbound: &str, key: &ClientKey) -> Result<(), String> {
     let inbound_id: i64 = inbound.parse().unwrap_or(0);
     let unknown_ok = shared.config.unknown_delete_succeeds;
     let last_ok = shared.config.last_client_deletable;
     shared
         .write_clients(inbound_id, |_, clients| {
             let before = clients.len();
-            clients.retain(|c| !matches(c));
+            clients.retain(|c| !key.matches(c));
             if clients.len() == before {
                 return if unknown_ok {
                     Ok(())
                 } else {
-                    Err(go_error(not_found))
+                    Err(key.not_found())
                 };
             }
             if clients.is_empty() && !last_ok {
@@ -791,8 +792,7 @@ async fn record_delete(
         let result = delete_where(
             &shared,
             &inbound_id.to_string(),
-            |c| email_of(c).eq_ignore_ascii_case(&email),
-            &["Client Not Found In Inbound For Email:", &email],
+            &ClientKey::Email(email.clone()),
         )
         .await;
         if result.is_err() {
