@@ -1,0 +1,104 @@
+use std::fmt;
+use std::time::Duration;
+
+use url::Url;
+
+/// A password or API token. It only leaves this type through [`Secret::expose`], so a
+/// derived `Debug` on anything holding it cannot leak it into logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// How we prove who we are to the panel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// Cookie session from `POST {base}login`.
+    Password { username: String, password: Secret },
+    /// `Authorization: Bearer` (v3.0+): no cookie, no CSRF, no login.
+    ApiToken(Secret),
+}
+
+/// Which route family the panel speaks (x3ui-api.md "Versions that matter").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ApiKind {
+    /// `/panel/api/inbounds/*`, panels v2.x to v3.0.
+    #[default]
+    Legacy,
+    /// `/panel/api/clients/*`, panels v3.1 and later.
+    Clients,
+}
+
+/// Everything needed to talk to one panel. Kept local to this crate so the worker does
+/// not depend on the binary's configuration types; the binary maps its `Location` here.
+#[derive(Debug, Clone)]
+pub struct PanelConfig {
+    /// The location id, only used to give errors and logs their context.
+    pub location: String,
+    /// Base URL including the web base path; a missing trailing `/` is added.
+    pub base_url: Url,
+    pub credentials: Credentials,
+    pub inbound_id: i64,
+    /// Accept self-signed certificates; off unless the operator says so.
+    pub accept_invalid_certs: bool,
+    pub api: ApiKind,
+    /// Upper bound for one HTTP exchange, connect included.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl PanelConfig {
+    pub fn new(
+        location: impl Into<String>,
+        base_url: Url,
+        credentials: Credentials,
+        inbound_id: i64,
+    ) -> Self {
+        Self {
+            location: location.into(),
+            base_url,
+            credentials,
+            inbound_id,
+            accept_invalid_certs: false,
+            api: ApiKind::Legacy,
+            request_timeout: Duration::from_secs(15),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn with_api(mut self, api: ApiKind) -> Self {
+        self.api = api;
+        self
+    }
+
+    pub fn with_timeouts(mut self, connect: Duration, request: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.request_timeout = request;
+        self
+    }
+
+    /// The base with a trailing slash, so relative joins stay under the web base path.
+    pub(crate) fn base(&self) -> Url {
+        let mut base = self.base_url.clone();
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        base
+    }
+}

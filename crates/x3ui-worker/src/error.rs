@@ -1,0 +1,194 @@
+use std::fmt;
+use std::time::Duration;
+
+/// What we were doing when a panel call failed; part of every error's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Login,
+    GetInbound,
+    ListClients,
+    AddClients,
+    UpdateClient,
+    DeleteClient,
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Login => "login",
+            Self::GetInbound => "get inbound",
+            Self::ListClients => "list clients",
+            Self::AddClients => "add clients",
+            Self::UpdateClient => "update client",
+            Self::DeleteClient => "delete client",
+        })
+    }
+}
+
+/// The panel's business refusals (HTTP 200, `success:false`), classified from the
+/// English part of `msg` in brackets, which is not translated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    DuplicateEmail,
+    ClientNotFound,
+    LastClient,
+    InboundNotFound,
+    Other,
+}
+
+impl Refusal {
+    pub(crate) fn classify(msg: &str) -> Self {
+        // Only the bracketed `<error>` is stable across languages; the prefix is not.
+        let detail = msg
+            .find('(')
+            .map_or(msg, |start| &msg[start..])
+            .to_ascii_lowercase();
+        if detail.contains("duplicate email") || detail.contains("email already in use") {
+            Self::DuplicateEmail
+        } else if detail.contains("no client remained") {
+            Self::LastClient
+        } else if detail.contains("client not found")
+            // v2.9.3 and older answer this for an updateClient whose old UUID is gone.
+            || detail.contains("empty client id")
+        {
+            Self::ClientNotFound
+        } else if detail.contains("record not found") {
+            Self::InboundNotFound
+        } else {
+            Self::Other
+        }
+    }
+}
+
+/// Why a call to one panel failed, with the location, operation and client it was about.
+#[derive(Debug, thiserror::Error)]
+pub enum PanelError {
+    #[error("{location}: {operation}: cannot reach the panel: {source}")]
+    Transport {
+        location: String,
+        operation: Operation,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{location}: {operation}: no answer within {after:?}")]
+    Timeout {
+        location: String,
+        operation: Operation,
+        after: Duration,
+    },
+    #[error("{location}: {operation}: HTTP {status}")]
+    Http {
+        location: String,
+        operation: Operation,
+        status: u16,
+    },
+    #[error("{location}: login refused: {msg}")]
+    LoginRefused { location: String, msg: String },
+    #[error(
+        "{location}: {operation}: HTTP {status} right after a fresh login; check the web base path in panel_url"
+    )]
+    SessionRejected {
+        location: String,
+        operation: Operation,
+        status: u16,
+    },
+    #[error("{location}: {operation} {email}: the panel refused: {msg}")]
+    Refused {
+        location: String,
+        operation: Operation,
+        email: String,
+        refusal: Refusal,
+        msg: String,
+    },
+    #[error("{location}: {operation}: unexpected answer: {detail}")]
+    Protocol {
+        location: String,
+        operation: Operation,
+        detail: String,
+    },
+    #[error("{location}: {email}: the panel still differs after writing it ({detail})")]
+    ReadBackMismatch {
+        location: String,
+        email: String,
+        detail: String,
+    },
+    #[error("{location}: {email}: email is taken by a client outside inbound {inbound_id}")]
+    EmailTakenElsewhere {
+        location: String,
+        email: String,
+        inbound_id: i64,
+    },
+    #[error("{location}: circuit breaker open, next try in {retry_in:?}")]
+    CircuitOpen {
+        location: String,
+        retry_in: Duration,
+    },
+    #[error("{location}: bad configuration: {detail}")]
+    Config { location: String, detail: String },
+}
+
+impl PanelError {
+    /// Worth another try after a pause: the panel may answer differently next time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Transport { .. }
+            | Self::Timeout { .. }
+            | Self::Protocol { .. }
+            | Self::ReadBackMismatch { .. } => true,
+            Self::Http { status, .. } => *status >= 500 || *status == 429,
+            Self::LoginRefused { .. }
+            | Self::SessionRejected { .. }
+            | Self::Refused { .. }
+            | Self::EmailTakenElsewhere { .. }
+            | Self::CircuitOpen { .. }
+            | Self::Config { .. } => false,
+        }
+    }
+
+    /// Counts as the panel being unhealthy. A refusal is the panel working as designed,
+    /// so it does not; a refused login does, so a wrong password opens the breaker
+    /// instead of being retried in a loop (and tripping the panel's login limiter).
+    pub fn is_panel_failure(&self) -> bool {
+        match self {
+            Self::LoginRefused { .. } | Self::SessionRejected { .. } => true,
+            Self::ReadBackMismatch { .. } => false,
+            other => other.is_transient(),
+        }
+    }
+
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Self::Refused { refusal, .. } => Some(*refusal),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Refusal;
+
+    #[test]
+    fn refusals_are_classified_by_the_bracketed_english_part() {
+        let cases = [
+            (
+                "Something went wrong (Duplicate email: tg1-ams\n)",
+                Refusal::DuplicateEmail,
+            ),
+            (
+                "Что-то пошло не так (no client remained in Inbound\n)",
+                Refusal::LastClient,
+            ),
+            (
+                "x (Client Not Found In Inbound For ID: 1\n)",
+                Refusal::ClientNotFound,
+            ),
+            ("x (record not found)", Refusal::InboundNotFound),
+            ("x (email already in use: a\n)", Refusal::DuplicateEmail),
+            ("x (something else)", Refusal::Other),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(Refusal::classify(msg), want, "{msg}");
+        }
+    }
+}

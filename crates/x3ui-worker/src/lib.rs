@@ -1,0 +1,24 @@
+//! The 3x-ui side of keyledger: a client for the panel's HTTP API and the idempotent
+//! operations a worker or reconciler builds on. [`panel`] speaks one panel's API (the
+//! legacy `/panel/api/inbounds` routes of v2.x–v3.0 and the clients API of v3.1+) with
+//! the panel's login and session quirks handled; [`Panel`] turns those calls into "make
+//! it so" operations — ensure a client exists with given settings, ensure it is gone —
+//! that are safe to repeat, serialised per panel, read back after every write, retried
+//! with backoff and guarded by a circuit breaker. [`simulator`] is a stand-in panel with
+//! the real one's quirks and switchable faults, for tests and for `keyledger demo`.
+//! x3ui-api.md in the shared docs describes the real panel this code is written against.
+
+mod config;
+mod error;
+mod model;
+mod ops;
+pub mod panel;
+mod resilience;
+pub mod simulator;
+
+pub use config::{ApiKind, Credentials, PanelConfig, Secret};
+pub use error::{Operation, PanelError, Refusal};
+pub use model::{ClientSpec, FLOW_VISION, Inbound, InboundClients, PanelClient};
+pub use ops::{Absence, Ensured, Panel};
+pub use panel::{AnyPanelApi, PanelApi};
+pub use resilience::{BreakerState, CircuitBreaker, ResiliencePolicy};

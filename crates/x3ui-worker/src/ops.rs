@@ -1,0 +1,287 @@
+//! Idempotent operations on one panel: "make it so", whatever the panel holds now.
+//! Every write is serialised per panel, followed by a read-back, retried with backoff
+//! when transient, and guarded by the panel's circuit breaker.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use crate::config::PanelConfig;
+use crate::error::{PanelError, Refusal};
+use crate::model::{ClientSpec, InboundClients, PanelClient};
+use crate::panel::{AnyPanelApi, PanelApi};
+use crate::resilience::{BreakerState, CircuitBreaker, ResiliencePolicy};
+
+/// What [`Panel::ensure_client`] had to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ensured {
+    Unchanged,
+    Added,
+    Updated,
+}
+
+/// What [`Panel::ensure_client_absent`] had to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absence {
+    AlreadyGone,
+    Deleted,
+    /// The client was the inbound's last one, which the panel will not delete; it is
+    /// disabled instead (or already was). Calling again once the inbound has another
+    /// client deletes it.
+    Disabled,
+}
+
+/// One panel (location) with its write lock, breaker and retry policy.
+#[derive(Debug)]
+pub struct Panel<A = AnyPanelApi> {
+    api: A,
+    policy: ResiliencePolicy,
+    breaker: CircuitBreaker,
+    /// The panel's read-modify-write of an inbound takes no lock (x3ui-api.md "Data"):
+    /// two of our writes at once could lose one, so we never send two at once.
+    writes: Mutex<()>,
+}
+
+impl Panel<AnyPanelApi> {
+    /// A panel client for `config`, speaking the configured API flavour.
+    pub fn connect(config: PanelConfig, policy: ResiliencePolicy) -> Result<Self, PanelError> {
+        Ok(Self::new(AnyPanelApi::new(config)?, policy))
+    }
+}
+
+impl<A: PanelApi> Panel<A> {
+    pub fn new(api: A, policy: ResiliencePolicy) -> Self {
+        Self {
+            breaker: CircuitBreaker::new(policy.failure_threshold, policy.open_for),
+            api,
+            policy,
+            writes: Mutex::new(()),
+        }
+    }
+
+    pub fn api(&self) -> &A {
+        &self.api
+    }
+
+    pub fn location(&self) -> &str {
+        self.api.location()
+    }
+
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// The inbound and its clients, as the panel holds them now.
+    pub async fn list_clients(&self) -> Result<InboundClients, PanelError> {
+        self.guarded(|| self.api.list_clients()).await
+    }
+
+    /// Makes the panel hold a client with exactly `spec`'s settings.
+    pub async fn ensure_client(&self, spec: &ClientSpec) -> Result<Ensured, PanelError> {
+        let mut outcomes = self.ensure_clients(std::slice::from_ref(spec)).await?;
+        Ok(outcomes.pop().unwrap_or(Ensured::Unchanged))
+    }
+
+    /// [`Panel::ensure_client`] for many at once: every missing client goes into one
+    /// addClient request. Outcomes are in the order of `specs`.
+    pub async fn ensure_clients(&self, specs: &[ClientSpec]) -> Result<Vec<Ensured>, PanelError> {
+        let _write = self.writes.lock().await;
+        // Kept across retries: an add whose read-back failed still was an add, even
+        // though the retry then finds the client in place.
+        let outcomes = std::sync::Mutex::new(vec![Ensured::Unchanged; specs.len()]);
+        self.guarded(|| self.ensure_once(specs, &outcomes)).await?;
+        Ok(outcomes
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Makes the panel hold no client with this email. An unknown client is already gone;
+    /// the inbound's last client is disabled instead, because the panel refuses to
+    /// delete it.
+    pub async fn ensure_client_absent(&self, email: &str) -> Result<Absence, PanelError> {
+        let _write = self.writes.lock().await;
+        self.guarded(|| self.absent_once(email)).await
+    }
+
+    async fn ensure_once(
+        &self,
+        specs: &[ClientSpec],
+        outcomes: &std::sync::Mutex<Vec<Ensured>>,
+    ) -> Result<(), PanelError> {
+        let record = |i: usize, outcome| {
+            outcomes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)[i] = outcome;
+        };
+        let mut snapshot = self.api.list_clients().await?;
+        // A duplicate email on add means someone added it since we looked: look again,
+        // then it is an update (or nothing); so at most one extra round.
+        for round in 0..2 {
+            let mut missing = Vec::new();
+            for (i, spec) in specs.iter().enumerate() {
+                match snapshot.by_email(&spec.email) {
+                    Some(observed) if spec.matches(observed) => {}
+                    Some(observed) => {
+                        let observed = observed.clone();
+                        self.update(&observed, &spec.apply_to(Some(&observed)))
+                            .await?;
+                        record(i, Ensured::Updated);
+                    }
+                    None => missing.push(i),
+                }
+            }
+            let new: Vec<PanelClient> = missing.iter().map(|&i| specs[i].apply_to(None)).collect();
+            if new.is_empty() {
+                break;
+            }
+            match self.api.add_clients(&new).await {
+                Ok(()) => {
+                    for &i in &missing {
+                        record(i, Ensured::Added);
+                    }
+                    break;
+                }
+                Err(e) if e.refusal() == Some(Refusal::DuplicateEmail) && round == 0 => {
+                    tracing::debug!(location = %self.location(), error = %e, "duplicate email on add; looking again");
+                    snapshot = self.api.list_clients().await?;
+                }
+                Err(e) if e.refusal() == Some(Refusal::DuplicateEmail) => {
+                    // Still missing from our inbound after a fresh look: another inbound
+                    // holds it.
+                    let email = clashing_email(&e)
+                        .or_else(|| missing.first().map(|&i| specs[i].email.clone()))
+                        .unwrap_or_default();
+                    return Err(self.taken_elsewhere(&email));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let after = self.api.list_clients().await?;
+        for spec in specs {
+            match after.by_email(&spec.email) {
+                Some(observed) if spec.matches(observed) => {}
+                Some(observed) => {
+                    return Err(self.mismatch(
+                        &spec.email,
+                        format!("differs in {:?}", spec.differences(observed)),
+                    ));
+                }
+                None => return Err(self.mismatch(&spec.email, "missing after the write".into())),
+            }
+        }
+        Ok(())
+    }
+
+    async fn update(&self, current: &PanelClient, new: &PanelClient) -> Result<(), PanelError> {
+        match self.api.update_client(current, new).await {
+            // It vanished between our read and our write: a retry reads afresh and adds.
+            Err(e) if e.refusal() == Some(Refusal::ClientNotFound) => {
+                Err(self.mismatch(&current.email, "client vanished during the update".into()))
+            }
+            other => other,
+        }
+    }
+
+    async fn absent_once(&self, email: &str) -> Result<Absence, PanelError> {
+        let snapshot = self.api.list_clients().await?;
+        let Some(observed) = snapshot.by_email(email).cloned() else {
+            return Ok(Absence::AlreadyGone);
+        };
+        let outcome = match self.api.delete_client(&observed).await {
+            Ok(()) => Absence::Deleted,
+            // Older panels answer success for an unknown id, newer ones this: both gone.
+            Err(e) if e.refusal() == Some(Refusal::ClientNotFound) => Absence::AlreadyGone,
+            Err(e) if e.refusal() == Some(Refusal::LastClient) => {
+                if observed.enable {
+                    let mut disabled = observed.clone();
+                    disabled.enable = false;
+                    self.update(&observed, &disabled).await?;
+                }
+                Absence::Disabled
+            }
+            Err(e) => return Err(e),
+        };
+        let after = self.api.list_clients().await?;
+        match (outcome, after.by_email(email)) {
+            (Absence::Disabled, Some(c)) if !c.enable => Ok(outcome),
+            (Absence::Disabled, _) => {
+                Err(self.mismatch(email, "still enabled after disabling".into()))
+            }
+            (_, None) => Ok(outcome),
+            (_, Some(_)) => Err(self.mismatch(email, "still present after deleting".into())),
+        }
+    }
+
+    /// Runs `call` behind the breaker, retrying transient failures with backoff.
+    async fn guarded<T, F, Fut>(&self, mut call: F) -> Result<T, PanelError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, PanelError>>,
+    {
+        let mut retry = 0;
+        loop {
+            let permit = self
+                .breaker
+                .acquire()
+                .map_err(|retry_in| self.open(retry_in))?;
+            let error = match call().await {
+                Ok(value) => {
+                    permit.success();
+                    return Ok(value);
+                }
+                Err(error) => error,
+            };
+            if error.is_panel_failure() {
+                permit.failure();
+            } else {
+                // A refusal or a lost write: the panel itself answered sensibly.
+                permit.success();
+            }
+            if !error.is_transient() || retry + 1 >= self.policy.max_attempts {
+                return Err(error);
+            }
+            let pause = self.policy.backoff(retry);
+            tracing::debug!(location = %self.location(), %error, ?pause, retry, "retrying panel call");
+            tokio::time::sleep(pause).await;
+            retry += 1;
+        }
+    }
+
+    fn open(&self, retry_in: Duration) -> PanelError {
+        PanelError::CircuitOpen {
+            location: self.location().to_owned(),
+            retry_in,
+        }
+    }
+
+    fn mismatch(&self, email: &str, detail: String) -> PanelError {
+        PanelError::ReadBackMismatch {
+            location: self.location().to_owned(),
+            email: email.to_owned(),
+            detail,
+        }
+    }
+
+    fn taken_elsewhere(&self, email: &str) -> PanelError {
+        PanelError::EmailTakenElsewhere {
+            location: self.location().to_owned(),
+            email: email.to_owned(),
+            inbound_id: self.api.inbound_id(),
+        }
+    }
+}
+
+/// The email in "Duplicate email: <email>\n" or "email already in use: <email>\n".
+fn clashing_email(error: &PanelError) -> Option<String> {
+    let PanelError::Refused { msg, .. } = error else {
+        return None;
+    };
+    let lower = msg.to_ascii_lowercase();
+    let start = ["duplicate email:", "email already in use:"]
+        .iter()
+        .find_map(|marker| lower.find(marker).map(|at| at + marker.len()))?;
+    let rest = msg.get(start..)?;
+    let email = rest.split([')', '\n']).next()?.trim();
+    (!email.is_empty()).then(|| email.to_owned())
+}
