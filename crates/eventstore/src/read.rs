@@ -27,6 +27,28 @@ impl EventStore {
         Ok(decode_rows(&rows)?)
     }
 
+    /// Like [`EventStore::read_stream_after`], on a connection the caller holds (inside its
+    /// transaction, so that it needs no second connection from the pool).
+    pub async fn read_stream_after_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        stream_id: Uuid,
+        after_version: u32,
+        up_to_version: u32,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE stream_id = $1 AND version > $2 AND version <= $3 ORDER BY version"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(stream_id)
+            .bind(i32::try_from(after_version).unwrap_or(i32::MAX))
+            .bind(i32::try_from(up_to_version).unwrap_or(i32::MAX))
+            .fetch_all(conn)
+            .await?;
+        Ok(decode_rows(&rows)?)
+    }
+
     /// Up to `limit` events after `after_position`, in log order.
     ///
     /// Only events whose transaction is older than every transaction still running are

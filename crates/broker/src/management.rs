@@ -1,0 +1,300 @@
+//! A small client of RabbitMQ's management HTTP API (port 15672): what operators see, and
+//! the policies the code applies. Tests use it to look at queues the way operators do.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagementError {
+    #[error("management API {method} {path}: {source}")]
+    Transport {
+        method: &'static str,
+        path: String,
+        source: reqwest::Error,
+    },
+    #[error("management API {method} {path} answered {status}: {body}")]
+    Status {
+        method: &'static str,
+        path: String,
+        status: u16,
+        body: String,
+    },
+    #[error("AMQP URL cannot be turned into a management URL: {0}")]
+    Url(String),
+}
+
+/// A queue as the management API reports it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueueInfo {
+    pub name: String,
+    #[serde(default)]
+    pub messages: u64,
+    #[serde(default)]
+    pub messages_ready: u64,
+    #[serde(default)]
+    pub messages_unacknowledged: u64,
+    #[serde(default)]
+    pub consumers: u64,
+    #[serde(default)]
+    pub arguments: Value,
+    #[serde(default)]
+    pub policy: Option<String>,
+}
+
+/// A message fetched through the management API.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PeekedMessage {
+    pub payload: String,
+    pub routing_key: String,
+    #[serde(default)]
+    pub properties: Value,
+}
+
+/// The management API of one broker, with one user's credentials.
+#[derive(Clone)]
+pub struct Management {
+    base: Url,
+    user: String,
+    password: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Management {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Management")
+            .field("base", &self.base.as_str())
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `/` must be sent as `%2F` in paths of the management API.
+fn segment(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl Management {
+    pub fn new(base: Url, user: impl Into<String>, password: impl Into<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Self {
+            base,
+            user: user.into(),
+            password: password.into(),
+            http,
+        }
+    }
+
+    /// The same API and credentials with a client of its own, for use on another runtime
+    /// (a reqwest client's connections belong to the runtime that made them).
+    pub fn fresh(&self) -> Self {
+        Self::new(self.base.clone(), self.user.clone(), self.password.clone())
+    }
+
+    /// The management API on the AMQP URL's host, port 15672, with its credentials.
+    pub fn for_amqp_url(amqp_url: &str) -> Result<Self, ManagementError> {
+        let amqp = Url::parse(amqp_url).map_err(|e| ManagementError::Url(e.to_string()))?;
+        let host = amqp
+            .host_str()
+            .ok_or_else(|| ManagementError::Url("no host".into()))?;
+        let base = Url::parse(&format!("http://{host}:15672/"))
+            .map_err(|e| ManagementError::Url(e.to_string()))?;
+        let user = if amqp.username().is_empty() {
+            "guest".to_owned()
+        } else {
+            decode(amqp.username())
+        };
+        let password = decode(amqp.password().unwrap_or("guest"));
+        Ok(Self::new(base, user, password))
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Option<Value>, ManagementError> {
+        let name: &'static str = match method {
+            reqwest::Method::GET => "GET",
+            reqwest::Method::PUT => "PUT",
+            reqwest::Method::POST => "POST",
+            reqwest::Method::DELETE => "DELETE",
+            _ => "request",
+        };
+        let url = format!("{}api/{path}", self.base);
+        let mut request = self
+            .http
+            .request(method, &url)
+            .basic_auth(&self.user, Some(&self.password));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let transport = |source| ManagementError::Transport {
+            method: name,
+            path: path.to_owned(),
+            source,
+        };
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        let text = response.text().await.map_err(transport)?;
+        if !status.is_success() {
+            return Err(ManagementError::Status {
+                method: name,
+                path: path.to_owned(),
+                status: status.as_u16(),
+                body: text,
+            });
+        }
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        Ok(serde_json::from_str(&text).ok())
+    }
+
+    pub async fn create_vhost(&self, vhost: &str) -> Result<(), ManagementError> {
+        let path = format!("vhosts/{}", segment(vhost));
+        self.call(reqwest::Method::PUT, &path, Some(json!({})))
+            .await?;
+        let path = format!("permissions/{}/{}", segment(vhost), segment(&self.user));
+        let all = json!({"configure": ".*", "write": ".*", "read": ".*"});
+        self.call(reqwest::Method::PUT, &path, Some(all)).await?;
+        Ok(())
+    }
+
+    pub async fn delete_vhost(&self, vhost: &str) -> Result<(), ManagementError> {
+        let path = format!("vhosts/{}", segment(vhost));
+        self.call(reqwest::Method::DELETE, &path, None).await?;
+        Ok(())
+    }
+
+    pub async fn vhosts(&self) -> Result<Vec<String>, ManagementError> {
+        let answer = self.call(reqwest::Method::GET, "vhosts", None).await?;
+        Ok(names(answer))
+    }
+
+    /// Creates or replaces the policies of [`crate::topology::policies`].
+    pub async fn apply_policies(&self, vhost: &str) -> Result<(), ManagementError> {
+        let policies = crate::topology::policies(vhost);
+        for policy in policies.as_array().into_iter().flatten() {
+            let name = policy["name"].as_str().unwrap_or_default();
+            let path = format!("policies/{}/{}", segment(vhost), segment(name));
+            let body = json!({
+                "pattern": policy["pattern"], "apply-to": policy["apply-to"],
+                "priority": policy["priority"], "definition": policy["definition"],
+            });
+            self.call(reqwest::Method::PUT, &path, Some(body)).await?;
+        }
+        Ok(())
+    }
+
+    /// The broker's own definitions of `vhost` (exchanges, queues, bindings, policies, …),
+    /// in the format of `deploy/rabbitmq/definitions.json`, as the UI's export shows them.
+    pub async fn definitions(&self, vhost: &str) -> Result<Value, ManagementError> {
+        let path = format!("definitions/{}", segment(vhost));
+        let answer = self.call(reqwest::Method::GET, &path, None).await?;
+        Ok(answer.unwrap_or_default())
+    }
+
+    pub async fn queue(&self, vhost: &str, queue: &str) -> Result<QueueInfo, ManagementError> {
+        let path = format!("queues/{}/{}", segment(vhost), segment(queue));
+        let answer = self.call(reqwest::Method::GET, &path, None).await?;
+        serde_json::from_value(answer.unwrap_or_default())
+            .map_err(|e| ManagementError::Url(e.to_string()))
+    }
+
+    /// Takes up to `count` messages off a queue (they are removed), as the UI's "Get
+    /// messages" with "Reject requeue false" does.
+    pub async fn take_messages(
+        &self,
+        vhost: &str,
+        queue: &str,
+        count: u32,
+    ) -> Result<Vec<PeekedMessage>, ManagementError> {
+        self.get_messages(vhost, queue, count, "ack_requeue_false")
+            .await
+    }
+
+    /// Looks at up to `count` messages and puts them back.
+    pub async fn peek_messages(
+        &self,
+        vhost: &str,
+        queue: &str,
+        count: u32,
+    ) -> Result<Vec<PeekedMessage>, ManagementError> {
+        self.get_messages(vhost, queue, count, "ack_requeue_true")
+            .await
+    }
+
+    async fn get_messages(
+        &self,
+        vhost: &str,
+        queue: &str,
+        count: u32,
+        ackmode: &str,
+    ) -> Result<Vec<PeekedMessage>, ManagementError> {
+        let path = format!("queues/{}/{}/get", segment(vhost), segment(queue));
+        let body = json!({"count": count, "ackmode": ackmode, "encoding": "auto"});
+        let answer = self.call(reqwest::Method::POST, &path, Some(body)).await?;
+        serde_json::from_value(answer.unwrap_or(json!([])))
+            .map_err(|e| ManagementError::Url(e.to_string()))
+    }
+
+    /// Moves every message of `from` to `to`, as the UI's "Move messages" does: a
+    /// dynamic shovel that deletes itself once `from` is drained (needs the
+    /// rabbitmq_shovel plugin, which `.ci/run` enables).
+    pub async fn move_messages(
+        &self,
+        vhost: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), ManagementError> {
+        let name = format!("move-{from}-to-{to}");
+        // A shovel's bare "amqp://" means the default vhost, not the shovel's own.
+        let here = format!("amqp:///{}", segment(vhost));
+        let path = format!("parameters/shovel/{}/{}", segment(vhost), segment(&name));
+        let body = json!({"value": {
+            "src-protocol": "amqp091", "src-uri": here, "src-queue": from,
+            "src-delete-after": "queue-length",
+            "dest-protocol": "amqp091", "dest-uri": here, "dest-queue": to,
+            "ack-mode": "on-confirm",
+        }});
+        self.call(reqwest::Method::PUT, &path, Some(body)).await?;
+        Ok(())
+    }
+
+    /// Names of the client connections open on `vhost`.
+    pub async fn connections(&self, vhost: &str) -> Result<Vec<String>, ManagementError> {
+        let path = format!("vhosts/{}/connections", segment(vhost));
+        let answer = self.call(reqwest::Method::GET, &path, None).await?;
+        Ok(names(answer))
+    }
+
+    /// Closes a client connection from the broker's side, as a broker restart does.
+    pub async fn close_connection(&self, name: &str) -> Result<(), ManagementError> {
+        let path = format!("connections/{}", segment(name));
+        match self.call(reqwest::Method::DELETE, &path, None).await {
+            Err(ManagementError::Status { status: 404, .. }) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+fn names(answer: Option<Value>) -> Vec<String> {
+    answer
+        .and_then(|value| value.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|item| item["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn decode(value: &str) -> String {
+    percent_encoding::percent_decode_str(value)
+        .decode_utf8_lossy()
+        .into_owned()
+}
