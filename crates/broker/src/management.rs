@@ -284,6 +284,17 @@ impl Management {
     }
 }
 
+/// The vhost an AMQP URL names (`/` when its path is empty).
+pub fn vhost_of(amqp_url: &str) -> Result<String, ManagementError> {
+    let url = Url::parse(amqp_url).map_err(|e| ManagementError::Url(e.to_string()))?;
+    let path = url.path().trim_start_matches('/');
+    Ok(if path.is_empty() {
+        "/".to_owned()
+    } else {
+        decode(path)
+    })
+}
+
 fn names(answer: Option<Value>) -> Vec<String> {
     answer
         .and_then(|value| value.as_array().cloned())

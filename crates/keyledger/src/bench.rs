@@ -269,3 +269,232 @@ impl Writer for BareInserter {
         Ok(self.batch as u64)
     }
 }
+
+/// The relay must reach this fraction of raw confirmed publishing (issue "RabbitMQ").
+const RELAY_TARGET_RATIO: f64 = 0.7;
+const RELAY_BASELINE_QUEUE: &str = "bench.baseline";
+
+/// A vhost of its own on the configured broker, so a benchmark never publishes into the
+/// real queues; deleted afterwards whatever happened.
+struct ScratchVhost {
+    vhost: String,
+    amqp_url: String,
+    management: broker::Management,
+}
+
+impl ScratchVhost {
+    async fn create(config: &Config) -> anyhow::Result<Self> {
+        let vhost = format!("keyledger_bench_{}", Uuid::new_v4().simple());
+        let mut url = config.amqp_url.url().clone();
+        url.set_path(&format!("/{vhost}"));
+        let management = broker::Management::for_amqp_url(url.as_str())?;
+        management.create_vhost(&vhost).await.with_context(|| {
+            format!(
+                "cannot create a scratch vhost through the management API of {}",
+                config.amqp_url
+            )
+        })?;
+        Ok(Self {
+            vhost,
+            amqp_url: url.to_string(),
+            management,
+        })
+    }
+
+    async fn delete(self) -> anyhow::Result<()> {
+        self.management.delete_vhost(&self.vhost).await?;
+        Ok(())
+    }
+}
+
+/// `keyledger bench relay`.
+pub async fn relay(
+    config: &Config,
+    args: &crate::cli::RelayBenchArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let scratch = ScratchDatabase::create(config, 10).await?;
+    let vhost = match ScratchVhost::create(config).await {
+        Ok(vhost) => vhost,
+        Err(error) => {
+            scratch.drop().await?;
+            return Err(error);
+        }
+    };
+    let result = run_relay_rounds(&scratch.pool, &vhost.amqp_url, args).await;
+    let cleanup = (scratch.drop().await, vhost.delete().await);
+    let (relay_rate, baseline_rate) = result?;
+    cleanup.0?;
+    cleanup.1?;
+    let ratio = relay_rate / baseline_rate;
+    let report = json!({
+        "benchmark": "relay",
+        "events": args.events,
+        "window": args.window,
+        "rounds": args.rounds,
+        "relay_events_per_s": relay_rate.round(),
+        "baseline_msgs_per_s": baseline_rate.round(),
+        "baseline": "raw lapin publishing of the same bodies to a quorum queue, confirms, same window",
+        "ratio": (ratio * 1000.0).round() / 1000.0,
+        "target_ratio": RELAY_TARGET_RATIO,
+        "meets_target": ratio >= RELAY_TARGET_RATIO,
+    });
+    writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    Ok(())
+}
+
+async fn run_relay_rounds(
+    pool: &PgPool,
+    amqp_url: &str,
+    args: &crate::cli::RelayBenchArgs,
+) -> anyhow::Result<(f64, f64)> {
+    let store = EventStore::new(pool.clone());
+    store.migrate().await?;
+    let last_position = fill_log(&store, args.events.max(1)).await?;
+    let bodies: Vec<Vec<u8>> = store
+        .read_committed(0)
+        .await?
+        .iter()
+        .map(serde_json::to_vec)
+        .collect::<Result<_, _>>()?;
+
+    let connection = broker::connect(amqp_url).await?;
+    let channel = connection.create_channel().await?;
+    broker::topology::declare(&channel).await?;
+    let mut quorum = lapin::types::FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            RELAY_BASELINE_QUEUE.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            quorum,
+        )
+        .await?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
+
+    let (mut relayed, mut relay_time) = (0usize, Duration::ZERO);
+    let (mut published, mut baseline_time) = (0usize, Duration::ZERO);
+    for round in 0..args.rounds.max(1) {
+        relay_time += relay_once(&store, amqp_url, args.window, round, last_position).await?;
+        relayed += bodies.len();
+        purge(&channel, broker::Queue::Projector.name()).await?;
+        baseline_time += publish_raw(&channel, &bodies, args.window).await?;
+        published += bodies.len();
+        purge(&channel, RELAY_BASELINE_QUEUE).await?;
+    }
+    broker::connection_close(&connection, "benchmark done").await;
+    Ok((
+        relayed as f64 / relay_time.as_secs_f64(),
+        published as f64 / baseline_time.as_secs_f64(),
+    ))
+}
+
+/// Appends `events` events across streams of ten, in appends of ten.
+async fn fill_log(store: &EventStore, events: usize) -> anyhow::Result<i64> {
+    let mut last = 0;
+    let mut written = 0;
+    while written < events {
+        let batch: Vec<NewEvent> = (0..(events - written).min(10))
+            .map(|i| NewEvent::new("key.drift_detected", sample_data(i)))
+            .collect();
+        let range = store
+            .append(Uuid::new_v4(), 0, &batch, &sample_metadata())
+            .await?
+            .range();
+        last = range.last_position;
+        written += batch.len();
+    }
+    Ok(last)
+}
+
+/// Runs a relay with a fresh checkpoint until it has had the whole log confirmed.
+async fn relay_once(
+    store: &EventStore,
+    amqp_url: &str,
+    window: usize,
+    round: u32,
+    last_position: i64,
+) -> anyhow::Result<Duration> {
+    let config = broker::RelayConfig {
+        name: format!("bench-{round}"),
+        window,
+        idle_poll: Duration::from_millis(1),
+        ..broker::RelayConfig::new(amqp_url)
+    };
+    let relay = broker::Relay::new(store.clone(), config);
+    let stats = relay.stats();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let start = Instant::now();
+    let task = tokio::spawn(relay.run(stop.clone()));
+    let deadline = start + Duration::from_secs(600);
+    while stats.checkpoint.load(std::sync::atomic::Ordering::SeqCst) < last_position {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the relay did not finish in time"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = start.elapsed();
+    stop.cancel();
+    task.await?;
+    Ok(elapsed)
+}
+
+/// The baseline: publish every body to a quorum queue with up to `window` unconfirmed.
+async fn publish_raw(
+    channel: &lapin::Channel,
+    bodies: &[Vec<u8>],
+    window: usize,
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut in_flight = std::collections::VecDeque::new();
+    for body in bodies {
+        if in_flight.len() >= window.max(1)
+            && let Some(confirm) = in_flight.pop_front()
+        {
+            confirmed(confirm).await?;
+        }
+        let properties = lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                RELAY_BASELINE_QUEUE.into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                properties,
+            )
+            .await?;
+        in_flight.push_back(confirm);
+    }
+    while let Some(confirm) = in_flight.pop_front() {
+        confirmed(confirm).await?;
+    }
+    Ok(start.elapsed())
+}
+
+async fn confirmed(confirm: lapin::PublisherConfirm) -> anyhow::Result<()> {
+    match confirm.await? {
+        lapin::Confirmation::Ack(None) => Ok(()),
+        other => anyhow::bail!("baseline publish not confirmed: {other:?}"),
+    }
+}
+
+async fn purge(channel: &lapin::Channel, queue: &str) -> anyhow::Result<()> {
+    channel
+        .queue_purge(queue.into(), lapin::options::QueuePurgeOptions::default())
+        .await?;
+    Ok(())
+}

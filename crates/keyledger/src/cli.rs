@@ -59,6 +59,22 @@ pub enum AuditCommand {
 pub enum BenchCommand {
     /// Append throughput against a bare INSERT of the same rows through the same pool.
     Append(AppendBenchArgs),
+    /// Relay throughput from the log to a queue with confirms, against raw confirmed
+    /// publishing of the same bodies to a quorum queue.
+    Relay(RelayBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RelayBenchArgs {
+    /// Events in the log, each relayed once per round.
+    #[arg(long, default_value_t = 20_000)]
+    pub events: usize,
+    /// Publishes awaiting their confirm, for the relay and the baseline alike.
+    #[arg(long, default_value_t = 256)]
+    pub window: usize,
+    /// Alternating rounds of relay and baseline, to even out machine noise.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -80,4 +96,14 @@ pub enum Role {
     Worker,
     Bot,
     Scheduler,
+}
+
+impl Role {
+    /// Whether the role talks to RabbitMQ.
+    pub fn uses_broker(self) -> bool {
+        matches!(
+            self,
+            Role::Relay | Role::Projector | Role::Worker | Role::Bot
+        )
+    }
 }

@@ -90,6 +90,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Bench { command } => {
             match command {
                 BenchCommand::Append(args) => bench::append(&config, &args, &mut out).await?,
+                BenchCommand::Relay(args) => bench::relay(&config, &args, &mut out).await?,
             }
             Ok(ExitCode::SUCCESS)
         }

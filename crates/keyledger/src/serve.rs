@@ -5,13 +5,16 @@ use std::time::Duration;
 use eventstore::KeyLedger;
 use tokio_util::sync::CancellationToken;
 
+use broker::management::vhost_of;
+use broker::{Management, Relay, RelayConfig};
+
 use crate::Failure;
 use crate::cli::Role;
 use crate::config::Config;
 use crate::scheduler::Scheduler;
 
 /// Roles this build can run. The others of CONTRACT.md §1 arrive with their issues.
-pub const AVAILABLE_ROLES: [Role; 1] = [Role::Scheduler];
+pub const AVAILABLE_ROLES: [Role; 2] = [Role::Relay, Role::Scheduler];
 
 const SCHEDULER_TICK: Duration = Duration::from_secs(5);
 
@@ -23,6 +26,9 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
         )));
     }
     let store = crate::audit::migrate(config).await?;
+    if roles.iter().any(|role| role.uses_broker()) {
+        apply_broker_policies(config).await;
+    }
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for role in &roles {
@@ -30,6 +36,10 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
             Role::Scheduler => {
                 let scheduler = Scheduler::new(KeyLedger::new(store.clone()), SCHEDULER_TICK);
                 tasks.spawn(scheduler.run(stop.clone()));
+            }
+            Role::Relay => {
+                let relay = Relay::new(store.clone(), RelayConfig::new(config.amqp_url.as_str()));
+                tasks.spawn(relay.run(stop.clone()));
             }
             other => unreachable!("role {other:?} was checked against AVAILABLE_ROLES"),
         }
@@ -43,6 +53,28 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Sets the broker's tunables (CONTRACT.md §6 policies) through the management API on the
+/// AMQP host. Best effort: the topology itself is declared over AMQP by each role, and
+/// the consumer runtime keeps its own delivery limit, so a broker without the management
+/// API still works, with the backstop missing; the log line says so.
+async fn apply_broker_policies(config: &Config) {
+    let url = config.amqp_url.as_str();
+    let vhost = vhost_of(url).unwrap_or_else(|_| "/".to_owned());
+    let applied = match Management::for_amqp_url(url) {
+        Ok(management) => management
+            .apply_policies(&vhost)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    match applied {
+        Ok(()) => tracing::info!(%vhost, "broker policies applied"),
+        Err(error) => {
+            tracing::warn!(%vhost, %error, "cannot apply broker policies through the management API; the broker-side delivery limit may be missing")
+        }
+    }
 }
 
 /// Registers the SIGINT and SIGTERM handlers now and returns a future that ends at the

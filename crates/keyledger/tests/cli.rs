@@ -163,48 +163,137 @@ fn serve_refuses_roles_this_build_lacks() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("Api"));
 }
 
+/// A `keyledger serve` child process, its stderr drained into lines.
+struct Serving {
+    child: std::process::Child,
+    drain: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Serving {
+    /// Starts `serve --roles <roles>` with `env` and waits for its ready line.
+    async fn start(roles: &str, env: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keyledger"))
+            .args(["serve", "--roles", roles])
+            .env_clear()
+            .envs(env.iter().copied())
+            .env("KEYLEDGER_LOG_FORMAT", "json")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("serve starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        // Keep draining stderr after the ready line: a closed pipe would fail the child's logging.
+        let drain = tokio::task::spawn_blocking(move || {
+            let mut ready_tx = Some(ready_tx);
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("keyledger serving")
+                    && let Some(tx) = ready_tx.take()
+                {
+                    let _ = tx.send(());
+                }
+                lines.push(line);
+            }
+            lines
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx)
+            .await
+            .expect("serve became ready in time")
+            .expect("serve logged that it was serving");
+        Self { child, drain }
+    }
+
+    /// Sends SIGTERM; returns the exit code and every log line.
+    async fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+        let child = std::mem::replace(
+            &mut self.child,
+            Command::new("true").spawn().expect("placeholder"),
+        );
+        let drain = std::mem::replace(&mut self.drain, tokio::spawn(async { Vec::new() }));
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+        let mut child = child;
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("wait");
+        (status.code(), drain.await.expect("drain"))
+    }
+}
+
+impl Drop for Serving {
+    /// A failing test must not leave the server running: the runtime would wait forever
+    /// for the thread draining its output.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test]
 async fn serve_runs_until_sigterm_and_exits_cleanly() {
-    use std::io::{BufRead, BufReader};
     let db = TestDatabase::create().await;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyledger"))
-        .args(["serve", "--roles", "scheduler"])
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("KEYLEDGER_LOG_FORMAT", "json")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("serve starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    // Keep draining stderr after the ready line: a closed pipe would fail the child's logging.
-    let drain = tokio::task::spawn_blocking(move || {
-        let mut ready_tx = Some(ready_tx);
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("keyledger serving")
-                && let Some(tx) = ready_tx.take()
-            {
-                let _ = tx.send(());
-            }
-            lines.push(line);
-        }
-        lines
-    });
-    tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx)
-        .await
-        .expect("serve became ready in time")
-        .expect("serve logged that it was serving");
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
-    let logs = drain.await.expect("drain");
-    assert_eq!(status.code(), Some(0), "{logs:#?}");
+    let serving = Serving::start("scheduler", &[("DATABASE_URL", &db.url)]).await;
+    let (code, logs) = serving.terminate().await;
+    assert_eq!(code, Some(0), "{logs:#?}");
     assert!(logs.iter().any(|l| l.contains("shutting down")));
+}
+
+#[tokio::test]
+async fn serve_with_the_relay_role_publishes_the_log() {
+    let db = TestDatabase::create().await;
+    let broker = broker::testing::TestBroker::create().await;
+    let serving = Serving::start(
+        "relay",
+        &[("DATABASE_URL", &db.url), ("AMQP_URL", &broker.amqp_url)],
+    )
+    .await;
+    let key = seeded_key(&db).await;
+    let connection =
+        lapin::Connection::connect(&broker.amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+    let mut channel = connection.create_channel().await.expect("channel");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut delivered = Vec::new();
+    while delivered.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "relay published {delivered:?}"
+        );
+        match channel
+            .basic_get(
+                broker::Queue::Projector.name().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+        {
+            Ok(Some(message)) => delivered.push(message.delivery),
+            Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+            Err(_) => {
+                // The queue did not exist yet, which closes the channel; the relay
+                // declares it.
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                channel = connection.create_channel().await.expect("channel");
+            }
+        }
+    }
+    for delivery in &delivered {
+        let event = broker::message::decode(&delivery.data, &delivery.properties).expect("event");
+        assert_eq!(event.stream_id, key);
+    }
+    let (code, logs) = serving.terminate().await;
+    assert_eq!(code, Some(0), "{logs:#?}");
+    assert!(
+        logs.iter().any(|l| l.contains("broker policies applied")),
+        "{logs:#?}"
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("relay stopped")),
+        "{logs:#?}"
+    );
 }
