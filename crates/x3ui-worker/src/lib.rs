@@ -13,12 +13,18 @@ mod error;
 mod model;
 mod ops;
 pub mod panel;
+mod panels;
+pub mod reconcile;
 mod resilience;
 pub mod simulator;
+pub mod worker;
 
 pub use config::{ApiKind, Credentials, PanelConfig, Secret};
 pub use error::{Operation, PanelError, Refusal};
 pub use model::{ClientSpec, FLOW_VISION, Inbound, InboundClients, PanelClient};
 pub use ops::{Absence, Ensured, Panel};
 pub use panel::{AnyPanelApi, PanelApi};
+pub use panels::{Location, Panels, SharedPanelError};
+pub use reconcile::{ReconcileReport, Reconciler, run_reconciler};
 pub use resilience::{BreakerState, CircuitBreaker, ResiliencePolicy};
+pub use worker::{Worker, WorkerConfig, run_worker};

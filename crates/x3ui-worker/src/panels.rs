@@ -1,0 +1,251 @@
+//! Every location this process serves: its panel, the inbound keys live in, and a batcher
+//! that folds the concurrent "ensure this client" calls of many keys into one addClient.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use domain::DesiredClient;
+use tokio::sync::oneshot;
+
+use crate::config::PanelConfig;
+use crate::error::PanelError;
+use crate::model::ClientSpec;
+use crate::ops::{Ensured, Panel};
+use crate::resilience::ResiliencePolicy;
+
+/// A panel error shared by every key of the batch it failed.
+pub type SharedPanelError = Arc<PanelError>;
+
+/// One location: its panel and how its clients look.
+#[derive(Debug)]
+pub struct Location {
+    id: String,
+    panel: Panel,
+    inbound_id: i64,
+    /// The `flow` every client of this location gets (`""` or [`crate::FLOW_VISION`]).
+    flow: String,
+    batcher: Batcher,
+}
+
+impl Location {
+    pub fn new(id: impl Into<String>, panel: Panel, inbound_id: i64) -> Self {
+        Self {
+            id: id.into(),
+            panel,
+            inbound_id,
+            flow: String::new(),
+            batcher: Batcher::default(),
+        }
+    }
+
+    /// Clients of this location get `flow` (e.g. [`crate::FLOW_VISION`] on tcp + reality).
+    pub fn with_flow(mut self, flow: impl Into<String>) -> Self {
+        self.flow = flow.into();
+        self
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn panel(&self) -> &Panel {
+        &self.panel
+    }
+
+    pub fn inbound_id(&self) -> i64 {
+        self.inbound_id
+    }
+
+    /// The panel client that holds `desired`, in this location's shape.
+    pub fn spec_for(&self, desired: &DesiredClient) -> ClientSpec {
+        ClientSpec {
+            enable: desired.enable,
+            flow: self.flow.clone(),
+            total_bytes: i64::try_from(desired.total_bytes).unwrap_or(i64::MAX),
+            expiry_time_ms: desired.expiry_time_ms,
+            tg_id: desired.telegram_id,
+            ..ClientSpec::new(desired.client_uuid, desired.email.clone())
+        }
+    }
+
+    /// [`Panel::ensure_client`], batched with whatever other keys of this location ask at
+    /// the same time: while one batch is being written, new requests queue up, and the
+    /// next caller writes them all with one [`Panel::ensure_clients`].
+    pub async fn ensure(&self, spec: ClientSpec) -> Result<Ensured, SharedPanelError> {
+        self.ensure_many(vec![spec])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(self.abandoned()))
+    }
+
+    /// [`Location::ensure`] for many clients; outcomes in the order of `specs`.
+    pub async fn ensure_many(
+        &self,
+        specs: Vec<ClientSpec>,
+    ) -> Vec<Result<Ensured, SharedPanelError>> {
+        let mut answers: Vec<_> = {
+            let mut queue = self.batcher.queue();
+            specs
+                .into_iter()
+                .map(|spec| {
+                    let (reply, answer) = oneshot::channel();
+                    queue.push(Waiting { spec, reply });
+                    Answer::Waiting(answer)
+                })
+                .collect()
+        };
+        let _flushing = self.batcher.flush.lock().await;
+        loop {
+            // Earlier callers may have taken our requests into their batches.
+            let mut pending = false;
+            for answer in &mut answers {
+                if let Answer::Waiting(receiver) = answer {
+                    match receiver.try_recv() {
+                        Ok(outcome) => *answer = Answer::Done(outcome),
+                        Err(oneshot::error::TryRecvError::Closed) => {
+                            *answer = Answer::Done(Err(self.abandoned()));
+                        }
+                        Err(oneshot::error::TryRecvError::Empty) => pending = true,
+                    }
+                }
+            }
+            if !pending {
+                break;
+            }
+            let batch = self.batcher.take_batch();
+            if batch.is_empty() {
+                break;
+            }
+            self.write_batch(batch).await;
+        }
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                Answer::Done(outcome) => outcome,
+                Answer::Waiting(_) => Err(self.abandoned()),
+            })
+            .collect()
+    }
+
+    fn abandoned(&self) -> SharedPanelError {
+        Arc::new(PanelError::Protocol {
+            location: self.id.clone(),
+            operation: crate::Operation::AddClients,
+            detail: "the batch holding this client was abandoned".into(),
+        })
+    }
+
+    async fn write_batch(&self, batch: Vec<Waiting>) {
+        if batch.is_empty() {
+            return;
+        }
+        let specs: Vec<ClientSpec> = batch.iter().map(|w| w.spec.clone()).collect();
+        tracing::debug!(location = %self.id, clients = specs.len(), "writing a batch of clients");
+        match self.panel.ensure_clients(&specs).await {
+            Ok(outcomes) => {
+                for (waiting, outcome) in batch.into_iter().zip(outcomes) {
+                    // The caller may have given up; then nobody needs the answer.
+                    let _ = waiting.reply.send(Ok(outcome));
+                }
+            }
+            Err(error) if batch.len() == 1 => {
+                let error = Arc::new(error);
+                for waiting in batch {
+                    let _ = waiting.reply.send(Err(error.clone()));
+                }
+            }
+            Err(error) => {
+                // One bad client (say, an email taken in another inbound) must not fail
+                // its batch-mates: each gets a try of its own.
+                tracing::debug!(location = %self.id, %error, "batch failed; writing its clients one by one");
+                for waiting in batch {
+                    let outcome = self.panel.ensure_client(&waiting.spec).await;
+                    let _ = waiting.reply.send(outcome.map_err(Arc::new));
+                }
+            }
+        }
+    }
+}
+
+enum Answer {
+    Waiting(oneshot::Receiver<Result<Ensured, SharedPanelError>>),
+    Done(Result<Ensured, SharedPanelError>),
+}
+
+struct Waiting {
+    spec: ClientSpec,
+    reply: oneshot::Sender<Result<Ensured, SharedPanelError>>,
+}
+
+#[derive(Default)]
+struct Batcher {
+    queue: Mutex<Vec<Waiting>>,
+    /// Held by the caller writing a batch; tokio's mutex is fair, so callers queued
+    /// behind it find their answers ready or write the next batch.
+    flush: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("queued", &self.queue().len())
+            .finish()
+    }
+}
+
+impl Batcher {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The queued requests, at most one per email (a second one for the same client
+    /// waits for the next batch, so one batch never holds two versions of a client).
+    fn take_batch(&self) -> Vec<Waiting> {
+        let mut queue = self.queue();
+        let mut seen = HashSet::new();
+        let (batch, later): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut *queue)
+            .into_iter()
+            .partition(|w| seen.insert(w.spec.email.to_ascii_lowercase()));
+        *queue = later;
+        batch
+    }
+}
+
+/// Every location this process serves, by location id.
+#[derive(Debug, Default)]
+pub struct Panels {
+    locations: BTreeMap<String, Location>,
+}
+
+impl Panels {
+    /// A panel per configuration, each with `policy` for its breaker and retries.
+    pub fn from_configs(
+        configs: impl IntoIterator<Item = PanelConfig>,
+        policy: &ResiliencePolicy,
+    ) -> Result<Self, PanelError> {
+        let mut panels = Self::default();
+        for config in configs {
+            let (id, inbound_id) = (config.location.clone(), config.inbound_id);
+            let panel = Panel::connect(config, policy.clone())?;
+            panels.insert(Location::new(id, panel, inbound_id));
+        }
+        Ok(panels)
+    }
+
+    /// Adds (or replaces) a location.
+    pub fn insert(&mut self, location: Location) {
+        self.locations.insert(location.id.clone(), location);
+    }
+
+    pub fn get(&self, location: &str) -> Option<&Location> {
+        self.locations.get(location)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Location> {
+        self.locations.values()
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.locations.keys().map(String::as_str)
+    }
+}
