@@ -339,3 +339,92 @@ async fn a_consumer_killed_mid_message_gets_it_again_and_applies_it_once() {
     consumer_task.await.expect("consumer");
     relay.await.expect("relay");
 }
+
+/// Ends every session of the test database, as a PostgreSQL restart does to its clients.
+async fn drop_database_sessions(env: &Env) -> u64 {
+    let admin = sqlx::PgPool::connect(&eventstore::testing::server_url())
+        .await
+        .expect("admin connection");
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&env.db.name)
+    .fetch_all(&admin)
+    .await
+    .expect("terminate sessions");
+    admin.close().await;
+    ended.into_iter().filter(|ended| *ended).count() as u64
+}
+
+#[tokio::test]
+async fn a_database_restart_mid_stream_loses_nothing_and_applies_nothing_twice() {
+    let env = Env::new().await;
+    let stop = CancellationToken::new();
+    let consumer = Consumer::new(
+        env.store(),
+        consumer_config(&env, "pg-restart-test"),
+        Recorder::new("pg-restart-test"),
+    );
+    let consumer_task = tokio::spawn(consumer.run(stop.clone()));
+    let relay = Relay::new(env.store(), RelayConfig::new(&env.broker.amqp_url));
+    let relay_stats = relay.stats();
+    let relay_task = tokio::spawn(relay.run(stop.clone()));
+
+    let streams: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    let restarts_done = CancellationToken::new();
+    let writer = {
+        let (streams, store, done) = (streams.clone(), env.store(), restarts_done.clone());
+        tokio::spawn(async move {
+            let (mut rounds, mut after_done) = (0u32, 0);
+            while after_done < 10 {
+                for stream in &streams {
+                    let event = eventstore::NewEvent::new(
+                        "key.drift_repaired",
+                        serde_json::json!({"kind": "missing_on_panel"}),
+                    );
+                    let metadata = common::metadata();
+                    // The same append again after a lost connection: answered as already
+                    // appended if it had committed.
+                    while store
+                        .append(*stream, rounds, std::slice::from_ref(&event), &metadata)
+                        .await
+                        .is_err()
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                rounds += 1;
+                if done.is_cancelled() {
+                    after_done += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            rounds
+        })
+    };
+    let mut published_before = 0;
+    for _ in 0..2 {
+        wait_until("events flowing", DEADLINE, || async {
+            relay_stats.published.load(Ordering::SeqCst) >= published_before + 20
+        })
+        .await;
+        assert!(
+            drop_database_sessions(&env).await >= 1,
+            "sessions were open"
+        );
+        published_before = relay_stats.published.load(Ordering::SeqCst);
+    }
+    restarts_done.cancel();
+    let per_stream = writer.await.expect("writer");
+    let total = streams.len() * per_stream as usize;
+    wait_until("every event applied", DEADLINE, || async {
+        env.applied_count("pg-restart-test").await >= total
+    })
+    .await;
+    let expected: Vec<(Uuid, i32)> = streams.iter().map(|s| (*s, per_stream as i32)).collect();
+    assert_exactly_once_in_order(&env.applied("pg-restart-test").await, &expected);
+    stop.cancel();
+    consumer_task.await.expect("consumer");
+    relay_task.await.expect("relay");
+}

@@ -125,16 +125,18 @@ async fn two_relays_publish_each_event_once_and_the_survivor_takes_over() {
     for stream in &streams {
         env.append(*stream, 0, 10).await;
     }
+    let published = |s: &broker::RelayStats| s.published.load(std::sync::atomic::Ordering::SeqCst);
+    // The counters move once the broker confirmed and the checkpoint was written.
     wait_until("50 events published", Duration::from_secs(20), || async {
-        env.queue_depth(Queue::Projector.name()).await >= 50
+        published(&first_stats) + published(&second_stats) >= 50
     })
     .await;
     assert!(
         leading(&first_stats) != leading(&second_stats),
         "exactly one leader"
     );
-    let published = |s: &broker::RelayStats| s.published.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(published(&first_stats) + published(&second_stats), 50);
+    assert_eq!(env.queue_depth(Queue::Projector.name()).await, 50);
 
     // Kill the leader (its task is dropped mid-flight, as a crash would end it).
     let (leader_task, survivor_stats) = if leading(&first_stats) {

@@ -238,7 +238,12 @@ impl<A: PanelApi> Panel<A> {
                 // A refusal or a lost write: the panel itself answered sensibly.
                 permit.success();
             }
-            if !error.is_transient() || retry + 1 >= self.policy.max_attempts {
+            // An open breaker ends the retries with the failure that opened it, which says
+            // more than "circuit open" would.
+            if !error.is_transient()
+                || retry + 1 >= self.policy.max_attempts
+                || self.breaker.state() == BreakerState::Open
+            {
                 return Err(error);
             }
             let pause = self.policy.backoff(retry);

@@ -23,10 +23,14 @@ async fn the_breaker_opens_while_the_panel_is_down_and_closes_after_a_good_probe
     sim.go_down(DownMode::Refused).await.unwrap();
     let error = panel.list_clients().await.unwrap_err();
     assert!(
-        matches!(error, PanelError::CircuitOpen { .. }),
-        "retries stop at the open breaker: {error:?}"
+        matches!(error, PanelError::Transport { .. }),
+        "retries stop at the open breaker, with the failure that opened it: {error:?}"
     );
     assert_eq!(panel.breaker_state(), BreakerState::Open);
+    assert!(matches!(
+        panel.list_clients().await,
+        Err(PanelError::CircuitOpen { .. })
+    ));
 
     // A failed probe opens it again.
     eventually("half-open", Duration::from_secs(5), || async {
@@ -51,7 +55,11 @@ async fn a_502_from_the_proxy_counts_as_down() {
     let (sim, panel) = start(SimConfig::v2_9()).await;
     sim.go_down(DownMode::BadGateway).await.unwrap();
     let error = panel.list_clients().await.unwrap_err();
-    assert!(matches!(error, PanelError::CircuitOpen { .. }), "{error:?}");
+    assert!(
+        matches!(error, PanelError::Http { status: 502, .. }),
+        "{error:?}"
+    );
+    assert_eq!(panel.breaker_state(), BreakerState::Open);
     let requests = sim.handle().requests();
     assert!(matches!(
         panel.list_clients().await,

@@ -1,6 +1,8 @@
 //! Shared test helpers: a simulator with a panel client in front, and condition waits.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod stack;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,238 @@
+//! The worker role end to end: commands recorded in PostgreSQL, relayed through RabbitMQ,
+//! consumed by the worker, applied to the simulated panel and acknowledged in the log.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use broker::{EventHandler, HandlerError};
+use common::eventually;
+use common::stack::{Base, DEADLINE, Stack};
+use domain::{KeyStatus, Phase};
+use serde_json::json;
+use x3ui_worker::simulator::DownMode;
+
+#[tokio::test]
+async fn a_requested_key_is_on_the_panel_with_its_uuid_and_acknowledged() {
+    let stack = Stack::start().await;
+    let (key, uuid) = stack.request(101).await;
+    stack.wait_for(key, "key.provisioned", 1).await;
+
+    let client = stack.client("tg101-ams").expect("client on the panel");
+    assert_eq!(client["id"], json!(uuid.to_string()));
+    assert_eq!(client["enable"], json!(true));
+    assert_eq!(client["totalGB"], json!(50_i64 << 30));
+    assert_eq!(client["tgId"], json!(101));
+    let state = stack.state(key).await;
+    assert_eq!(state.status(), Some(KeyStatus::Active));
+    assert_eq!(state.details.unwrap().inbound_id, Some(1));
+    let provisioned = stack.events(key).await.pop().unwrap();
+    assert_eq!(provisioned.metadata["actor"]["kind"], json!("worker"));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn three_rotations_leave_only_the_newest_uuid_on_the_panel() {
+    let stack = Stack::start().await;
+    let (key, first) = stack.request(102).await;
+    stack.wait_for(key, "key.provisioned", 1).await;
+    let mut uuids = vec![first];
+    for n in 1..=3 {
+        uuids.push(stack.rotate(key).await);
+        stack.wait_for(key, "key.rotated", n).await;
+        let clients = stack.clients();
+        assert_eq!(clients.len(), 1, "one client after rotation {n}");
+        assert_eq!(clients[0]["id"], json!(uuids[n].to_string()));
+    }
+    assert_eq!(uuids.iter().collect::<HashSet<_>>().len(), 4);
+    assert_eq!(stack.count(key, "key.rotated").await, 3);
+    assert_eq!(stack.state(key).await.phase, Phase::Active);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn revocation_removes_the_client_and_disables_the_inbounds_last_one() {
+    let stack = Stack::start().await;
+    let (first, _) = stack.request(103).await;
+    let (second, _) = stack.request(104).await;
+    stack.wait_for(first, "key.provisioned", 1).await;
+    stack.wait_for(second, "key.provisioned", 1).await;
+
+    stack.revoke(first).await;
+    stack.wait_for(first, "key.revoked", 1).await;
+    assert!(stack.client("tg103-ams").is_none(), "revoked client gone");
+
+    // The panel will not delete an inbound's last client: it is disabled instead.
+    stack.revoke(second).await;
+    stack.wait_for(second, "key.revoked", 1).await;
+    let last = stack.client("tg104-ams").expect("last client kept");
+    assert_eq!(last["enable"], json!(false));
+    assert_eq!(stack.state(second).await.phase, Phase::Revoked);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_key_is_disabled_and_a_request_after_revocation_gets_a_new_client() {
+    let stack = Stack::start().await;
+    let (key, _) = stack.request(105).await;
+    stack.wait_for(key, "key.provisioned", 1).await;
+    stack.expire(key).await;
+    eventually("the expired client is disabled", DEADLINE, || async {
+        let client = stack.client("tg105-ams")?;
+        (client["enable"] == json!(false)).then_some(())
+    })
+    .await;
+
+    stack.revoke(key).await;
+    stack.wait_for(key, "key.revoked", 1).await;
+    let (again, uuid) = stack.request(105).await;
+    assert_eq!(again, key, "one stream per user and location");
+    stack.wait_for(key, "key.provisioned", 2).await;
+    let client = stack.client("tg105-ams").unwrap();
+    assert_eq!(client["id"], json!(uuid.to_string()));
+    assert_eq!(client["enable"], json!(true));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_panel_down_for_a_while_is_recorded_once_then_the_key_is_provisioned() {
+    let stack = Stack::start().await;
+    stack.sim.go_down(DownMode::Refused).await.unwrap();
+    let (key, uuid) = stack.request(106).await;
+    stack.wait_for(key, "key.provisioning_failed", 1).await;
+    assert_eq!(stack.state(key).await.status(), Some(KeyStatus::Failed));
+    // Several more failed deliveries, the breaker opening and probing among them.
+    let retried = stack.stats.retried.load(Ordering::Relaxed);
+    eventually("more retries while the panel is down", DEADLINE, || async {
+        (stack.stats.retried.load(Ordering::Relaxed) >= retried + 4).then_some(())
+    })
+    .await;
+    assert_eq!(stack.count(key, "key.provisioning_failed").await, 1);
+
+    stack.sim.come_up().await.unwrap();
+    stack.wait_for(key, "key.provisioned", 1).await;
+    assert_eq!(stack.count(key, "key.provisioning_failed").await, 1);
+    let failed = stack
+        .events(key)
+        .await
+        .into_iter()
+        .find(|e| e.event_type == "key.provisioning_failed")
+        .unwrap();
+    assert_eq!(failed.data["attempt"], json!(1));
+    assert!(
+        failed.data["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach the panel"),
+        "{}",
+        failed.data
+    );
+    assert_eq!(
+        stack.client("tg106-ams").unwrap()["id"],
+        json!(uuid.to_string())
+    );
+    assert_eq!(stack.state(key).await.status(), Some(KeyStatus::Active));
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_hundred_keys_at_once_are_a_hundred_clients_in_far_fewer_add_calls() {
+    let stack = Stack::start().await;
+    let keys = request_all(&stack, 200..300).await;
+    for key in &keys {
+        stack.wait_for(*key, "key.provisioned", 1).await;
+    }
+    assert_eq!(stack.clients().len(), 100);
+    let adds = stack.sim.handle().stats().add_calls;
+    println!("100 keys: {adds} addClient calls");
+    assert!(adds <= 50, "{adds} addClient calls for 100 keys");
+    stack.stop().await;
+}
+
+/// Requests a key for each of `users`, as fast as the log takes them.
+async fn request_all(stack: &Stack, users: std::ops::Range<i64>) -> Vec<domain::KeyId> {
+    let mut keys = Vec::new();
+    for user in users {
+        keys.push(stack.request(user).await.0);
+    }
+    keys
+}
+
+#[tokio::test]
+async fn a_redelivered_event_records_no_second_acknowledgement() {
+    let base = Base::new().await;
+    let (key, _) = base.request(107).await;
+    let requested = base.events(key).await.remove(0);
+    let mut conn = base.db.pool().acquire().await.unwrap();
+    // The runtime would drop a duplicate; this is the crash between our append and its
+    // commit, where the same event is handed over again.
+    for _ in 0..3 {
+        base.worker.handle(&requested, &mut conn).await.unwrap();
+    }
+    assert_eq!(base.count(key, "key.provisioned").await, 1);
+    assert_eq!(base.clients().len(), 1);
+}
+
+#[tokio::test]
+async fn an_old_message_applies_the_keys_newest_state() {
+    let base = Base::new().await;
+    let (key, _) = base.request(108).await;
+    let (other, _) = base.request(109).await;
+    base.revoke(key).await;
+    let requested = base.events(key).await.remove(0);
+    let mut conn = base.db.pool().acquire().await.unwrap();
+    base.worker
+        .handle(&base.events(other).await.remove(0), &mut conn)
+        .await
+        .unwrap();
+    // The key.requested message arrives after the key was revoked: nothing is added,
+    // and the revocation is what gets acknowledged.
+    base.worker.handle(&requested, &mut conn).await.unwrap();
+    assert!(base.client("tg108-ams").is_none());
+    assert_eq!(base.count(key, "key.provisioned").await, 0);
+    assert_eq!(base.count(key, "key.revoked").await, 1);
+}
+
+#[tokio::test]
+async fn a_key_at_a_location_this_worker_does_not_serve_is_rejected() {
+    let base = Base::new().await;
+    let (key, _) = base.request_at(110, "fra").await;
+    let requested = base.events(key).await.remove(0);
+    let mut conn = base.db.pool().acquire().await.unwrap();
+    let error = base
+        .worker
+        .handle(&requested, &mut conn)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, HandlerError::Reject(reason) if reason.contains("fra") && reason.contains(&key.to_string())),
+        "{error:?}"
+    );
+    assert!(base.clients().is_empty());
+}
+
+#[tokio::test]
+async fn a_panel_failure_is_retried_and_not_recorded_twice_with_the_same_error() {
+    let base = Base::new().await;
+    base.sim.go_down(DownMode::BadGateway).await.unwrap();
+    let (key, _) = base.request(111).await;
+    let requested = base.events(key).await.remove(0);
+    let mut conn = base.db.pool().acquire().await.unwrap();
+    for _ in 0..4 {
+        let error = base
+            .worker
+            .handle(&requested, &mut conn)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, HandlerError::Retry(_)), "{error:?}");
+        // Past the breaker's open period, so the next try reaches the panel again.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    assert_eq!(base.count(key, "key.provisioning_failed").await, 1);
+    base.sim.come_up().await.unwrap();
+    base.worker.handle(&requested, &mut conn).await.unwrap();
+    assert_eq!(base.count(key, "key.provisioned").await, 1);
+}
