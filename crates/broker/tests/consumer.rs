@@ -110,6 +110,93 @@ async fn each_event_is_applied_once_in_stream_order_despite_duplicates_and_reord
     relay.await.expect("relay");
 }
 
+/// Restarts the RabbitMQ application on this machine (`rabbitmqctl stop_app` and
+/// `start_app`): the port closes, every connection drops, reconnects are refused until it
+/// is back. Run alone (see .config/nextest.toml), since every test shares the broker.
+async fn restart_rabbitmq() {
+    let steps: [&[&str]; 3] = [
+        &["stop_app"],
+        &["start_app"],
+        &["await_startup", "--timeout", "60"],
+    ];
+    for step in steps {
+        let args: Vec<String> = step.iter().map(|s| s.to_string()).collect();
+        let status = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("rabbitmqctl")
+                .args(&args)
+                .stdout(std::process::Stdio::null())
+                .status()
+        })
+        .await
+        .expect("join")
+        .expect("rabbitmqctl runs");
+        assert!(status.success(), "rabbitmqctl {step:?} failed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restarted_for_real_mid_stream_loses_nothing_and_applies_nothing_twice() {
+    let env = Env::new().await;
+    let stop = CancellationToken::new();
+    let consumer = Consumer::new(
+        env.store(),
+        consumer_config(&env, "real-restart-test"),
+        Recorder::new("real-restart-test"),
+    );
+    let stats = consumer.stats();
+    let consumer_task = tokio::spawn(consumer.run(stop.clone()));
+    let relay = Relay::new(env.store(), RelayConfig::new(&env.broker.amqp_url));
+    let relay_stats = relay.stats();
+    let relay_task = tokio::spawn(relay.run(stop.clone()));
+    let streams: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    let restarted = CancellationToken::new();
+    let writer = {
+        let (streams, store, done) = (streams.clone(), env.store(), restarted.clone());
+        tokio::spawn(async move {
+            let (mut rounds, mut after_done) = (0u32, 0);
+            while after_done < 10 {
+                for stream in &streams {
+                    let event = eventstore::NewEvent::new(
+                        "key.drift_repaired",
+                        serde_json::json!({"kind": "missing_on_panel"}),
+                    );
+                    store
+                        .append(*stream, rounds, &[event], &common::metadata())
+                        .await
+                        .expect("append");
+                }
+                rounds += 1;
+                if done.is_cancelled() {
+                    after_done += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            rounds
+        })
+    };
+    wait_until("events flowing", DEADLINE, || async {
+        relay_stats.published.load(Ordering::SeqCst) >= 20
+    })
+    .await;
+    restart_rabbitmq().await;
+    restarted.cancel();
+    let per_stream = writer.await.expect("writer");
+    let total = streams.len() * per_stream as usize;
+    wait_until("every event applied", Duration::from_secs(90), || async {
+        env.applied_count("real-restart-test").await >= total
+    })
+    .await;
+    let expected: Vec<(Uuid, i32)> = streams.iter().map(|s| (*s, per_stream as i32)).collect();
+    assert_exactly_once_in_order(&env.applied("real-restart-test").await, &expected);
+    assert!(
+        stats.sessions.load(Ordering::SeqCst) >= 2,
+        "the consumer reconnected"
+    );
+    stop.cancel();
+    consumer_task.await.expect("consumer");
+    relay_task.await.expect("relay");
+}
+
 #[tokio::test]
 async fn a_broker_restart_mid_stream_loses_nothing_and_applies_nothing_twice() {
     let env = Env::new().await;

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use domain::DesiredClient;
 use tokio::sync::oneshot;
@@ -25,7 +26,12 @@ pub struct Location {
     /// The `flow` every client of this location gets (`""` or [`crate::FLOW_VISION`]).
     flow: String,
     batcher: Batcher,
+    /// How long the writer of a batch waits for more keys to join it.
+    batch_window: Duration,
 }
+
+/// Default [`Location::with_batch_window`]: short next to a panel's own answer times.
+pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(10);
 
 impl Location {
     pub fn new(id: impl Into<String>, panel: Panel, inbound_id: i64) -> Self {
@@ -35,7 +41,15 @@ impl Location {
             inbound_id,
             flow: String::new(),
             batcher: Batcher::default(),
+            batch_window: DEFAULT_BATCH_WINDOW,
         }
+    }
+
+    /// How long the writer of a batch waits for concurrent requests to join it before
+    /// writing; zero writes at once.
+    pub fn with_batch_window(mut self, window: Duration) -> Self {
+        self.batch_window = window;
+        self
     }
 
     /// Clients of this location get `flow` (e.g. [`crate::FLOW_VISION`] on tcp + reality).
@@ -111,6 +125,10 @@ impl Location {
             }
             if !pending {
                 break;
+            }
+            if !self.batch_window.is_zero() {
+                // Keys handled at the same time arrive a moment apart: let them join.
+                tokio::time::sleep(self.batch_window).await;
             }
             let batch = self.batcher.take_batch();
             if batch.is_empty() {

@@ -141,7 +141,7 @@ async fn a_panel_down_for_a_while_is_recorded_once_then_the_key_is_provisioned()
 #[tokio::test]
 async fn a_hundred_keys_at_once_are_a_hundred_clients_in_far_fewer_add_calls() {
     let stack = Stack::start().await;
-    let keys = request_all(&stack, 200..300).await;
+    let keys = stack.request_many(200..300).await;
     for key in &keys {
         stack.wait_for(*key, "key.provisioned", 1).await;
     }
@@ -150,15 +150,6 @@ async fn a_hundred_keys_at_once_are_a_hundred_clients_in_far_fewer_add_calls() {
     println!("100 keys: {adds} addClient calls");
     assert!(adds <= 50, "{adds} addClient calls for 100 keys");
     stack.stop().await;
-}
-
-/// Requests a key for each of `users`, as fast as the log takes them.
-async fn request_all(stack: &Stack, users: std::ops::Range<i64>) -> Vec<domain::KeyId> {
-    let mut keys = Vec::new();
-    for user in users {
-        keys.push(stack.request(user).await.0);
-    }
-    keys
 }
 
 #[tokio::test]
@@ -202,11 +193,7 @@ async fn a_key_at_a_location_this_worker_does_not_serve_is_rejected() {
     let (key, _) = base.request_at(110, "fra").await;
     let requested = base.events(key).await.remove(0);
     let mut conn = base.db.pool().acquire().await.unwrap();
-    let error = base
-        .worker
-        .handle(&requested, &mut conn)
-        .await
-        .unwrap_err();
+    let error = base.worker.handle(&requested, &mut conn).await.unwrap_err();
     assert!(
         matches!(&error, HandlerError::Reject(reason) if reason.contains("fra") && reason.contains(&key.to_string())),
         "{error:?}"
@@ -222,11 +209,7 @@ async fn a_panel_failure_is_retried_and_not_recorded_twice_with_the_same_error()
     let requested = base.events(key).await.remove(0);
     let mut conn = base.db.pool().acquire().await.unwrap();
     for _ in 0..4 {
-        let error = base
-            .worker
-            .handle(&requested, &mut conn)
-            .await
-            .unwrap_err();
+        let error = base.worker.handle(&requested, &mut conn).await.unwrap_err();
         assert!(matches!(error, HandlerError::Retry(_)), "{error:?}");
         // Past the breaker's open period, so the next try reaches the panel again.
         tokio::time::sleep(Duration::from_millis(350)).await;

@@ -82,24 +82,23 @@ impl Base {
 
     /// Requests a key for `user` at `location`; returns its id and client UUID.
     pub async fn request_at(&self, user: i64, location: &str) -> (KeyId, Uuid) {
-        let user = UserId::new(user).unwrap();
-        let location = LocationId::new(location).unwrap();
-        let key = KeyId::for_user_at(user, &location);
-        let fresh = Uuid::new_v4();
-        let now = OffsetDateTime::now_utc();
-        self.execute(
-            key,
-            KeyCommand::Request(RequestKey {
-                user_id: user,
-                location,
-                fresh_client_uuid: fresh,
-                expires_at: Some(now + time::Duration::days(30)),
-                traffic_limit_bytes: 50 << 30,
-                now,
-            }),
-        )
-        .await;
-        (key, fresh)
+        request_with(&self.ledger, user, location).await
+    }
+
+    /// Requests keys for all `users` at `ams` at once, from concurrent tasks.
+    pub async fn request_many(&self, users: impl IntoIterator<Item = i64>) -> Vec<KeyId> {
+        let tasks: Vec<_> = users
+            .into_iter()
+            .map(|user| {
+                let ledger = self.ledger.clone();
+                tokio::spawn(async move { request_with(&ledger, user, "ams").await.0 })
+            })
+            .collect();
+        let mut keys = Vec::new();
+        for task in tasks {
+            keys.push(task.await.unwrap());
+        }
+        keys
     }
 
     pub async fn request(&self, user: i64) -> (KeyId, Uuid) {
@@ -175,6 +174,28 @@ impl Base {
     pub fn clients(&self) -> Vec<Map<String, Value>> {
         self.sim.handle().clients(1)
     }
+}
+
+async fn request_with(ledger: &KeyLedger, user: i64, location: &str) -> (KeyId, Uuid) {
+    let user = UserId::new(user).unwrap();
+    let location = LocationId::new(location).unwrap();
+    let key = KeyId::for_user_at(user, &location);
+    let fresh = Uuid::new_v4();
+    let now = OffsetDateTime::now_utc();
+    let command = KeyCommand::Request(RequestKey {
+        user_id: user,
+        location,
+        fresh_client_uuid: fresh,
+        expires_at: Some(now + time::Duration::days(30)),
+        traffic_limit_bytes: 50 << 30,
+        now,
+    });
+    let metadata = EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Admin, "test"));
+    ledger
+        .execute(key, &command, &metadata)
+        .await
+        .unwrap_or_else(|e| panic!("{command:?} on {key}: {e}"));
+    (key, fresh)
 }
 
 /// [`Base`] plus RabbitMQ, the relay and the consumer running the worker.
