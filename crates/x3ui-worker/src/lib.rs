@@ -4,7 +4,11 @@
 //! the panel's login and session quirks handled; [`Panel`] turns those calls into "make
 //! it so" operations — ensure a client exists with given settings, ensure it is gone —
 //! that are safe to repeat, serialised per panel, read back after every write, retried
-//! with backoff and guarded by a circuit breaker. [`simulator`] is a stand-in panel with
+//! with backoff and guarded by a circuit breaker. [`worker`] is the `worker` role: it
+//! consumes `keyledger.x3ui-worker`, applies each key's desired state from the log to its
+//! location's panel (batching concurrent keys per location, see [`Panels`]) and records
+//! the acknowledgements. [`reconcile`] compares whole panels with the log, repairs drift
+//! and records it. [`simulator`] is a stand-in panel with
 //! the real one's quirks and switchable faults, for tests and for `keyledger demo`.
 //! x3ui-api.md in the shared docs describes the real panel this code is written against.
 

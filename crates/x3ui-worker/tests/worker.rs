@@ -18,8 +18,7 @@ use x3ui_worker::simulator::DownMode;
 #[tokio::test]
 async fn a_requested_key_is_on_the_panel_with_its_uuid_and_acknowledged() {
     let stack = Stack::start().await;
-    let (key, uuid) = stack.request(101).await;
-    stack.wait_for(key, "key.provisioned", 1).await;
+    let (key, uuid) = stack.provisioned(101).await;
 
     let client = stack.client("tg101-ams").expect("client on the panel");
     assert_eq!(client["id"], json!(uuid.to_string()));
@@ -37,8 +36,7 @@ async fn a_requested_key_is_on_the_panel_with_its_uuid_and_acknowledged() {
 #[tokio::test]
 async fn three_rotations_leave_only_the_newest_uuid_on_the_panel() {
     let stack = Stack::start().await;
-    let (key, first) = stack.request(102).await;
-    stack.wait_for(key, "key.provisioned", 1).await;
+    let (key, first) = stack.provisioned(102).await;
     let mut uuids = vec![first];
     for n in 1..=3 {
         uuids.push(stack.rotate(key).await);
@@ -56,10 +54,8 @@ async fn three_rotations_leave_only_the_newest_uuid_on_the_panel() {
 #[tokio::test]
 async fn revocation_removes_the_client_and_disables_the_inbounds_last_one() {
     let stack = Stack::start().await;
-    let (first, _) = stack.request(103).await;
-    let (second, _) = stack.request(104).await;
-    stack.wait_for(first, "key.provisioned", 1).await;
-    stack.wait_for(second, "key.provisioned", 1).await;
+    let (first, _) = stack.provisioned(103).await;
+    let (second, _) = stack.provisioned(104).await;
 
     stack.revoke(first).await;
     stack.wait_for(first, "key.revoked", 1).await;
@@ -77,8 +73,7 @@ async fn revocation_removes_the_client_and_disables_the_inbounds_last_one() {
 #[tokio::test]
 async fn an_expired_key_is_disabled_and_a_request_after_revocation_gets_a_new_client() {
     let stack = Stack::start().await;
-    let (key, _) = stack.request(105).await;
-    stack.wait_for(key, "key.provisioned", 1).await;
+    let (key, _) = stack.provisioned(105).await;
     stack.expire(key).await;
     eventually("the expired client is disabled", DEADLINE, || async {
         let client = stack.client("tg105-ams")?;

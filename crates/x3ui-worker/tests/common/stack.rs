@@ -242,6 +242,13 @@ impl Stack {
         }
     }
 
+    /// Requests a key for `user` and waits until the worker has acknowledged it.
+    pub async fn provisioned(&self, user: i64) -> (KeyId, Uuid) {
+        let (key, uuid) = self.request(user).await;
+        self.wait_for(key, "key.provisioned", 1).await;
+        (key, uuid)
+    }
+
     pub async fn stop(self) {
         self.stop.cancel();
         for task in self.tasks {
