@@ -333,7 +333,12 @@ impl Reconciler {
     /// after a fresh look at the log.
     async fn still_wanted(&self, location: &Location, finding: &Finding) -> Option<ClientSpec> {
         let key_id = finding.key_id?;
-        let (state, _) = self.ledger.load(key_id).await.ok()?;
+        let (state, _) = self
+            .ledger
+            .load(key_id)
+            .await
+            .inspect_err(|error| tracing::warn!(%key_id, %error, "reconcile: cannot reload the key; repair left to the next pass"))
+            .ok()?;
         if state.phase.awaits_panel() {
             return None;
         }
@@ -348,7 +353,10 @@ impl Reconciler {
         };
         match self.ledger.load(key_id).await {
             Ok((state, _)) => !state.phase.awaits_panel() && state.desired_client().is_none(),
-            Err(_) => false,
+            Err(error) => {
+                tracing::warn!(%key_id, %error, "reconcile: cannot reload the key; repair left to the next pass");
+                false
+            }
         }
     }
 
