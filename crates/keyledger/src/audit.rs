@@ -138,7 +138,39 @@ pub async fn verify(store: &EventStore, out: &mut impl Write) -> anyhow::Result<
         "checked {} events in {} streams: {verdict}",
         report.events, report.streams
     )?;
-    Ok(report.holds())
+    let views = projector::verify_views(store).await?;
+    for difference in &views.differences {
+        writeln!(
+            out,
+            "VIEW   key {}: stored {} but the log replays to {}",
+            difference.key_id,
+            serde_json::to_string(&difference.stored)?,
+            serde_json::to_string(&difference.replayed)?
+        )?;
+    }
+    let verdict = if views.holds() {
+        "every key view equals a replay"
+    } else {
+        "key views differ from the log"
+    };
+    writeln!(
+        out,
+        "checked the views of {} keys: {verdict} ({} still catching up)",
+        views.keys,
+        views.lagging.len()
+    )?;
+    Ok(report.holds() && views.holds())
+}
+
+/// `keyledger projections rebuild`.
+pub async fn rebuild_projections(store: &EventStore, out: &mut impl Write) -> anyhow::Result<()> {
+    let report = projector::rebuild(store).await?;
+    writeln!(
+        out,
+        "rebuilt {} key views from {} events ({} keys caught up during the rebuild)",
+        report.views, report.events, report.caught_up
+    )?;
+    Ok(())
 }
 
 /// Every event after `after` that had committed when the export began, as JSON lines in

@@ -29,6 +29,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Read models.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
     /// Benchmarks; each prints JSON with its baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -53,6 +58,12 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 0)]
         after: i64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Rebuild every key view from the log into a fresh table and swap it in.
+    Rebuild,
 }
 
 #[derive(Debug, Subcommand)]

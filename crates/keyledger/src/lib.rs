@@ -17,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{AuditCommand, BenchCommand, Cli, Command};
+use crate::cli::{AuditCommand, BenchCommand, Cli, Command, ProjectionsCommand};
 use crate::config::{Config, ConfigError};
 
 /// How a run ended, for the exit code.
@@ -86,6 +86,13 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Projections { command } => {
+            let store = audit::migrate(&config).await?;
+            match command {
+                ProjectionsCommand::Rebuild => audit::rebuild_projections(&store, &mut out).await?,
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command } => {
             match command {

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::scheduler::Scheduler;
 
 /// Roles this build can run. The others of CONTRACT.md §1 arrive with their issues.
-pub const AVAILABLE_ROLES: [Role; 2] = [Role::Relay, Role::Scheduler];
+pub const AVAILABLE_ROLES: [Role; 3] = [Role::Relay, Role::Projector, Role::Scheduler];
 
 const SCHEDULER_TICK: Duration = Duration::from_secs(5);
 
@@ -36,6 +36,11 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
             Role::Scheduler => {
                 let scheduler = Scheduler::new(KeyLedger::new(store.clone()), SCHEDULER_TICK);
                 tasks.spawn(scheduler.run(stop.clone()));
+            }
+            Role::Projector => {
+                let (store, url) = (store.clone(), config.amqp_url.as_str().to_owned());
+                let stop = stop.clone();
+                tasks.spawn(async move { projector::run_projector(store, &url, stop).await });
             }
             Role::Relay => {
                 let relay = Relay::new(store.clone(), RelayConfig::new(config.amqp_url.as_str()));

@@ -1,0 +1,50 @@
+use broker::{Consumer, ConsumerConfig, EventHandler, HandlerError, Queue};
+use eventstore::{EventStore, RecordedEvent};
+use sqlx::PgConnection;
+use tokio_util::sync::CancellationToken;
+
+use crate::view::{ViewError, upsert, view_of};
+
+/// The live projector: on each event, recomputes the key's view from the log (up to that
+/// event) and stores it, in the consumer runtime's transaction.
+#[derive(Clone)]
+pub struct KeyViewProjector {
+    store: EventStore,
+}
+
+impl KeyViewProjector {
+    pub fn new(store: EventStore) -> Self {
+        Self { store }
+    }
+}
+
+impl EventHandler for KeyViewProjector {
+    async fn handle(
+        &self,
+        event: &RecordedEvent,
+        tx: &mut PgConnection,
+    ) -> Result<(), HandlerError> {
+        let events = self
+            .store
+            .read_stream_after_on(tx, event.stream_id, 0, event.version.max(0) as u32)
+            .await
+            .map_err(|e| HandlerError::Retry(format!("reading key {}: {e}", event.stream_id)))?;
+        let view = view_of(event.stream_id, &events).map_err(|error| match error {
+            // The log itself holds something this build cannot read: no retry fixes that.
+            ViewError::UndecodableEvent { .. } => HandlerError::Reject(error.to_string()),
+            other => HandlerError::Retry(other.to_string()),
+        })?;
+        if let Some(view) = view {
+            upsert(tx, "key_views", &view).await?;
+            tracing::debug!(key_id = %view.key_id, version = view.version, status = %view.status, "key view updated");
+        }
+        Ok(())
+    }
+}
+
+/// Runs the projector role until `stop` is cancelled.
+pub async fn run_projector(store: EventStore, amqp_url: &str, stop: CancellationToken) {
+    let config = ConsumerConfig::new(amqp_url, Queue::Projector);
+    let projector = KeyViewProjector::new(store.clone());
+    Consumer::new(store, config, projector).run(stop).await;
+}
