@@ -378,9 +378,17 @@ fn failure_text(error: &PanelError) -> String {
     }
 }
 
+/// Deliveries of one message before the worker gives up on it: with the runtime's backoff
+/// (200 ms doubling to 30 s) about four minutes of panel outage, and below the broker's own
+/// delivery limit (20), which must stay the backstop.
+pub const WORKER_MAX_DELIVERIES: i64 = 15;
+
 /// The consumer configuration the worker runs with by default.
 pub fn consumer_config(amqp_url: impl Into<String>) -> ConsumerConfig {
-    ConsumerConfig::new(amqp_url, Queue::X3uiWorker)
+    ConsumerConfig {
+        max_deliveries: WORKER_MAX_DELIVERIES,
+        ..ConsumerConfig::new(amqp_url, Queue::X3uiWorker)
+    }
 }
 
 /// Runs the worker role until `stop` is cancelled.
