@@ -1,7 +1,7 @@
 //! The consumer runtime every consumer (worker, projector, bot notifier) runs on.
 //!
 //! A message is only a pointer into the log. For each delivery the runtime locks the
-//! consumer's progress row of the event's stream, reads from the log every event after the
+//! consumer's progress of the event's stream (an advisory lock), reads from the log every event after the
 //! last one applied up to the delivered one, hands them to the handler in version order,
 //! records the new progress in the handler's transaction, commits, and only then acks. So:
 //! - a duplicate delivery finds the version already applied and is acked unapplied;
@@ -323,17 +323,18 @@ impl<H: EventHandler> Inner<H> {
     /// transaction with the progress record.
     async fn apply(&self, event: &RecordedEvent) -> Result<Disposition, HandlerError> {
         let mut tx = self.store.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO consumer_progress (consumer, stream_id, version) VALUES ($1, $2, 0)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&self.config.name)
-        .bind(event.stream_id)
-        .execute(&mut *tx)
-        .await?;
+        // Serialise the consumers of one key with an advisory lock rather than a row lock:
+        // a row lock would give this transaction an id for as long as the handler runs
+        // (a panel call may take seconds), and any transaction holding an id holds back
+        // every gap-free reader of the log, the relay included.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2::text, 0))")
+            .bind(&self.config.name)
+            .bind(event.stream_id)
+            .execute(&mut *tx)
+            .await?;
         let applied: i32 = sqlx::query_scalar(
-            "SELECT version FROM consumer_progress WHERE consumer = $1 AND stream_id = $2
-             FOR UPDATE",
+            "SELECT coalesce(max(version), 0) FROM consumer_progress
+             WHERE consumer = $1 AND stream_id = $2",
         )
         .bind(&self.config.name)
         .bind(event.stream_id)
@@ -348,8 +349,9 @@ impl<H: EventHandler> Inner<H> {
             self.handler.handle(pending_event, &mut tx).await?;
         }
         sqlx::query(
-            "UPDATE consumer_progress SET version = $3, updated_at = now()
-             WHERE consumer = $1 AND stream_id = $2",
+            "INSERT INTO consumer_progress (consumer, stream_id, version) VALUES ($1, $2, $3)
+             ON CONFLICT (consumer, stream_id)
+             DO UPDATE SET version = excluded.version, updated_at = now()",
         )
         .bind(&self.config.name)
         .bind(event.stream_id)
