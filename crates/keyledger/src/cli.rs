@@ -29,6 +29,15 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// One full reconcile pass now: every location's panel against the log.
+    Reconcile {
+        /// Only this location.
+        #[arg(long)]
+        location: Option<String>,
+        /// Report the drift without repairing or recording anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Read models.
     Projections {
         #[command(subcommand)]

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod panels;
 pub mod scheduler;
 pub mod serve;
 pub mod telemetry;
@@ -82,6 +83,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 AuditCommand::Export { after } => audit::export(&store, after, &mut out).await?,
             };
             Ok(if held {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Reconcile { location, dry_run } => {
+            let store = audit::migrate(&config).await?;
+            let clean =
+                panels::reconcile(&config, store, location.as_deref(), dry_run, &mut out).await?;
+            Ok(if clean {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

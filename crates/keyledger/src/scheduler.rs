@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use domain::{ExpireKey, KeyCommand, KeyId, KeyState, evolve};
-use eventstore::{Actor, ActorKind, EventMetadata, ExecuteError, KeyLedger};
+use eventstore::{Actor, ActorKind, AppendOutcome, EventMetadata, ExecuteError, KeyLedger};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -100,7 +100,9 @@ impl Scheduler {
             .await
         {
             Ok(outcome) => {
-                let recorded = !outcome.recorded.is_empty();
+                // Counted only when written now: another scheduler (or an earlier pass whose
+                // event readers cannot see yet) may have recorded this same command.
+                let recorded = matches!(outcome.append, Some(AppendOutcome::Appended(_)));
                 if recorded {
                     tracing::info!(%key_id, %expires_at, "key expired");
                 }

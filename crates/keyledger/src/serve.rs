@@ -14,7 +14,11 @@ use crate::config::Config;
 use crate::scheduler::Scheduler;
 
 /// Roles this build can run. The others of CONTRACT.md §1 arrive with their issues.
-pub const AVAILABLE_ROLES: [Role; 3] = [Role::Relay, Role::Projector, Role::Scheduler];
+pub const AVAILABLE_ROLES: [Role; 4] =
+    [Role::Relay, Role::Projector, Role::Worker, Role::Scheduler];
+
+/// How often the worker role's reconciler compares every panel with the log.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(300);
 
 const SCHEDULER_TICK: Duration = Duration::from_secs(5);
 
@@ -41,6 +45,25 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
                 let (store, url) = (store.clone(), config.amqp_url.as_str().to_owned());
                 let stop = stop.clone();
                 tasks.spawn(async move { projector::run_projector(store, &url, stop).await });
+            }
+            Role::Worker if config.locations.is_empty() => {
+                tracing::warn!("worker role not started: no locations are configured");
+            }
+            Role::Worker => {
+                let panels = crate::panels::panels(config).map_err(Failure::Runtime)?;
+                let url = config.amqp_url.as_str().to_owned();
+                tasks.spawn(x3ui_worker::run_worker(
+                    store.clone(),
+                    url,
+                    panels.clone(),
+                    stop.clone(),
+                ));
+                tasks.spawn(x3ui_worker::run_reconciler(
+                    store.clone(),
+                    panels,
+                    RECONCILE_INTERVAL,
+                    stop.clone(),
+                ));
             }
             Role::Relay => {
                 let relay = Relay::new(store.clone(), RelayConfig::new(config.amqp_url.as_str()));

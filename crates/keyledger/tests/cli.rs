@@ -243,6 +243,49 @@ async fn serve_runs_until_sigterm_and_exits_cleanly() {
     assert!(logs.iter().any(|l| l.contains("shutting down")));
 }
 
+/// Takes `n` messages off `queue`, waiting for them (and for the queue to be declared).
+async fn take_messages(amqp_url: &str, queue: &str, n: usize) -> Vec<lapin::message::Delivery> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut delivered = Vec::new();
+    while delivered.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {n} messages",
+            delivered.len()
+        );
+        // A get on a queue not declared yet closes the channel (and lapin the connection
+        // with it): start over on a fresh connection then.
+        let Ok(connection) =
+            lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await
+        else {
+            continue;
+        };
+        let Ok(channel) = connection.create_channel().await else {
+            continue;
+        };
+        while delivered.len() < n {
+            match channel
+                .basic_get(
+                    queue.into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await
+            {
+                Ok(Some(message)) => delivered.push(message.delivery),
+                Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                    break;
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                break;
+            }
+        }
+    }
+    delivered
+}
+
 #[tokio::test]
 async fn serve_with_the_relay_role_publishes_the_log() {
     let db = TestDatabase::create().await;
@@ -253,35 +296,7 @@ async fn serve_with_the_relay_role_publishes_the_log() {
     )
     .await;
     let key = seeded_key(&db).await;
-    let connection =
-        lapin::Connection::connect(&broker.amqp_url, lapin::ConnectionProperties::default())
-            .await
-            .expect("connect");
-    let mut channel = connection.create_channel().await.expect("channel");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let mut delivered = Vec::new();
-    while delivered.len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "relay published {delivered:?}"
-        );
-        match channel
-            .basic_get(
-                broker::Queue::Projector.name().into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-        {
-            Ok(Some(message)) => delivered.push(message.delivery),
-            Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(25)).await,
-            Err(_) => {
-                // The queue did not exist yet, which closes the channel; the relay
-                // declares it.
-                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-                channel = connection.create_channel().await.expect("channel");
-            }
-        }
-    }
+    let delivered = take_messages(&broker.amqp_url, broker::Queue::Projector.name(), 2).await;
     for delivery in &delivered {
         let event = broker::message::decode(&delivery.data, &delivery.properties).expect("event");
         assert_eq!(event.stream_id, key);
@@ -296,4 +311,164 @@ async fn serve_with_the_relay_role_publishes_the_log() {
         logs.iter().any(|l| l.contains("relay stopped")),
         "{logs:#?}"
     );
+}
+
+#[tokio::test]
+async fn serve_with_relay_and_projector_keeps_key_views_and_verify_checks_them() {
+    let db = TestDatabase::create().await;
+    let broker = broker::testing::TestBroker::create().await;
+    let serving = Serving::start(
+        "relay,projector",
+        &[("DATABASE_URL", &db.url), ("AMQP_URL", &broker.amqp_url)],
+    )
+    .await;
+    let key = seeded_key(&db).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let view = projector::load_view(db.pool(), key)
+            .await
+            .expect("load view");
+        if view.as_ref().map(|v| v.version) == Some(2) {
+            let view = view.expect("view");
+            assert_eq!((view.status.as_str(), view.user_id), ("revoking", 42));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no view: {view:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let (code, logs) = serving.terminate().await;
+    assert_eq!(code, Some(0), "{logs:#?}");
+
+    let verify = keyledger(&db.url, &["audit", "verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    assert!(stdout(&verify).contains("every key view equals a replay"));
+    sqlx::query("UPDATE key_views SET status = 'active'")
+        .execute(db.pool())
+        .await
+        .expect("tamper with a view");
+    let verify = keyledger(&db.url, &["audit", "verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(stdout(&verify).contains(&format!("VIEW   key {key}")));
+    let rebuilt = keyledger(&db.url, &["projections", "rebuild"]);
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    assert!(keyledger(&db.url, &["audit", "verify"]).status.success());
+}
+
+/// Polls `condition` every 25 ms until it holds, or panics after 30 s naming `what`.
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_provisions_a_requested_key_on_the_panel_and_reconcile_repairs_drift() {
+    use x3ui_worker::simulator::{PanelSimulator, SimConfig};
+    let db = TestDatabase::create().await;
+    let broker = broker::testing::TestBroker::create().await;
+    let panel = PanelSimulator::start(SimConfig::v2_9())
+        .await
+        .expect("simulator");
+    let config = tempfile_with(&format!(
+        "[[locations]]\nid = \"ams\"\nname = \"Amsterdam\"\npanel_url = \"{}\"\n\
+         username = \"admin\"\npassword_env = \"X3UI_AMS_PASSWORD\"\ninbound_id = 1\n\
+         public_host = \"ams.example.com\"\n",
+        panel.base_url()
+    ));
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("AMQP_URL", broker.amqp_url.as_str()),
+        ("KEYLEDGER_CONFIG", config.as_str()),
+        ("X3UI_AMS_PASSWORD", "sim-password"),
+    ];
+    let serving = Serving::start("relay,projector,worker", &env).await;
+
+    let ledger = eventstore::KeyLedger::new(db.store.clone());
+    let user = domain::UserId::new(42).expect("user");
+    let ams = domain::LocationId::new("ams").expect("location");
+    let key = domain::KeyId::for_user_at(user, &ams);
+    let request = domain::KeyCommand::Request(domain::RequestKey {
+        user_id: user,
+        location: ams,
+        fresh_client_uuid: Uuid::new_v4(),
+        expires_at: None,
+        traffic_limit_bytes: 0,
+        now: time::OffsetDateTime::now_utc(),
+    });
+    let meta =
+        EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::TelegramUser, "42"));
+    ledger.execute(key, &request, &meta).await.expect("request");
+    let handle = panel.handle();
+    eventually("the client on the panel", || async {
+        handle.client("tg42-ams").is_some()
+    })
+    .await;
+    eventually("the view to say active", || async {
+        projector::load_view(db.pool(), key.as_uuid())
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|v| v.status == "active")
+    })
+    .await;
+    let (code, logs) = serving.terminate().await;
+    assert_eq!(code, Some(0), "{logs:#?}");
+
+    // Behind our back, the client disappears; reconcile finds it, and repairs it.
+    assert!(handle.remove_client("tg42-ams"));
+    let run = |args: &'static [&'static str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keyledger"));
+        command.args(args).env_clear().envs(env.iter().copied());
+        command.output().expect("keyledger runs")
+    };
+    let dry = run(&["reconcile", "--dry-run"]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(
+        stdout(&dry).contains("missing_on_panel"),
+        "{}",
+        stdout(&dry)
+    );
+    assert!(
+        handle.client("tg42-ams").is_none(),
+        "a dry run changes nothing"
+    );
+    let repair = run(&["reconcile", "--location", "ams"]);
+    assert!(
+        repair.status.success(),
+        "{}",
+        String::from_utf8_lossy(&repair.stderr)
+    );
+    assert!(
+        handle.client("tg42-ams").is_some(),
+        "reconcile put the client back"
+    );
+    let history = db.store.read_stream(key.as_uuid()).await.expect("history");
+    assert!(history.iter().any(|e| e.event_type == "key.drift_repaired"));
+    let unknown = run(&["reconcile", "--location", "nowhere"]);
+    assert_ne!(unknown.status.code(), Some(0));
+}
+
+/// Writes `content` to a fresh file and returns its path.
+fn tempfile_with(content: &str) -> String {
+    let path =
+        std::env::temp_dir().join(format!("keyledger-test-{}.toml", Uuid::new_v4().simple()));
+    std::fs::write(&path, content).expect("write config");
+    path.to_string_lossy().into_owned()
 }
