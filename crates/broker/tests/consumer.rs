@@ -150,30 +150,7 @@ async fn rabbitmq_restarted_for_real_mid_stream_loses_nothing_and_applies_nothin
     let relay_task = tokio::spawn(relay.run(stop.clone()));
     let streams: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
     let restarted = CancellationToken::new();
-    let writer = {
-        let (streams, store, done) = (streams.clone(), env.store(), restarted.clone());
-        tokio::spawn(async move {
-            let (mut rounds, mut after_done) = (0u32, 0);
-            while after_done < 10 {
-                for stream in &streams {
-                    let event = eventstore::NewEvent::new(
-                        "key.drift_repaired",
-                        serde_json::json!({"kind": "missing_on_panel"}),
-                    );
-                    store
-                        .append(*stream, rounds, &[event], &common::metadata())
-                        .await
-                        .expect("append");
-                }
-                rounds += 1;
-                if done.is_cancelled() {
-                    after_done += 1;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            rounds
-        })
-    };
+    let writer = common::spawn_writer(env.store(), streams.clone(), restarted.clone());
     wait_until("events flowing", DEADLINE, || async {
         relay_stats.published.load(Ordering::SeqCst) >= 20
     })
@@ -215,31 +192,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_applies_nothing_twice() {
     // Appends keep coming until both restarts are over, and a little after.
     let streams: Vec<Uuid> = (0..6).map(|_| Uuid::new_v4()).collect();
     let restarts_done = CancellationToken::new();
-    let writer = {
-        let (streams, store, done) = (streams.clone(), env.store(), restarts_done.clone());
-        tokio::spawn(async move {
-            let mut rounds = 0u32;
-            let mut after_done = 0;
-            while after_done < 10 {
-                for stream in &streams {
-                    let event = eventstore::NewEvent::new(
-                        "key.drift_repaired",
-                        serde_json::json!({"kind": "missing_on_panel"}),
-                    );
-                    store
-                        .append(*stream, rounds, &[event], &common::metadata())
-                        .await
-                        .expect("append");
-                }
-                rounds += 1;
-                if done.is_cancelled() {
-                    after_done += 1;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            rounds
-        })
-    };
+    let writer = common::spawn_writer(env.store(), streams.clone(), restarts_done.clone());
     // Twice while events flow, the broker drops every connection of the vhost.
     let mut published_before = 0;
     for _ in 0..2 {
@@ -460,36 +413,7 @@ async fn a_database_restart_mid_stream_loses_nothing_and_applies_nothing_twice()
 
     let streams: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
     let restarts_done = CancellationToken::new();
-    let writer = {
-        let (streams, store, done) = (streams.clone(), env.store(), restarts_done.clone());
-        tokio::spawn(async move {
-            let (mut rounds, mut after_done) = (0u32, 0);
-            while after_done < 10 {
-                for stream in &streams {
-                    let event = eventstore::NewEvent::new(
-                        "key.drift_repaired",
-                        serde_json::json!({"kind": "missing_on_panel"}),
-                    );
-                    let metadata = common::metadata();
-                    // The same append again after a lost connection: answered as already
-                    // appended if it had committed.
-                    while store
-                        .append(*stream, rounds, std::slice::from_ref(&event), &metadata)
-                        .await
-                        .is_err()
-                    {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-                rounds += 1;
-                if done.is_cancelled() {
-                    after_done += 1;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            rounds
-        })
-    };
+    let writer = common::spawn_writer(env.store(), streams.clone(), restarts_done.clone());
     let mut published_before = 0;
     for _ in 0..2 {
         wait_until("events flowing", DEADLINE, || async {

@@ -224,3 +224,37 @@ pub fn assert_exactly_once_in_order(applied: &[(Uuid, i32)], expected: &[(Uuid, 
         "applied events of unknown streams: {per_stream:?}"
     );
 }
+
+/// Appends one event to each of `streams` per round, every 20 ms, until ten rounds after
+/// `done` is cancelled; returns the number of rounds (the version each stream reaches).
+/// An append that fails (the database dropped the session) is tried again with the same
+/// event, which the store answers as already appended if it had committed.
+pub fn spawn_writer(
+    store: EventStore,
+    streams: Vec<Uuid>,
+    done: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<u32> {
+    tokio::spawn(async move {
+        let (mut rounds, mut after_done) = (0u32, 0);
+        while after_done < 10 {
+            for stream in &streams {
+                let event =
+                    NewEvent::new("key.drift_repaired", json!({"kind": "missing_on_panel"}));
+                let metadata = metadata();
+                while store
+                    .append(*stream, rounds, std::slice::from_ref(&event), &metadata)
+                    .await
+                    .is_err()
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            rounds += 1;
+            if done.is_cancelled() {
+                after_done += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        rounds
+    })
+}
