@@ -16,15 +16,9 @@ impl EventStore {
         stream_id: Uuid,
         after_version: u32,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(stream_id)
-            .bind(i32::try_from(after_version).unwrap_or(i32::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(decode_rows(&rows)?)
+        let mut conn = self.pool.acquire().await?;
+        self.read_stream_after_on(&mut conn, stream_id, after_version, i32::MAX as u32)
+            .await
     }
 
     /// Like [`EventStore::read_stream_after`], on a connection the caller holds (inside its

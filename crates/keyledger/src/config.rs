@@ -34,26 +34,8 @@ impl ConfigError {
     }
 }
 
-/// A secret value: its `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
+/// Secrets are the panel client's type: one redacting `Debug` for every password and token.
+pub use x3ui_worker::Secret;
 
 /// A connection URL that may carry a password; shown with the password masked.
 #[derive(Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use eventstore::EventStore;
 
-use x3ui_worker::{ApiKind, Credentials, PanelConfig, Panels, ResiliencePolicy, Secret};
+use x3ui_worker::{ApiKind, Credentials, PanelConfig, Panels, ResiliencePolicy};
 
 use crate::config::{Config, PanelApi, PanelCredentials};
 
@@ -18,11 +18,9 @@ pub fn panel_configs(config: &Config) -> Vec<PanelConfig> {
             let credentials = match &location.credentials {
                 PanelCredentials::Password { username, password } => Credentials::Password {
                     username: username.clone(),
-                    password: Secret::new(password.expose()),
+                    password: password.clone(),
                 },
-                PanelCredentials::ApiToken(token) => {
-                    Credentials::ApiToken(Secret::new(token.expose()))
-                }
+                PanelCredentials::ApiToken(token) => Credentials::ApiToken(token.clone()),
             };
             let mut panel = PanelConfig::new(
                 location.id.as_str(),
