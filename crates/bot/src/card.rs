@@ -1,0 +1,152 @@
+//! A key as the bot shows it: state and link from the log (and the key view for a link
+//! the log does not carry), with the buttons that fit its state.
+
+use domain::{KeyId, KeyState, Phase};
+use eventstore::RecordedEvent;
+use projector::KeyView;
+use uuid::Uuid;
+
+use crate::callback::{Action, KeyRef};
+use crate::telegram::Keyboard;
+use crate::texts::{CardState, Milestone, Texts};
+
+/// What the card says about the key.
+pub fn card_state(state: &KeyState) -> Option<CardState> {
+    if state.failure.is_some() && state.phase.awaits_panel() {
+        return Some(CardState::Failed);
+    }
+    Some(match state.phase {
+        Phase::Absent => return None,
+        Phase::Provisioning => CardState::Provisioning,
+        Phase::Active => CardState::Active,
+        Phase::Rotating => CardState::Rotating,
+        Phase::Revoking => CardState::Revoking,
+        Phase::Revoked => CardState::Revoked,
+        Phase::Expired => CardState::Expired,
+    })
+}
+
+/// The `vless://` link of the key's current client, if the key is active and a link for
+/// exactly that client is known: from the panel's acknowledgement in the log, or else from
+/// the key view. A link for any other client UUID is never shown — that would be handing
+/// back a stale key.
+pub fn current_link(
+    state: &KeyState,
+    events: &[RecordedEvent],
+    view: Option<&KeyView>,
+) -> Option<String> {
+    if state.phase != Phase::Active {
+        return None;
+    }
+    let client = state.details.as_ref()?.client_uuid;
+    let from_log = events.iter().rev().find_map(|event| {
+        if !matches!(event.event_type.as_str(), "key.provisioned" | "key.rotated") {
+            return None;
+        }
+        link_for(&event.data, client)
+    });
+    from_log.or_else(|| {
+        view.filter(|v| v.client_uuid == client)
+            .and_then(|v| v.link.clone())
+    })
+}
+
+/// The `link` an acknowledgement's data carries, if it is for `client`.
+pub fn link_for(data: &serde_json::Value, client: Uuid) -> Option<String> {
+    let uuid = data.get("client_uuid")?.as_str()?;
+    if Uuid::try_parse(uuid).ok()? != client {
+        return None;
+    }
+    let link = data.get("link")?.as_str()?;
+    link.starts_with("vless://").then(|| link.to_owned())
+}
+
+/// The buttons under a key card.
+pub fn card_keyboard(
+    texts: &dyn Texts,
+    key_id: KeyId,
+    state: &KeyState,
+    location: &str,
+) -> Keyboard {
+    let key = KeyRef {
+        key_id,
+        version: state.version,
+    };
+    let history = (texts.button_history().to_owned(), Action::History);
+    match state.phase {
+        Phase::Active => vec![
+            vec![
+                (texts.button_refresh().to_owned(), Action::AskRefresh(key)),
+                (texts.button_revoke().to_owned(), Action::AskRevoke(key)),
+            ],
+            vec![history],
+        ],
+        Phase::Revoked | Phase::Expired => vec![
+            vec![(
+                texts.button_get_key().to_owned(),
+                Action::KeyAt(location.to_owned()),
+            )],
+            vec![history],
+        ],
+        _ => vec![vec![
+            (texts.button_get_key().to_owned(), Action::MyKey),
+            history,
+        ]],
+    }
+}
+
+/// The main menu's buttons.
+pub fn main_menu(texts: &dyn Texts) -> Keyboard {
+    vec![
+        vec![(texts.button_get_key().to_owned(), Action::MyKey)],
+        vec![
+            (texts.button_history().to_owned(), Action::History),
+            (texts.button_help().to_owned(), Action::Help),
+        ],
+    ]
+}
+
+/// What an event means in a key's timeline; `None` for bookkeeping users need not see.
+pub fn milestone(event_type: &str) -> Option<Milestone> {
+    Some(match event_type {
+        "key.requested" => Milestone::Issued,
+        "key.provisioned" => Milestone::Ready,
+        "key.rotated" => Milestone::Refreshed,
+        "key.revoked" => Milestone::Revoked,
+        "key.expired" => Milestone::Expired,
+        "key.renewed" => Milestone::Renewed,
+        "key.drift_repaired" => Milestone::Repaired,
+        "key.provisioning_failed" => Milestone::Failed,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_link_counts_only_for_its_own_client() {
+        let client = Uuid::new_v4();
+        let data = json!({"client_uuid": client, "inbound_id": 1, "link": "vless://x@h:1#a"});
+        assert_eq!(link_for(&data, client).as_deref(), Some("vless://x@h:1#a"));
+        assert_eq!(link_for(&data, Uuid::new_v4()), None);
+        let not_a_link = json!({"client_uuid": client, "link": "javascript:alert(1)"});
+        assert_eq!(link_for(&not_a_link, client), None);
+    }
+
+    #[test]
+    fn every_history_milestone_of_the_issue_is_named() {
+        for event_type in [
+            "key.requested",
+            "key.rotated",
+            "key.revoked",
+            "key.expired",
+            "key.drift_repaired",
+        ] {
+            assert!(milestone(event_type).is_some(), "{event_type}");
+        }
+        assert_eq!(milestone("key.rotation_requested"), None);
+    }
+}

@@ -1,0 +1,639 @@
+//! The conversation: what the bot answers to each update. Commands and button presses
+//! enter here; the user's identity comes from Telegram's update, never from callback data,
+//! and every key a button names is checked against the presser in the log before anything
+//! is done to it.
+
+use std::sync::Arc;
+
+use domain::{
+    DomainError, KeyCommand, KeyId, KeyState, LocationId, Phase, RequestKey, RevokeKey, RotateKey,
+    UserId,
+};
+use eventstore::{Actor, ActorKind, EventMetadata, ExecuteError, KeyLedger, RecordedEvent};
+use teloxide::types::{CallbackQuery, Message, Update, UpdateKind, User};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::callback::{Action, KeyRef};
+use crate::card::{card_keyboard, card_state, current_link, main_menu, milestone};
+use crate::config::BotConfig;
+use crate::error::BotError;
+use crate::store;
+use crate::telegram::{Keyboard, SendError, Telegram, with_rate_limit};
+use crate::texts::{CardState, Lang, Texts};
+
+/// Namespace of the command ids the bot derives (UUID v5), so that a retried update or a
+/// double-pressed button names the same command and the log applies it once.
+const COMMAND_NAMESPACE: Uuid = Uuid::from_u128(0x6b65_796c_6564_6765_8000_0000_0000_0b07);
+
+/// Longest history shown per key; older entries are summarised by an ellipsis.
+const HISTORY_ENTRIES: usize = 25;
+
+/// Why the revocation was recorded, in the log.
+const REVOKE_REASON: &str = "revoked by the user in Telegram";
+
+/// Everything the update handler and the notifier share.
+#[derive(Debug)]
+pub struct Context {
+    pub ledger: KeyLedger,
+    pub telegram: Telegram,
+    pub config: BotConfig,
+    /// Wakes the notification sender when something is owed.
+    pub wake_sender: Arc<Notify>,
+}
+
+/// Who is talking, from the update itself.
+struct Speaker {
+    user: UserId,
+    chat: i64,
+    lang: Lang,
+}
+
+impl Speaker {
+    fn texts(&self) -> &'static dyn Texts {
+        self.lang.texts()
+    }
+}
+
+/// A command id derived from what makes the command unique.
+fn command_id(name: &str) -> Uuid {
+    Uuid::new_v5(&COMMAND_NAMESPACE, name.as_bytes())
+}
+
+impl Context {
+    fn pool(&self) -> &sqlx::PgPool {
+        self.ledger.store().pool()
+    }
+
+    /// Handles one update once: an update id already handled is skipped.
+    pub async fn handle_update(&self, update: Update) -> Result<(), BotError> {
+        let update_id = i64::from(update.id.0);
+        if store::update_seen(self.pool(), update_id).await? {
+            tracing::debug!(update_id, "update already handled");
+            return Ok(());
+        }
+        match update.kind {
+            UpdateKind::Message(message) => self.on_message(update_id, &message).await?,
+            UpdateKind::CallbackQuery(query) => self.on_callback(update_id, &query).await?,
+            // An edit of an earlier message is not a new request; answering it would
+            // repeat what the original got.
+            UpdateKind::EditedMessage(_) => {}
+            _ => {}
+        }
+        store::mark_update(self.pool(), update_id).await?;
+        Ok(())
+    }
+
+    async fn speaker(&self, user: &User, chat: i64) -> Result<Option<Speaker>, BotError> {
+        let Ok(user_id) = UserId::new(user.id.0 as i64) else {
+            return Ok(None);
+        };
+        if user.is_bot {
+            return Ok(None);
+        }
+        let lang = Lang::from_code(user.language_code.as_deref());
+        store::remember_user(self.pool(), user_id.get(), chat, lang).await?;
+        Ok(Some(Speaker {
+            user: user_id,
+            chat,
+            lang,
+        }))
+    }
+
+    async fn on_message(&self, update_id: i64, message: &Message) -> Result<(), BotError> {
+        // Keys are personal: the bot talks in private chats only.
+        if !message.chat.is_private() {
+            return Ok(());
+        }
+        let Some(from) = message.from.as_ref() else {
+            return Ok(());
+        };
+        let Some(speaker) = self.speaker(from, message.chat.id.0).await? else {
+            return Ok(());
+        };
+        let command = message.text().and_then(command_of);
+        let outcome = match command.as_deref() {
+            Some("start") => self.greet(&speaker, &from.first_name).await,
+            Some("help") => self.help(&speaker).await,
+            Some("key") => self.my_key(&speaker, update_id).await,
+            Some("history") => self.history(&speaker).await,
+            // Stickers, photos, free text of any length, unknown commands: a pointer to
+            // what works, never an echo of the input.
+            _ => {
+                let texts = speaker.texts();
+                self.send(&speaker, &texts.unknown_input(), Some(&main_menu(texts)))
+                    .await
+            }
+        };
+        self.or_apologise(&speaker, outcome).await
+    }
+
+    /// Tells the user plainly when something on our side failed, then reports the error.
+    async fn or_apologise(
+        &self,
+        speaker: &Speaker,
+        outcome: Result<(), BotError>,
+    ) -> Result<(), BotError> {
+        if let Err(error) = &outcome {
+            tracing::error!(user_id = %speaker.user, %error, "could not answer an update");
+            if !matches!(error, BotError::Telegram(_)) {
+                let _ = self
+                    .send(speaker, &speaker.texts().try_again_later(), None)
+                    .await;
+            }
+        }
+        outcome
+    }
+
+    async fn send(
+        &self,
+        speaker: &Speaker,
+        html: &str,
+        keyboard: Option<&Keyboard>,
+    ) -> Result<(), BotError> {
+        with_rate_limit(|| self.telegram.send_text(speaker.chat, html, keyboard))
+            .await
+            .map(|_| ())
+            .map_err(telegram_error)
+    }
+
+    async fn edit_or_send(
+        &self,
+        speaker: &Speaker,
+        message_id: Option<i32>,
+        html: &str,
+        keyboard: Option<&Keyboard>,
+    ) -> Result<(), BotError> {
+        match message_id {
+            Some(id) => {
+                with_rate_limit(|| self.telegram.edit_text(speaker.chat, id, html, keyboard))
+                    .await
+                    .map_err(telegram_error)
+            }
+            None => self.send(speaker, html, keyboard).await,
+        }
+    }
+
+    async fn greet(&self, speaker: &Speaker, first_name: &str) -> Result<(), BotError> {
+        let texts = speaker.texts();
+        self.send(
+            speaker,
+            &texts.greeting(first_name),
+            Some(&main_menu(texts)),
+        )
+        .await
+    }
+
+    async fn help(&self, speaker: &Speaker) -> Result<(), BotError> {
+        let texts = speaker.texts();
+        self.send(speaker, &texts.help(), Some(&main_menu(texts)))
+            .await
+    }
+
+    /// The user's key, or the choice of locations when there are several.
+    async fn my_key(&self, speaker: &Speaker, update_id: i64) -> Result<(), BotError> {
+        let texts = speaker.texts();
+        match self.config.locations.as_slice() {
+            [] => self.send(speaker, &texts.unknown_location(), None).await,
+            [only] => {
+                let location = only.id.clone();
+                self.key_at(speaker, &location, update_id).await
+            }
+            several => {
+                let mut rows = Vec::new();
+                for location in several {
+                    let key_id = KeyId::for_user_at(speaker.user, &location.id);
+                    let (state, _) = self.ledger.load(key_id).await?;
+                    let mark = if state.phase.is_live() { "✅ " } else { "" };
+                    rows.push(vec![(
+                        format!("{mark}{}", location.name),
+                        Action::KeyAt(location.id.as_str().to_owned()),
+                    )]);
+                }
+                self.send(speaker, &texts.choose_location(), Some(&rows))
+                    .await
+            }
+        }
+    }
+
+    /// Shows the user's key at `location`, asking for one first if they hold none.
+    async fn key_at(
+        &self,
+        speaker: &Speaker,
+        location: &LocationId,
+        update_id: i64,
+    ) -> Result<(), BotError> {
+        let texts = speaker.texts();
+        let key_id = KeyId::for_user_at(speaker.user, location);
+        let (state, _) = self.ledger.load(key_id).await?;
+        let name = self.config.location_name(location.as_str());
+        if state.phase.is_live() || state.phase == Phase::Revoking {
+            return self.show_key(speaker, key_id).await;
+        }
+        let now = OffsetDateTime::now_utc();
+        let command = KeyCommand::Request(RequestKey {
+            user_id: speaker.user,
+            location: location.clone(),
+            fresh_client_uuid: Uuid::new_v4(),
+            expires_at: self.config.key_lifetime.map(|lifetime| now + lifetime),
+            traffic_limit_bytes: 0,
+            now,
+        });
+        let id = command_id(&format!("update/{update_id}/request/{key_id}"));
+        self.execute(speaker, key_id, &command, id).await?;
+        tracing::info!(user_id = %speaker.user, %key_id, location = %location, "key requested from Telegram");
+        let keyboard = vec![vec![(texts.button_history().to_owned(), Action::History)]];
+        self.send(speaker, &texts.key_requested(&name), Some(&keyboard))
+            .await
+    }
+
+    async fn execute(
+        &self,
+        speaker: &Speaker,
+        key_id: KeyId,
+        command: &KeyCommand,
+        command_id: Uuid,
+    ) -> Result<eventstore::CommandOutcome, BotError> {
+        let metadata = EventMetadata::for_command(
+            command_id,
+            Actor::new(ActorKind::TelegramUser, speaker.user.to_string()),
+        );
+        self.ledger
+            .execute(key_id, command, &metadata)
+            .await
+            .map_err(|source| BotError::Execute { key_id, source })
+    }
+
+    /// The key's card: the link as copyable text and a QR code when the key is active.
+    async fn show_key(&self, speaker: &Speaker, key_id: KeyId) -> Result<(), BotError> {
+        let texts = speaker.texts();
+        let (state, events) = self.ledger.load(key_id).await?;
+        let Some(details) = state.details.as_ref() else {
+            return self
+                .send(speaker, &texts.no_keys(), Some(&main_menu(texts)))
+                .await;
+        };
+        let Some(card) = card_state(&state) else {
+            return Ok(());
+        };
+        let location = details.location.as_str().to_owned();
+        let name = self.config.location_name(&location);
+        let view = projector::load_view(self.pool(), key_id.as_uuid()).await?;
+        let link = current_link(&state, &events, view.as_ref());
+        let html = texts.key_card(&name, card, link.as_deref(), details.expires_at);
+        let keyboard = card_keyboard(texts, key_id, &state, &location);
+        match link {
+            Some(link) if card == CardState::Active => {
+                let png = crate::qr::png(&link)?;
+                with_rate_limit(|| {
+                    self.telegram
+                        .send_photo(speaker.chat, png.clone(), &html, Some(&keyboard))
+                })
+                .await
+                .map(|_| ())
+                .map_err(telegram_error)
+            }
+            _ => self.send(speaker, &html, Some(&keyboard)).await,
+        }
+    }
+
+    /// Every key of the user, each with its timeline from the log.
+    async fn history(&self, speaker: &Speaker) -> Result<(), BotError> {
+        let texts = speaker.texts();
+        let mut keys: Vec<KeyId> = self
+            .config
+            .locations
+            .iter()
+            .map(|l| KeyId::for_user_at(speaker.user, &l.id))
+            .collect();
+        for view in projector::user_views(self.pool(), speaker.user.get()).await? {
+            let key_id = KeyId::from_uuid(view.key_id);
+            if !keys.contains(&key_id) {
+                keys.push(key_id);
+            }
+        }
+        let mut sections = Vec::new();
+        for key_id in keys {
+            let (state, events) = self.ledger.load(key_id).await?;
+            if let Some(details) = state.details.as_ref() {
+                if details.user_id != speaker.user {
+                    continue;
+                }
+                let name = self.config.location_name(details.location.as_str());
+                sections.push(timeline(texts, &name, &events));
+            }
+        }
+        if sections.is_empty() {
+            return self
+                .send(speaker, &texts.no_keys(), Some(&main_menu(texts)))
+                .await;
+        }
+        self.send(speaker, &sections.join("\n\n"), Some(&main_menu(texts)))
+            .await
+    }
+
+    async fn on_callback(&self, update_id: i64, query: &CallbackQuery) -> Result<(), BotError> {
+        let message = query.message.as_ref();
+        // Buttons live in the private chat with the presser; without a message the press
+        // came from somewhere this bot never put a button.
+        let chat = message
+            .map(|m| m.chat().id.0)
+            .unwrap_or(query.from.id.0 as i64);
+        let message_id = message.map(|m| m.id().0);
+        let Some(speaker) = self.speaker(&query.from, chat).await? else {
+            return Ok(());
+        };
+        let texts = speaker.texts();
+        let Some(action) = query.data.as_deref().and_then(Action::decode) else {
+            tracing::warn!(user_id = %speaker.user, "button press with data this bot never made");
+            return self.answer(&query.id.0, Some(&texts.stale_button())).await;
+        };
+        let outcome = self
+            .on_action(&speaker, &query.id.0, message_id, update_id, action)
+            .await;
+        self.or_apologise(&speaker, outcome).await
+    }
+
+    async fn answer(&self, query_id: &str, text: Option<&str>) -> Result<(), BotError> {
+        // The spinner on the button stops either way after a while: a lost answer is not
+        // worth failing the update for.
+        if let Err(error) = with_rate_limit(|| self.telegram.answer_callback(query_id, text)).await
+        {
+            tracing::warn!(%error, "could not answer a button press");
+        }
+        Ok(())
+    }
+
+    async fn on_action(
+        &self,
+        speaker: &Speaker,
+        query_id: &str,
+        message_id: Option<i32>,
+        update_id: i64,
+        action: Action,
+    ) -> Result<(), BotError> {
+        let texts = speaker.texts();
+        match action {
+            Action::MyKey => {
+                self.answer(query_id, None).await?;
+                self.my_key(speaker, update_id).await
+            }
+            Action::KeyAt(location) => {
+                let Some(location) = self.config.location(&location).map(|l| l.id.clone()) else {
+                    return self.answer(query_id, Some(&texts.unknown_location())).await;
+                };
+                self.answer(query_id, None).await?;
+                self.key_at(speaker, &location, update_id).await
+            }
+            Action::History => {
+                self.answer(query_id, None).await?;
+                self.history(speaker).await
+            }
+            Action::Help => {
+                self.answer(query_id, None).await?;
+                self.help(speaker).await
+            }
+            Action::Cancel => {
+                self.answer(query_id, None).await?;
+                self.edit_or_send(speaker, message_id, &texts.cancelled(), None)
+                    .await
+            }
+            Action::AskRefresh(key) | Action::AskRevoke(key) => {
+                let refresh = matches!(action, Action::AskRefresh(_));
+                let Some((state, _)) = self.owned(speaker, query_id, key).await? else {
+                    return Ok(());
+                };
+                if state.version != key.version || state.phase != Phase::Active {
+                    return self.stale(speaker, query_id, key.key_id).await;
+                }
+                self.answer(query_id, None).await?;
+                let name = self.location_of(&state);
+                let (question, confirm) = if refresh {
+                    (
+                        texts.confirm_refresh(&name),
+                        (
+                            texts.button_confirm_refresh().to_owned(),
+                            Action::ConfirmRefresh(key),
+                        ),
+                    )
+                } else {
+                    (
+                        texts.confirm_revoke(&name),
+                        (
+                            texts.button_confirm_revoke().to_owned(),
+                            Action::ConfirmRevoke(key),
+                        ),
+                    )
+                };
+                let keyboard = vec![vec![
+                    confirm,
+                    (texts.button_cancel().to_owned(), Action::Cancel),
+                ]];
+                self.send(speaker, &question, Some(&keyboard)).await
+            }
+            Action::ConfirmRefresh(key) => self.refresh(speaker, query_id, message_id, key).await,
+            Action::ConfirmRevoke(key) => self.revoke(speaker, query_id, message_id, key).await,
+        }
+    }
+
+    fn location_of(&self, state: &KeyState) -> String {
+        state
+            .details
+            .as_ref()
+            .map(|d| self.config.location_name(d.location.as_str()))
+            .unwrap_or_default()
+    }
+
+    /// The key a button names, if it is the presser's; otherwise a polite refusal.
+    async fn owned(
+        &self,
+        speaker: &Speaker,
+        query_id: &str,
+        key: KeyRef,
+    ) -> Result<Option<(KeyState, Vec<RecordedEvent>)>, BotError> {
+        let (state, events) = self.ledger.load(key.key_id).await?;
+        match state.details.as_ref() {
+            Some(details) if details.user_id == speaker.user => Ok(Some((state, events))),
+            Some(_) => {
+                tracing::warn!(user_id = %speaker.user, key_id = %key.key_id, "refused a button press for another user's key");
+                self.answer(query_id, Some(&speaker.texts().not_your_key()))
+                    .await?;
+                self.send(speaker, &speaker.texts().not_your_key(), None)
+                    .await?;
+                Ok(None)
+            }
+            None => {
+                self.answer(query_id, Some(&speaker.texts().stale_button()))
+                    .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A button shown for an earlier state of the key: say so, and show the key as it is.
+    async fn stale(
+        &self,
+        speaker: &Speaker,
+        query_id: &str,
+        key_id: KeyId,
+    ) -> Result<(), BotError> {
+        self.answer(query_id, Some(&speaker.texts().stale_button()))
+            .await?;
+        self.show_key(speaker, key_id).await
+    }
+
+    async fn refresh(
+        &self,
+        speaker: &Speaker,
+        query_id: &str,
+        message_id: Option<i32>,
+        key: KeyRef,
+    ) -> Result<(), BotError> {
+        let texts = speaker.texts();
+        let Some((state, _)) = self.owned(speaker, query_id, key).await? else {
+            return Ok(());
+        };
+        let name = self.location_of(&state);
+        if state.version != key.version {
+            if state.phase == Phase::Rotating {
+                self.answer(query_id, None).await?;
+                return self
+                    .edit_or_send(
+                        speaker,
+                        message_id,
+                        &texts.refresh_already_running(&name),
+                        None,
+                    )
+                    .await;
+            }
+            return self.stale(speaker, query_id, key.key_id).await;
+        }
+        let command = KeyCommand::Rotate(RotateKey {
+            fresh_client_uuid: Uuid::new_v4(),
+        });
+        // Named by the key and the version the button was shown for: the second of two
+        // quick presses is the same command, and the log applies it once.
+        let id = command_id(&format!("rotate/{}/{}", key.key_id, key.version));
+        match self.execute(speaker, key.key_id, &command, id).await {
+            Ok(_) => {}
+            Err(BotError::Execute {
+                source: ExecuteError::Refused(DomainError::RotationInProgress),
+                ..
+            }) => {
+                self.answer(query_id, None).await?;
+                return self
+                    .edit_or_send(
+                        speaker,
+                        message_id,
+                        &texts.refresh_already_running(&name),
+                        None,
+                    )
+                    .await;
+            }
+            Err(BotError::Execute {
+                source: ExecuteError::Refused(refusal),
+                ..
+            }) => {
+                tracing::info!(user_id = %speaker.user, key_id = %key.key_id, %refusal, "refresh refused");
+                return self.stale(speaker, query_id, key.key_id).await;
+            }
+            Err(other) => return Err(other),
+        }
+        tracing::info!(user_id = %speaker.user, key_id = %key.key_id, "key refresh requested from Telegram");
+        self.answer(query_id, None).await?;
+        self.edit_or_send(speaker, message_id, &texts.refresh_started(&name), None)
+            .await
+    }
+
+    async fn revoke(
+        &self,
+        speaker: &Speaker,
+        query_id: &str,
+        message_id: Option<i32>,
+        key: KeyRef,
+    ) -> Result<(), BotError> {
+        let texts = speaker.texts();
+        let Some((state, _)) = self.owned(speaker, query_id, key).await? else {
+            return Ok(());
+        };
+        if state.version != key.version {
+            return self.stale(speaker, query_id, key.key_id).await;
+        }
+        let name = self.location_of(&state);
+        let command = KeyCommand::Revoke(RevokeKey {
+            reason: REVOKE_REASON.to_owned(),
+        });
+        let id = command_id(&format!("revoke/{}/{}", key.key_id, key.version));
+        match self.execute(speaker, key.key_id, &command, id).await {
+            Ok(_) => {}
+            Err(BotError::Execute {
+                source: ExecuteError::Refused(refusal),
+                ..
+            }) => {
+                tracing::info!(user_id = %speaker.user, key_id = %key.key_id, %refusal, "revocation refused");
+                return self.stale(speaker, query_id, key.key_id).await;
+            }
+            Err(other) => return Err(other),
+        }
+        tracing::info!(user_id = %speaker.user, key_id = %key.key_id, "key revocation requested from Telegram");
+        self.answer(query_id, None).await?;
+        self.edit_or_send(speaker, message_id, &texts.revoke_started(&name), None)
+            .await
+    }
+}
+
+fn telegram_error(error: SendError) -> BotError {
+    BotError::Telegram(error.to_string())
+}
+
+/// The command a message's text names (`/key`, `/key@our_bot`, `/KEY extra`), lower-cased.
+fn command_of(text: &str) -> Option<String> {
+    let word = text.strip_prefix('/')?.split_whitespace().next()?;
+    let name = word.split('@').next()?;
+    (!name.is_empty() && name.len() <= 32).then(|| name.to_ascii_lowercase())
+}
+
+/// A key's timeline, oldest first, the latest entries when it is long.
+fn timeline(texts: &dyn Texts, location: &str, events: &[RecordedEvent]) -> String {
+    let entries: Vec<String> = events
+        .iter()
+        .filter_map(|event| {
+            let milestone = milestone(&event.event_type)?;
+            Some(format!(
+                "• {} — {}",
+                texts.date(event.recorded_at),
+                texts.milestone(milestone)
+            ))
+        })
+        .collect();
+    let mut lines = vec![texts.history_title(location)];
+    if entries.len() > HISTORY_ENTRIES {
+        lines.push("…".to_owned());
+    }
+    let skip = entries.len().saturating_sub(HISTORY_ENTRIES);
+    lines.extend(entries.into_iter().skip(skip));
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_recognised_in_their_telegram_forms() {
+        assert_eq!(command_of("/key").as_deref(), Some("key"));
+        assert_eq!(command_of("/KEY@keyledger_bot now").as_deref(), Some("key"));
+        assert_eq!(command_of("/start payload").as_deref(), Some("start"));
+        assert_eq!(command_of("key"), None);
+        assert_eq!(command_of("/"), None);
+        assert_eq!(command_of("/@bot"), None);
+        assert_eq!(command_of(&format!("/{}", "x".repeat(100))), None);
+    }
+
+    #[test]
+    fn command_ids_are_stable_and_distinct() {
+        assert_eq!(command_id("rotate/a/3"), command_id("rotate/a/3"));
+        assert_ne!(command_id("rotate/a/3"), command_id("rotate/a/4"));
+    }
+}

@@ -1,0 +1,26 @@
+use domain::KeyId;
+use eventstore::{ExecuteError, StoreError};
+
+use crate::qr::QrError;
+
+/// What can go wrong while the bot answers an update or starts.
+#[derive(Debug, thiserror::Error)]
+pub enum BotError {
+    #[error("cannot build the HTTP client for the Bot API: {0}")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("event store: {0}")]
+    Store(#[from] StoreError),
+    #[error("command on key {key_id}: {source}")]
+    Execute {
+        key_id: KeyId,
+        #[source]
+        source: ExecuteError,
+    },
+    /// Scrubbed of the token.
+    #[error("Bot API: {0}")]
+    Telegram(String),
+    #[error(transparent)]
+    Qr(#[from] QrError),
+}
