@@ -219,6 +219,7 @@ impl Relay {
                 self.stats
                     .published
                     .fetch_add(published as u64, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("keyledger_events_published_total").increment(published as u64);
                 self.stats
                     .checkpoint
                     .store(outcome.acked, std::sync::atomic::Ordering::SeqCst);

@@ -19,7 +19,7 @@ mod link;
 mod state;
 
 pub use command::*;
-pub use decide::{decide, evolve, replay};
+pub use decide::{MAX_REASON_CHARS, decide, evolve, replay};
 pub use desired::DesiredClient;
 pub use error::DomainError;
 pub use event::*;

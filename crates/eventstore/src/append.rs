@@ -151,6 +151,14 @@ pub(crate) async fn write_batch(
     Ok(ranges)
 }
 
+/// Counts newly appended events (`keyledger_events_appended_total`); an idempotent repeat
+/// appended nothing.
+fn count_appended(outcome: &Result<AppendOutcome, AppendError>, events: usize) {
+    if let Ok(AppendOutcome::Appended(_)) = outcome {
+        metrics::counter!("keyledger_events_appended_total").increment(events as u64);
+    }
+}
+
 impl EventStore {
     /// Appends `events` to `stream_id`, which must be at `expected_version` (0 for a new
     /// stream). All events are written atomically, or none. Concurrent appends share
@@ -163,7 +171,9 @@ impl EventStore {
         metadata: &EventMetadata,
     ) -> Result<AppendOutcome, AppendError> {
         let request = AppendRequest::new(stream_id, expected_version, events, metadata)?;
-        self.group.append(self, request).await
+        let outcome = self.group.append(self, request).await;
+        count_appended(&outcome, events.len());
+        outcome
     }
 
     /// Appends one request alone, on a pooled connection.
@@ -193,7 +203,9 @@ impl EventStore {
         metadata: &EventMetadata,
     ) -> Result<AppendOutcome, AppendError> {
         let request = AppendRequest::new(stream_id, expected_version, events, metadata)?;
-        self.append_request_on(conn, &request).await
+        let outcome = self.append_request_on(conn, &request).await;
+        count_appended(&outcome, events.len());
+        outcome
     }
 
     async fn append_request_on(

@@ -79,7 +79,7 @@ impl EventMetadata {
 }
 
 /// An event as the log holds it; serialises to the body of CONTRACT.md §4 and §6.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecordedEvent {
     pub event_id: Uuid,
     pub stream_id: Uuid,

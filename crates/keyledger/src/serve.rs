@@ -14,8 +14,13 @@ use crate::config::Config;
 use crate::scheduler::Scheduler;
 
 /// Roles this build can run. The others of CONTRACT.md §1 arrive with their issues.
-pub const AVAILABLE_ROLES: [Role; 4] =
-    [Role::Relay, Role::Projector, Role::Worker, Role::Scheduler];
+pub const AVAILABLE_ROLES: [Role; 5] = [
+    Role::Api,
+    Role::Relay,
+    Role::Projector,
+    Role::Worker,
+    Role::Scheduler,
+];
 
 /// How often the worker role's reconciler compares every panel with the log.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(300);
@@ -33,10 +38,37 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
     if roles.iter().any(|role| role.uses_broker()) {
         apply_broker_policies(config).await;
     }
+    // One recorder for every role, before any of them records.
+    let metrics = api::metrics::recorder();
+    // Worker and API share the panels, so /readyz sees the breakers the worker trips.
+    let panels = if config.locations.is_empty() {
+        None
+    } else {
+        Some(crate::panels::panels(config).map_err(Failure::Runtime)?)
+    };
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for role in &roles {
         match role {
+            Role::Api => {
+                let listener = tokio::net::TcpListener::bind(config.http_addr)
+                    .await
+                    .map_err(|e| {
+                        Failure::Runtime(anyhow::anyhow!(
+                            "cannot listen on {} (KEYLEDGER_HTTP_ADDR): {e}",
+                            config.http_addr
+                        ))
+                    })?;
+                let router = api::router(store.clone(), api_config(config, panels.clone()), metrics.clone());
+                let stop_api = stop.clone();
+                tasks.spawn(async move {
+                    if let Err(error) = api::serve(listener, router, stop_api).await {
+                        tracing::error!(%error, "HTTP API stopped");
+                    }
+                });
+                let amqp_url = Some(config.amqp_url.as_str().to_owned());
+                tasks.spawn(api::metrics::sample_backlog(store.clone(), amqp_url, stop.clone()));
+            }
             Role::Scheduler => {
                 let scheduler = Scheduler::new(KeyLedger::new(store.clone()), SCHEDULER_TICK);
                 tasks.spawn(scheduler.run(stop.clone()));
@@ -50,7 +82,9 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
                 tracing::warn!("worker role not started: no locations are configured");
             }
             Role::Worker => {
-                let panels = crate::panels::panels(config).map_err(Failure::Runtime)?;
+                let Some(panels) = panels.clone() else {
+                    continue;
+                };
                 let url = config.amqp_url.as_str().to_owned();
                 tasks.spawn(x3ui_worker::run_worker(
                     store.clone(),
@@ -83,6 +117,27 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
     Ok(())
 }
 
+/// What the HTTP API needs from the configuration.
+fn api_config(config: &Config, panels: Option<std::sync::Arc<x3ui_worker::Panels>>) -> api::ApiConfig {
+    api::ApiConfig {
+        tokens: api::Tokens::new(
+            config.admin_token.as_ref(),
+            config.service_token.as_ref(),
+            config.auditor_token.as_ref(),
+        ),
+        locations: config
+            .locations
+            .iter()
+            .map(|location| api::ApiLocation {
+                id: location.id.clone(),
+                name: location.name.clone(),
+            })
+            .collect(),
+        amqp_url: Some(config.amqp_url.as_str().to_owned()),
+        panels,
+    }
+}
+
 /// Sets the broker's tunables (CONTRACT.md §6 policies) through the management API on the
 /// AMQP host. Best effort: the topology itself is declared over AMQP by each role, and
 /// the consumer runtime keeps its own delivery limit, so a broker without the management
@@ -107,7 +162,7 @@ async fn apply_broker_policies(config: &Config) {
 
 /// Registers the SIGINT and SIGTERM handlers now and returns a future that ends at the
 /// first of them.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
+pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Failure> {
     #[cfg(unix)]
     let mut terminate =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

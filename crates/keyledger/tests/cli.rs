@@ -154,13 +154,13 @@ fn bad_configuration_and_usage_exit_with_2() {
 }
 
 #[test]
-fn serve_refuses_roles_this_build_lacks() {
+fn serve_refuses_unknown_roles() {
     let output = keyledger(
         "postgres://x@127.0.0.1/none",
-        &["serve", "--roles", "scheduler,api"],
+        &["serve", "--roles", "scheduler,janitor"],
     );
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("Api"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("janitor"));
 }
 
 /// A `keyledger serve` child process, its stderr drained into lines.

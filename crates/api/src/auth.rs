@@ -1,0 +1,182 @@
+//! Bearer tokens and the roles they carry (CONTRACT.md §2, §7).
+
+use std::marker::PhantomData;
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use utoipa::Modify;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use x3ui_worker::Secret;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Service,
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Service => "service",
+            Role::Auditor => "auditor",
+        }
+    }
+}
+
+/// The configured tokens. A role without a token cannot be used at all.
+#[derive(Default, Clone)]
+pub struct Tokens {
+    /// SHA-256 of each token: comparing digests of equal length in constant time tells
+    /// nothing about a token's length or its first differing byte.
+    digests: Vec<(Role, [u8; 32])>,
+}
+
+impl Tokens {
+    pub fn new(admin: Option<&Secret>, service: Option<&Secret>, auditor: Option<&Secret>) -> Self {
+        let digests = [
+            (Role::Admin, admin),
+            (Role::Service, service),
+            (Role::Auditor, auditor),
+        ]
+        .into_iter()
+        .filter_map(|(role, token)| Some((role, digest(token?.expose()))))
+        .collect();
+        Self { digests }
+    }
+
+    /// The role `presented` grants, checking every configured token so the time taken
+    /// does not say which one matched.
+    fn role_of(&self, presented: &str) -> Option<Role> {
+        let presented = digest(presented);
+        let mut granted = None;
+        for (role, expected) in &self.digests {
+            if bool::from(expected.ct_eq(&presented)) && granted.is_none() {
+                granted = Some(*role);
+            }
+        }
+        granted
+    }
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let roles: Vec<Role> = self.digests.iter().map(|(role, _)| *role).collect();
+        f.debug_struct("Tokens").field("roles", &roles).finish()
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A set of roles allowed on a route.
+pub trait Allowed: Send + Sync + 'static {
+    const ROLES: &'static [Role];
+}
+
+/// Admin and service: the roles that issue commands.
+pub struct Writers;
+impl Allowed for Writers {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Service];
+}
+
+/// Everyone with a token: the roles that read key views.
+pub struct Readers;
+impl Allowed for Readers {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Service, Role::Auditor];
+}
+
+/// Admin and auditor: the roles that read the log itself.
+pub struct Auditors;
+impl Allowed for Auditors {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Auditor];
+}
+
+/// An authenticated caller whose role is in `A`. As an extractor it answers 401 without a
+/// valid token and 403 for another role, before any body is read.
+pub struct Caller<A> {
+    pub role: Role,
+    allowed: PhantomData<A>,
+}
+
+impl<A: Allowed> FromRequestParts<AppState> for Caller<A> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or(ApiError::MissingToken)?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or(ApiError::InvalidToken)?;
+        let role = state
+            .config
+            .tokens
+            .role_of(token)
+            .ok_or(ApiError::InvalidToken)?;
+        if !A::ROLES.contains(&role) {
+            return Err(ApiError::Forbidden {
+                role,
+                allowed: A::ROLES,
+            });
+        }
+        Ok(Self {
+            role,
+            allowed: PhantomData,
+        })
+    }
+}
+
+/// Declares the bearer scheme in the OpenAPI document.
+pub(crate) struct BearerScheme;
+
+impl Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_token_grants_its_own_role_and_nothing_else() {
+        let admin = Secret::new("admin-token-0123456789");
+        let auditor = Secret::new("auditor-token-0123456789");
+        let tokens = Tokens::new(Some(&admin), None, Some(&auditor));
+        assert_eq!(tokens.role_of("admin-token-0123456789"), Some(Role::Admin));
+        assert_eq!(
+            tokens.role_of("auditor-token-0123456789"),
+            Some(Role::Auditor)
+        );
+        assert_eq!(tokens.role_of("admin-token-012345678"), None);
+        assert_eq!(tokens.role_of(""), None);
+    }
+
+    #[test]
+    fn debug_shows_no_token() {
+        let admin = Secret::new("admin-token-0123456789");
+        let shown = format!("{:?}", Tokens::new(Some(&admin), None, None));
+        assert!(!shown.contains("admin-token"), "{shown}");
+    }
+}

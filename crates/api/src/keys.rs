@@ -1,0 +1,363 @@
+//! `/v1/keys…` and `/v1/users/{user_id}/keys`: commands on keys and their views.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use domain::{
+    KeyCommand, KeyId, LocationId, RenewKey, RequestKey, RevokeKey, RotateKey, UserId,
+};
+use eventstore::{Actor, ActorKind, EventMetadata};
+use projector::KeyView;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tracing::Instrument;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::{Caller, Readers, Role, Writers};
+use crate::body::JsonBody;
+use crate::error::{ApiError, ErrorBody};
+use crate::idempotency::{self, Answer, IdempotencyKey};
+
+/// The largest traffic limit accepted: 1 PiB, far beyond any plan, well inside the panel's
+/// integer range.
+const MAX_TRAFFIC_LIMIT_BYTES: u64 = 1 << 50;
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestKeyBody {
+    /// The Telegram user id.
+    pub user_id: i64,
+    /// A configured location id.
+    pub location: String,
+    /// RFC 3339; absent or null for a key that does not expire.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<OffsetDateTime>,
+    /// 0 = no limit.
+    #[serde(default)]
+    pub traffic_limit_bytes: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeyBody {}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeKeyBody {
+    /// Why; 1 to 500 characters, kept in the log.
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewKeyBody {
+    /// The new expiry, RFC 3339, in the future.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+}
+
+/// Request a key for a user at a location.
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "keys",
+    request_body = RequestKeyBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")),
+    responses(
+        (status = 202, description = "Recorded; the view shows `provisioning` until the panel confirms", body = KeyView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn request_key(
+    caller: Caller<Writers>,
+    State(state): State<AppState>,
+    key: IdempotencyKey,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RequestKeyBody>,
+) -> Result<Response, ApiError> {
+    let user = UserId::new(body.user_id)
+        .map_err(|e| ApiError::bad_request("invalid_user_id", e.to_string()))?;
+    let location = LocationId::new(body.location.clone())
+        .ok()
+        .filter(|id| state.location(id.as_str()).is_some())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "unknown_location",
+                format!("no location {:?} is configured", body.location),
+            )
+        })?;
+    if body.traffic_limit_bytes > MAX_TRAFFIC_LIMIT_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_traffic_limit",
+            format!("traffic_limit_bytes must be at most {MAX_TRAFFIC_LIMIT_BYTES}"),
+        ));
+    }
+    let now = OffsetDateTime::now_utc();
+    future_expiry(body.expires_at, now)?;
+    let key_id = KeyId::for_user_at(user, &location);
+    let command = KeyCommand::Request(RequestKey {
+        user_id: user,
+        location,
+        fresh_client_uuid: Uuid::new_v4(),
+        expires_at: body.expires_at,
+        traffic_limit_bytes: body.traffic_limit_bytes,
+        now,
+    });
+    let pool = state.store.pool().clone();
+    idempotency::once(&pool, caller.role, key, "POST /v1/keys", &body, |id| {
+        run_command(&state, caller.role, &headers, key_id, command, id)
+    })
+    .await
+}
+
+/// Rotate a key: a new client UUID replaces the old one on the panel.
+#[utoipa::path(
+    post, path = "/v1/keys/{key_id}/rotate", tag = "keys",
+    params(
+        ("key_id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")
+    ),
+    request_body(content = Option<RotateKeyBody>, description = "Empty or {}"),
+    responses(
+        (status = 202, description = "Recorded; the view shows `rotating` until the panel confirms", body = KeyView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn rotate_key(
+    caller: Caller<Writers>,
+    State(state): State<AppState>,
+    Path(key_id): Path<String>,
+    key: IdempotencyKey,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RotateKeyBody>,
+) -> Result<Response, ApiError> {
+    let key_id = parse_key_id(&key_id)?;
+    let command = KeyCommand::Rotate(RotateKey {
+        fresh_client_uuid: Uuid::new_v4(),
+    });
+    let route = format!("POST /v1/keys/{key_id}/rotate");
+    let pool = state.store.pool().clone();
+    idempotency::once(&pool, caller.role, key, &route, &body, |id| {
+        run_command(&state, caller.role, &headers, key_id, command, id)
+    })
+    .await
+}
+
+/// Revoke a key: its client is removed from the panel.
+#[utoipa::path(
+    post, path = "/v1/keys/{key_id}/revoke", tag = "keys",
+    params(
+        ("key_id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")
+    ),
+    request_body = RevokeKeyBody,
+    responses(
+        (status = 202, description = "Recorded; the view shows `revoking` until the panel confirms", body = KeyView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn revoke_key(
+    caller: Caller<Writers>,
+    State(state): State<AppState>,
+    Path(key_id): Path<String>,
+    key: IdempotencyKey,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RevokeKeyBody>,
+) -> Result<Response, ApiError> {
+    let key_id = parse_key_id(&key_id)?;
+    let length = body.reason.trim().chars().count();
+    if length == 0 || body.reason.chars().count() > domain::MAX_REASON_CHARS {
+        return Err(ApiError::bad_request(
+            "invalid_reason",
+            format!(
+                "reason must be 1 to {} characters",
+                domain::MAX_REASON_CHARS
+            ),
+        ));
+    }
+    let command = KeyCommand::Revoke(RevokeKey {
+        reason: body.reason.clone(),
+    });
+    let route = format!("POST /v1/keys/{key_id}/revoke");
+    let pool = state.store.pool().clone();
+    idempotency::once(&pool, caller.role, key, &route, &body, |id| {
+        run_command(&state, caller.role, &headers, key_id, command, id)
+    })
+    .await
+}
+
+/// Extend a key's expiry.
+#[utoipa::path(
+    post, path = "/v1/keys/{key_id}/renew", tag = "keys",
+    params(
+        ("key_id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")
+    ),
+    request_body = RenewKeyBody,
+    responses(
+        (status = 202, description = "Recorded", body = KeyView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn renew_key(
+    caller: Caller<Writers>,
+    State(state): State<AppState>,
+    Path(key_id): Path<String>,
+    key: IdempotencyKey,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<RenewKeyBody>,
+) -> Result<Response, ApiError> {
+    let key_id = parse_key_id(&key_id)?;
+    let now = OffsetDateTime::now_utc();
+    future_expiry(Some(body.expires_at), now)?;
+    let command = KeyCommand::Renew(RenewKey {
+        expires_at: body.expires_at,
+        now,
+    });
+    let route = format!("POST /v1/keys/{key_id}/renew");
+    let pool = state.store.pool().clone();
+    idempotency::once(&pool, caller.role, key, &route, &body, |id| {
+        run_command(&state, caller.role, &headers, key_id, command, id)
+    })
+    .await
+}
+
+/// A key's view.
+#[utoipa::path(
+    get, path = "/v1/keys/{key_id}", tag = "keys",
+    params(("key_id" = Uuid, Path)),
+    responses(
+        (status = 200, body = KeyView),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_key(
+    _caller: Caller<Readers>,
+    State(state): State<AppState>,
+    Path(key_id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key_id = parse_key_id(&key_id)?;
+    projector::load_view(state.store.pool(), key_id.as_uuid())
+        .await?
+        .map(Json)
+        .ok_or(ApiError::KeyNotFound(key_id.as_uuid()))
+}
+
+/// A user's key views, one per location they ever had a key at.
+#[utoipa::path(
+    get, path = "/v1/users/{user_id}/keys", tag = "keys",
+    params(("user_id" = i64, Path, description = "Telegram user id")),
+    responses(
+        (status = 200, body = Vec<KeyView>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn user_keys(
+    _caller: Caller<Readers>,
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+) -> Result<Json<Vec<KeyView>>, ApiError> {
+    let user = user_id
+        .parse::<i64>()
+        .ok()
+        .and_then(|raw| UserId::new(raw).ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_user_id",
+                format!("{user_id:?} is not a Telegram user id (a positive integer)"),
+            )
+        })?;
+    let views = projector::user_views(state.store.pool(), user.get()).await?;
+    Ok(Json(views))
+}
+
+fn future_expiry(expires_at: Option<OffsetDateTime>, now: OffsetDateTime) -> Result<(), ApiError> {
+    match expires_at {
+        Some(at) if at <= now => Err(ApiError::bad_request(
+            "invalid_expires_at",
+            format!("expires_at must be in the future (now is {now})"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn parse_key_id(raw: &str) -> Result<KeyId, ApiError> {
+    Uuid::parse_str(raw)
+        .map(KeyId::from_uuid)
+        .map_err(|_| ApiError::bad_request("invalid_key_id", format!("{raw:?} is not a UUID")))
+}
+
+/// Records `command` on the key and answers 202 with the view replayed from the log, so
+/// the answer shows the command's effect whatever the projector's progress.
+async fn run_command(
+    state: &AppState,
+    role: Role,
+    headers: &HeaderMap,
+    key_id: KeyId,
+    command: KeyCommand,
+    command_id: Uuid,
+) -> Result<Answer, ApiError> {
+    let metadata = EventMetadata {
+        correlation_id: correlation_id(headers).unwrap_or(command_id),
+        causation_id: command_id,
+        actor: actor(role),
+        command_id: Some(command_id),
+    };
+    let span = tracing::info_span!(
+        "command",
+        key_id = %key_id.as_uuid(),
+        correlation_id = %metadata.correlation_id,
+        actor = role.as_str(),
+    );
+    async {
+        let outcome = state.ledger.execute(key_id, &command, &metadata).await;
+        if let Err(error) = &outcome {
+            tracing::info!(%error, "command not recorded");
+        }
+        let outcome = outcome?;
+        tracing::info!(recorded = outcome.recorded.len(), "command recorded");
+        let events = state.store.read_stream(key_id.as_uuid()).await?;
+        let view = projector::view_of(key_id.as_uuid(), &events)?
+            .ok_or(ApiError::KeyNotFound(key_id.as_uuid()))?;
+        let body = serde_json::to_value(view).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok((StatusCode::ACCEPTED, body))
+    }
+    .instrument(span)
+    .await
+}
+
+fn actor(role: Role) -> Actor {
+    let kind = match role {
+        Role::Admin => ActorKind::Admin,
+        Role::Service | Role::Auditor => ActorKind::Service,
+    };
+    Actor::new(kind, role.as_str())
+}
+
+/// The caller's `X-Correlation-Id`, when it is a UUID: a flow that began elsewhere keeps
+/// its id through our log.
+fn correlation_id(headers: &HeaderMap) -> Option<Uuid> {
+    headers
+        .get("x-correlation-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| Uuid::parse_str(value.trim()).ok())
+}

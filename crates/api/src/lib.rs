@@ -1,0 +1,161 @@
+//! The HTTP API of CONTRACT.md §7: commands, queries and the audit trail in front of the
+//! event log, plus the probes and metrics operators scrape.
+//!
+//! Commands go through [`eventstore::KeyLedger`] (load, decide, append) and answer once
+//! their events are in the log, with the key view replayed from that log, so an answer
+//! never depends on how far the projector has got. Queries read the projector's views.
+//! Every route, its role and its schemas come from one table of handlers
+//! ([`router`]), which also generates `/openapi.json`, so the document cannot drift from
+//! what is served. Bearer tokens map to roles and are compared in constant time.
+
+mod auth;
+mod body;
+mod error;
+mod idempotency;
+mod keys;
+mod log;
+pub mod metrics;
+mod ops;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use domain::LocationId;
+use eventstore::{EventStore, KeyLedger};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use x3ui_worker::Panels;
+
+pub use auth::{Role, Tokens};
+use auth::BearerScheme;
+pub use error::ApiError;
+pub use x3ui_worker::Secret;
+
+/// Largest request body accepted; every body of this API is a few hundred bytes.
+pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
+
+/// A location as the API shows it.
+#[derive(Debug, Clone)]
+pub struct ApiLocation {
+    pub id: LocationId,
+    /// The name users see, e.g. "Amsterdam 🇳🇱".
+    pub name: String,
+}
+
+/// What the API needs to serve.
+pub struct ApiConfig {
+    pub tokens: Tokens,
+    pub locations: Vec<ApiLocation>,
+    /// The broker `/readyz` checks; `None` when this process does not use one.
+    pub amqp_url: Option<String>,
+    /// The panels of this process, for `/readyz` and `/v1/locations`; `None` when the
+    /// worker runs elsewhere.
+    pub panels: Option<Arc<Panels>>,
+}
+
+impl std::fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The AMQP URL may carry a password.
+        f.debug_struct("ApiConfig")
+            .field("tokens", &self.tokens)
+            .field("locations", &self.locations)
+            .field("panels", &self.panels.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything a handler can reach.
+pub(crate) struct ApiState {
+    pub(crate) store: EventStore,
+    pub(crate) ledger: KeyLedger,
+    pub(crate) config: ApiConfig,
+    pub(crate) metrics: PrometheusHandle,
+}
+
+impl ApiState {
+    pub(crate) fn location(&self, id: &str) -> Option<&ApiLocation> {
+        self.config.locations.iter().find(|l| l.id.as_str() == id)
+    }
+}
+
+pub(crate) type AppState = Arc<ApiState>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "keyledger",
+        description = "VPN access keys as an event log: commands, views and the audit trail."
+    ),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "keys", description = "Request, rotate, revoke and renew keys; read their views"),
+        (name = "audit", description = "The log itself: histories, paging, verification"),
+        (name = "operations", description = "Probes, metrics and locations")
+    )
+)]
+struct ApiDoc;
+
+/// Every route with its handler; the one place routes are listed.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(keys::request_key))
+        .routes(routes!(keys::get_key))
+        .routes(routes!(keys::rotate_key))
+        .routes(routes!(keys::revoke_key))
+        .routes(routes!(keys::renew_key))
+        .routes(routes!(keys::user_keys))
+        .routes(routes!(log::key_history))
+        .routes(routes!(log::events))
+        .routes(routes!(log::verify))
+        .routes(routes!(ops::locations))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+}
+
+/// The OpenAPI document of every route [`router`] serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// The API's router, ready to serve.
+pub fn router(store: EventStore, config: ApiConfig, metrics: PrometheusHandle) -> Router {
+    let state = Arc::new(ApiState {
+        ledger: KeyLedger::new(store.clone()),
+        store,
+        config,
+        metrics,
+    });
+    let (router, document) = routes().split_for_parts();
+    let document = Arc::new(document);
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let document = document.clone();
+                async move { axum::Json(document.as_ref().clone()) }
+            }),
+        )
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn(metrics::track_requests))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `stop`, then lets requests in flight finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "HTTP API listening");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}

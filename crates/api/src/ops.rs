@@ -1,0 +1,190 @@
+//! Probes, metrics and the locations' health.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use serde::Serialize;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use x3ui_worker::BreakerState;
+
+use crate::AppState;
+use crate::auth::{Caller, Readers};
+use crate::error::{ApiError, ErrorBody};
+
+/// How long one readiness check may take: a probe must answer before its caller gives up.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, body = Health)))]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` when every check passed, else `not_ready`.
+    pub status: &'static str,
+    /// Each dependency: `ok`, or why not.
+    pub checks: HashMap<String, String>,
+}
+
+/// Readiness: the database, the broker and every panel this process serves.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "A dependency is failing; `checks` says which", body = Readiness)
+    ))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let mut checks = HashMap::new();
+    checks.insert("database".to_owned(), database_check(&state).await);
+    if let Some(url) = &state.config.amqp_url {
+        checks.insert("broker".to_owned(), broker_check(url).await);
+    }
+    if let Some(panels) = &state.config.panels {
+        for location in panels.iter() {
+            let verdict = match location.panel().breaker_state() {
+                BreakerState::Open => "breaker open: the panel keeps failing".to_owned(),
+                BreakerState::Closed | BreakerState::HalfOpen => "ok".to_owned(),
+            };
+            checks.insert(format!("panel:{}", location.id()), verdict);
+        }
+    }
+    let ready = checks.values().all(|verdict| verdict == "ok");
+    let (status, word) = if ready {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    };
+    (status, Json(Readiness { status: word, checks }))
+}
+
+async fn database_check(state: &AppState) -> String {
+    let query = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(state.store.pool());
+    match tokio::time::timeout(CHECK_TIMEOUT, query).await {
+        Ok(Ok(_)) => "ok".to_owned(),
+        Ok(Err(error)) => format!("error: {error}"),
+        Err(_) => "timed out".to_owned(),
+    }
+}
+
+async fn broker_check(url: &str) -> String {
+    match tokio::time::timeout(CHECK_TIMEOUT, broker::connect(url)).await {
+        Ok(Ok(connection)) => {
+            broker::connection_close(&connection, "readiness check").await;
+            "ok".to_owned()
+        }
+        // The error of a failed AMQP connect names the host, never the password.
+        Ok(Err(error)) => format!("error: {error}"),
+        Err(_) => "timed out".to_owned(),
+    }
+}
+
+/// The metrics of this process, in Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LocationHealth {
+    pub id: String,
+    pub name: String,
+    /// Whether this process's panel client can reach the panel (its breaker is not open);
+    /// null when the worker runs in another process.
+    pub panel_reachable: Option<bool>,
+    /// `closed`, `open` or `half_open`; null when the worker runs in another process.
+    pub breaker: Option<&'static str>,
+    /// When the log last recorded drift found or repaired at this location.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_drift_at: Option<OffsetDateTime>,
+    /// Drift findings the log holds for this location, all time.
+    pub drift_detected: i64,
+    /// Drift repairs the log holds for this location, all time.
+    pub drift_repaired: i64,
+}
+
+/// Every location with its panel's health and its drift record.
+#[utoipa::path(get, path = "/v1/locations", tag = "operations",
+    responses(
+        (status = 200, body = Vec<LocationHealth>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)
+    ),
+    security(("bearer" = [])))]
+pub(crate) async fn locations(
+    _caller: Caller<Readers>,
+    State(state): State<AppState>,
+) -> Result<Json<Vec<LocationHealth>>, ApiError> {
+    let drift = drift_by_location(&state).await?;
+    let shown = state
+        .config
+        .locations
+        .iter()
+        .map(|location| {
+            let id = location.id.as_str();
+            let breaker = state
+                .config
+                .panels
+                .as_ref()
+                .and_then(|panels| panels.get(id))
+                .map(|l| l.panel().breaker_state());
+            let (detected, repaired, last) = drift.get(id).copied().unwrap_or((0, 0, None));
+            LocationHealth {
+                id: id.to_owned(),
+                name: location.name.clone(),
+                panel_reachable: breaker.map(|b| b != BreakerState::Open),
+                breaker: breaker.map(breaker_name),
+                last_drift_at: last,
+                drift_detected: detected,
+                drift_repaired: repaired,
+            }
+        })
+        .collect();
+    Ok(Json(shown))
+}
+
+fn breaker_name(state: BreakerState) -> &'static str {
+    match state {
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half_open",
+    }
+}
+
+type DriftRecord = (i64, i64, Option<OffsetDateTime>);
+
+/// Drift events per location; a key's location is in its first event, `key.requested`.
+async fn drift_by_location(state: &AppState) -> Result<HashMap<String, DriftRecord>, ApiError> {
+    let rows: Vec<(String, i64, i64, Option<OffsetDateTime>)> = sqlx::query_as(
+        "SELECT r.data->>'location',
+                count(*) FILTER (WHERE d.type = 'key.drift_detected'),
+                count(*) FILTER (WHERE d.type = 'key.drift_repaired'),
+                max(d.recorded_at)
+         FROM events d
+         JOIN events r ON r.stream_id = d.stream_id AND r.version = 1
+         WHERE d.type IN ('key.drift_detected', 'key.drift_repaired')
+         GROUP BY 1",
+    )
+    .fetch_all(state.store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(location, detected, repaired, last)| (location, (detected, repaired, last)))
+        .collect())
+}
