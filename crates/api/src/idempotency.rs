@@ -45,7 +45,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             .ok_or_else(|| {
                 ApiError::bad_request(
                     "invalid_idempotency_key",
-                    format!("Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters"),
+                    format!(
+                        "Idempotency-Key must be 1 to {MAX_KEY_CHARS} visible ASCII characters"
+                    ),
                 )
             })?;
         Ok(Self(Some(key.to_owned())))

@@ -4,9 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use domain::{
-    KeyCommand, KeyId, LocationId, RenewKey, RequestKey, RevokeKey, RotateKey, UserId,
-};
+use domain::{KeyCommand, KeyId, LocationId, RenewKey, RequestKey, RevokeKey, RotateKey, UserId};
 use eventstore::{Actor, ActorKind, EventMetadata};
 use projector::KeyView;
 use serde::{Deserialize, Serialize};

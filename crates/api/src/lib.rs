@@ -30,8 +30,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use x3ui_worker::Panels;
 
-pub use auth::{Role, Tokens};
 use auth::BearerScheme;
+pub use auth::{Role, Tokens};
 pub use error::ApiError;
 pub use x3ui_worker::Secret;
 

@@ -81,8 +81,7 @@ pub(crate) async fn events(
     State(state): State<AppState>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventPage>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let after = number(query.after.as_deref(), "after", 0, 0..=i64::MAX)?;
     let limit = number(query.limit.as_deref(), "limit", DEFAULT_PAGE, 1..=MAX_PAGE)?;
     // Only what had committed when the page was asked for, and never past an event that

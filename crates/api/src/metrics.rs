@@ -61,7 +61,10 @@ fn describe() {
         metrics::Unit::Seconds,
         "HTTP request latency by route and method"
     );
-    describe_counter!("keyledger_events_appended_total", "events appended to the log");
+    describe_counter!(
+        "keyledger_events_appended_total",
+        "events appended to the log"
+    );
     describe_counter!(
         "keyledger_events_published_total",
         "events the broker confirmed to the relay"
@@ -148,9 +151,7 @@ async fn sample_queues(
     url: &str,
     connection: &mut Option<lapin::Connection>,
 ) -> Result<(), broker::BrokerError> {
-    let alive = connection
-        .as_ref()
-        .is_some_and(|c| c.status().connected());
+    let alive = connection.as_ref().is_some_and(|c| c.status().connected());
     if !alive {
         *connection = Some(broker::connect(url).await?);
     }
@@ -169,7 +170,11 @@ async fn sample_queues(
         metrics::gauge!("keyledger_consumer_lag_messages", "queue" => queue.name())
             .set(f64::from(main.message_count()));
         let dead = channel
-            .queue_declare(queue.dead_letter_queue().into(), passive, FieldTable::default())
+            .queue_declare(
+                queue.dead_letter_queue().into(),
+                passive,
+                FieldTable::default(),
+            )
             .await?;
         metrics::gauge!("keyledger_dead_letters", "queue" => queue.dead_letter_queue())
             .set(f64::from(dead.message_count()));

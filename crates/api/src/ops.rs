@@ -67,7 +67,13 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<R
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
     };
-    (status, Json(Readiness { status: word, checks }))
+    (
+        status,
+        Json(Readiness {
+            status: word,
+            checks,
+        }),
+    )
 }
 
 async fn database_check(state: &AppState) -> String {

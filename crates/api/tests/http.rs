@@ -157,8 +157,18 @@ fn routes() -> Vec<(Method, String, Option<Value>, &'static [&'static str])> {
     let readers: &'static [&'static str] = &["admin", "service", "auditor"];
     let auditors: &'static [&'static str] = &["admin", "auditor"];
     vec![
-        (Method::POST, "/v1/keys".into(), Some(request_body(42)), writers),
-        (Method::POST, format!("/v1/keys/{key}/rotate"), Some(json!({})), writers),
+        (
+            Method::POST,
+            "/v1/keys".into(),
+            Some(request_body(42)),
+            writers,
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{key}/rotate"),
+            Some(json!({})),
+            writers,
+        ),
         (
             Method::POST,
             format!("/v1/keys/{key}/revoke"),
@@ -173,8 +183,18 @@ fn routes() -> Vec<(Method, String, Option<Value>, &'static [&'static str])> {
         ),
         (Method::GET, format!("/v1/keys/{key}"), None, readers),
         (Method::GET, "/v1/users/42/keys".into(), None, readers),
-        (Method::GET, format!("/v1/keys/{key}/history"), None, auditors),
-        (Method::GET, "/v1/events?after=0&limit=10".into(), None, auditors),
+        (
+            Method::GET,
+            format!("/v1/keys/{key}/history"),
+            None,
+            auditors,
+        ),
+        (
+            Method::GET,
+            "/v1/events?after=0&limit=10".into(),
+            None,
+            auditors,
+        ),
         (Method::GET, "/v1/audit/verify".into(), None, auditors),
         (Method::GET, "/v1/locations".into(), None, readers),
     ]
@@ -186,12 +206,25 @@ async fn every_route_admits_its_roles_refuses_the_others_and_wants_a_token() {
     let tokens = [("admin", ADMIN), ("service", SERVICE), ("auditor", AUDITOR)];
     for (method, path, body, allowed) in routes() {
         let (status, error) = api.call(method.clone(), &path, None, body.clone()).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} without token");
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without token"
+        );
         assert_eq!(error["error"]["code"], json!("missing_token"));
         let (status, error) = api
-            .call(method.clone(), &path, Some("not-a-token-at-all-xyz"), body.clone())
+            .call(
+                method.clone(),
+                &path,
+                Some("not-a-token-at-all-xyz"),
+                body.clone(),
+            )
             .await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path} bad token");
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} bad token"
+        );
         assert_eq!(error["error"]["code"], json!("invalid_token"));
         for (role, token) in tokens {
             let (status, answer) = api
@@ -215,12 +248,21 @@ async fn bad_bodies_are_refused_with_400_and_append_nothing() {
     let api = Api::start().await;
     let oversized = json!({"user_id": 42, "location": "ams", "pad": "x".repeat(20_000)});
     let cases = [
-        (json!({"user_id": 42, "location": "ams", "colour": "red"}), "invalid_body"),
+        (
+            json!({"user_id": 42, "location": "ams", "colour": "red"}),
+            "invalid_body",
+        ),
         (json!({"user_id": "42", "location": "ams"}), "invalid_body"),
         (json!({"location": "ams"}), "invalid_body"),
         (json!({"user_id": -5, "location": "ams"}), "invalid_user_id"),
-        (json!({"user_id": 42, "location": "nowhere"}), "unknown_location"),
-        (json!({"user_id": 42, "location": "ams", "traffic_limit_bytes": -1}), "invalid_body"),
+        (
+            json!({"user_id": 42, "location": "nowhere"}),
+            "unknown_location",
+        ),
+        (
+            json!({"user_id": 42, "location": "ams", "traffic_limit_bytes": -1}),
+            "invalid_body",
+        ),
         (
             json!({"user_id": 42, "location": "ams", "traffic_limit_bytes": 1u64 << 60}),
             "invalid_traffic_limit",
@@ -241,7 +283,9 @@ async fn bad_bodies_are_refused_with_400_and_append_nothing() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {error}");
         assert_eq!(error["error"]["code"], json!(code), "{body}: {error}");
         assert!(
-            error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "{error}"
         );
     }
@@ -305,7 +349,10 @@ async fn the_same_idempotency_key_gets_the_same_answer_and_one_command() {
     let again = send("req-1", request_body(7)).await.expect("sent");
     assert_eq!(again.status(), StatusCode::ACCEPTED);
     assert_eq!(
-        again.headers().get("idempotent-replayed").map(|v| v.as_bytes()),
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
         Some(&b"true"[..])
     );
     let again: Value = again.json().await.expect("json");
@@ -368,7 +415,11 @@ async fn a_key_is_rotated_revoked_renewed_and_refused_as_the_domain_says() {
     let rotated: Value = response.json().await.expect("json");
     assert_eq!(rotated["status"], json!("rotating"));
     assert_ne!(rotated["client_uuid"], requested["client_uuid"]);
-    assert_eq!(rotated["link"], Value::Null, "no link before the panel confirms");
+    assert_eq!(
+        rotated["link"],
+        Value::Null,
+        "no link before the panel confirms"
+    );
 
     let (status, renewed) = api
         .post(
@@ -408,7 +459,11 @@ async fn views_history_and_the_log_are_served_from_what_was_recorded() {
     assert_eq!(status, StatusCode::ACCEPTED);
     let key = key_of(1);
     let (status, _) = api.get(&format!("/v1/keys/{key}")).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "no view before the projector ran");
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no view before the projector ran"
+    );
     projector::rebuild(&api.db.store).await.expect("rebuild");
 
     let (status, view) = api.get(&format!("/v1/keys/{key}")).await;
@@ -422,7 +477,10 @@ async fn views_history_and_the_log_are_served_from_what_was_recorded() {
         .iter()
         .map(|v| v["location"].as_str().expect("location").to_owned())
         .collect();
-    assert_eq!(locations, BTreeSet::from(["ams".to_owned(), "fra".to_owned()]));
+    assert_eq!(
+        locations,
+        BTreeSet::from(["ams".to_owned(), "fra".to_owned()])
+    );
 
     let (status, history) = api.get(&format!("/v1/keys/{key}/history")).await;
     assert_eq!(status, StatusCode::OK);
@@ -430,7 +488,9 @@ async fn views_history_and_the_log_are_served_from_what_was_recorded() {
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["type"], json!("key.requested"));
     assert_eq!(events[0]["hash"].as_str().map(str::len), Some(64));
-    let (status, _) = api.get(&format!("/v1/keys/{}/history", Uuid::new_v4())).await;
+    let (status, _) = api
+        .get(&format!("/v1/keys/{}/history", Uuid::new_v4()))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Paging two at a time walks the whole log in order, without gaps.
@@ -445,7 +505,11 @@ async fn views_history_and_the_log_are_served_from_what_was_recorded() {
             break;
         }
         assert!(events.len() <= 2);
-        positions.extend(events.iter().map(|e| e["position"].as_i64().expect("position")));
+        positions.extend(
+            events
+                .iter()
+                .map(|e| e["position"].as_i64().expect("position")),
+        );
         after = page["next_after"].as_i64().expect("next");
     }
     let expected: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY position")
@@ -486,7 +550,9 @@ async fn probes_metrics_and_errors_for_unknown_routes() {
     let (status, body) = api.call(Method::GET, "/v1/nothing-here", None, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], json!("not_found"));
-    let (status, body) = api.call(Method::DELETE, "/v1/keys", Some(ADMIN), None).await;
+    let (status, body) = api
+        .call(Method::DELETE, "/v1/keys", Some(ADMIN), None)
+        .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
 
     let (status, _) = api.post("/v1/keys", request_body(9)).await;
@@ -495,9 +561,10 @@ async fn probes_metrics_and_errors_for_unknown_routes() {
     assert_eq!(status, StatusCode::OK);
     let text = text.as_str().expect("text").to_owned();
     assert!(
-        text.lines().any(|line| line.starts_with("keyledger_http_requests_total")
-            && line.contains("route=\"/v1/keys\"")
-            && line.contains("status=\"202\"")),
+        text.lines()
+            .any(|line| line.starts_with("keyledger_http_requests_total")
+                && line.contains("route=\"/v1/keys\"")
+                && line.contains("status=\"202\"")),
         "{text}"
     );
     assert!(

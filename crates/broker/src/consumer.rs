@@ -34,6 +34,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::BrokerError;
@@ -277,6 +278,33 @@ impl<H: EventHandler> Inner<H> {
                 return self.dead_letter(delivery, dead_letters, &reason).await;
             }
         };
+        // Every line logged while handling the event names its key and its flow.
+        let correlation_id = event
+            .metadata
+            .get("correlation_id")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let span = tracing::info_span!(
+            "event",
+            queue,
+            key_id = %event.stream_id,
+            correlation_id,
+            event_type = %event.event_type,
+            version = event.version,
+        );
+        self.dispose_event(delivery, dead_letters, event)
+            .instrument(span)
+            .await
+    }
+
+    async fn dispose_event(
+        &self,
+        delivery: &Delivery,
+        dead_letters: &Channel,
+        event: RecordedEvent,
+    ) -> Result<Disposition, BrokerError> {
+        let queue = self.config.queue.name();
         let key_id = event.stream_id;
         let previous_deliveries = message::delivery_count(&delivery.properties);
         if previous_deliveries + 1 > self.config.max_deliveries {

@@ -38,13 +38,13 @@ struct AppendCase {
 
 /// A database of its own on the configured server, so a benchmark never writes into the
 /// real log; dropped afterwards whatever happened.
-struct ScratchDatabase {
+pub(crate) struct ScratchDatabase {
     url: String,
-    pool: PgPool,
+    pub(crate) pool: PgPool,
 }
 
 impl ScratchDatabase {
-    async fn create(config: &Config, max_connections: u32) -> anyhow::Result<Self> {
+    pub(crate) async fn create(config: &Config, max_connections: u32) -> anyhow::Result<Self> {
         let name = format!("keyledger_bench_{}", Uuid::new_v4().simple());
         let url = with_database(config.database_url.as_str(), &name)?;
         create_database(&url).await.with_context(|| {
@@ -60,7 +60,7 @@ impl ScratchDatabase {
         Ok(Self { url, pool })
     }
 
-    async fn drop(self) -> anyhow::Result<()> {
+    pub(crate) async fn drop(self) -> anyhow::Result<()> {
         self.pool.close().await;
         drop_database(&self.url).await?;
         Ok(())
@@ -186,7 +186,7 @@ fn sample_data(i: usize) -> Value {
 }
 
 /// Bench appends carry no command id: the baseline has no command table to match.
-fn sample_metadata() -> EventMetadata {
+pub(crate) fn sample_metadata() -> EventMetadata {
     let id = Uuid::new_v4();
     EventMetadata {
         correlation_id: id,

@@ -43,6 +43,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// Serve a simulated 3x-ui panel (in memory, for demos) until SIGTERM or SIGINT.
+    PanelSim(crate::panel_sim::PanelSimArgs),
     /// Benchmarks; each prints JSON with its baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -82,6 +84,19 @@ pub enum BenchCommand {
     /// Relay throughput from the log to a queue with confirms, against raw confirmed
     /// publishing of the same bodies to a quorum queue.
     Relay(RelayBenchArgs),
+    /// Rebuilding the key views from the log, against a raw ordered scan (COPY) of the
+    /// same rows.
+    Rebuild(RebuildBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RebuildBenchArgs {
+    /// Events in the generated log, ten per key.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: usize,
+    /// Alternating rounds of rebuild and scan; the best of each counts.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 #[derive(Debug, Clone, Args)]

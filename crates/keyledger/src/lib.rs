@@ -7,8 +7,10 @@
 
 pub mod audit;
 pub mod bench;
+mod bench_rebuild;
 pub mod cli;
 pub mod config;
+pub mod panel_sim;
 pub mod panels;
 pub mod scheduler;
 pub mod serve;
@@ -105,10 +107,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::PanelSim(args) => {
+            panel_sim::run(&args, &mut out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench { command } => {
             match command {
                 BenchCommand::Append(args) => bench::append(&config, &args, &mut out).await?,
                 BenchCommand::Relay(args) => bench::relay(&config, &args, &mut out).await?,
+                BenchCommand::Rebuild(args) => {
+                    bench_rebuild::rebuild(&config, &args, &mut out).await?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

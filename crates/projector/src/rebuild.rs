@@ -4,7 +4,7 @@ use eventstore::EventStore;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::view::{KeyFold, ViewError, upsert, view_of};
+use crate::view::{KeyFold, KeyView, ViewError, upsert, view_of};
 
 /// What a rebuild did.
 #[derive(Debug, Serialize)]
@@ -16,6 +16,89 @@ pub struct RebuildReport {
 }
 
 const PAGE: i64 = 5_000;
+
+/// Views written per INSERT into the fresh table.
+const INSERT_CHUNK: usize = 2_000;
+
+/// Reads the log up to `target` and folds every key's events. The next page is read while
+/// the current one is folded, so the database and the fold work side by side.
+async fn fold_log(
+    store: &EventStore,
+    target: i64,
+) -> Result<(i64, usize, HashMap<Uuid, KeyFold>), ViewError> {
+    let (pages, mut received) = tokio::sync::mpsc::channel(2);
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut position = 0i64;
+            loop {
+                let page = store.read_page_until(position, target, PAGE).await?;
+                let Some(last) = page.last() else {
+                    return Ok::<i64, ViewError>(position);
+                };
+                position = last.position;
+                if pages.send(page).await.is_err() {
+                    return Ok(position);
+                }
+            }
+        })
+    };
+    let mut folds: HashMap<Uuid, KeyFold> = HashMap::new();
+    let mut events = 0usize;
+    while let Some(page) = received.recv().await {
+        for event in &page {
+            folds.entry(event.stream_id).or_default().apply(event)?;
+        }
+        events += page.len();
+    }
+    let position = reader
+        .await
+        .map_err(|e| ViewError::ReaderFailed(e.to_string()))??;
+    Ok((position, events, folds))
+}
+
+/// Writes `views` into the fresh table in one statement: it is empty and only this
+/// rebuild writes it, so there is nothing to conflict with.
+async fn insert_views(conn: &mut sqlx::PgConnection, views: &[KeyView]) -> Result<(), sqlx::Error> {
+    let mut key_ids = Vec::with_capacity(views.len());
+    let mut user_ids = Vec::with_capacity(views.len());
+    let mut locations = Vec::with_capacity(views.len());
+    let mut statuses = Vec::with_capacity(views.len());
+    let mut client_uuids = Vec::with_capacity(views.len());
+    let mut links = Vec::with_capacity(views.len());
+    let mut expiries = Vec::with_capacity(views.len());
+    let mut versions = Vec::with_capacity(views.len());
+    let mut updated = Vec::with_capacity(views.len());
+    for view in views {
+        key_ids.push(view.key_id);
+        user_ids.push(view.user_id);
+        locations.push(view.location.as_str());
+        statuses.push(view.status.as_str());
+        client_uuids.push(view.client_uuid);
+        links.push(view.link.as_deref());
+        expiries.push(view.expires_at);
+        versions.push(view.version);
+        updated.push(view.updated_at);
+    }
+    sqlx::query(
+        "INSERT INTO key_views_next
+             (key_id, user_id, location, status, client_uuid, link, expires_at, version, updated_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::uuid[],
+                              $6::text[], $7::timestamptz[], $8::int[], $9::timestamptz[])",
+    )
+    .bind(key_ids)
+    .bind(user_ids)
+    .bind(locations)
+    .bind(statuses)
+    .bind(client_uuids)
+    .bind(links)
+    .bind(expiries)
+    .bind(versions)
+    .bind(updated)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
 
 /// Rebuilds every key view from position 0 into a fresh table and swaps it in, so readers
 /// see the old views until the new ones are complete, then the new ones.
@@ -34,26 +117,17 @@ pub async fn rebuild(store: &EventStore) -> Result<RebuildReport, ViewError> {
     .await?;
 
     let target = store.last_position().await?;
-    let (mut position, mut events) = (0i64, 0usize);
-    let mut folds: HashMap<Uuid, KeyFold> = HashMap::new();
-    loop {
-        let page = store.read_page_until(position, target, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        position = last.position;
-        for event in &page {
-            folds.entry(event.stream_id).or_default().apply(event)?;
-        }
-        events += page.len();
+    let (position, events, folds) = fold_log(store, target).await?;
+    let fresh: Vec<KeyView> = folds
+        .iter()
+        .filter_map(|(key_id, fold)| fold.view(*key_id))
+        .collect();
+    let views = fresh.len();
+    let mut tx = pool.begin().await?;
+    for chunk in fresh.chunks(INSERT_CHUNK) {
+        insert_views(&mut tx, chunk).await?;
     }
-    let mut conn = pool.acquire().await?;
-    let mut views = 0;
-    for (key_id, fold) in &folds {
-        if let Some(view) = fold.view(*key_id) {
-            upsert(&mut conn, "key_views_next", &view).await?;
-            views += 1;
-        }
-    }
-    drop(conn);
+    tx.commit().await?;
 
     let mut tx = pool.begin().await?;
     sqlx::query("LOCK TABLE key_views IN ACCESS EXCLUSIVE MODE")
