@@ -62,12 +62,16 @@ pub struct ExpireKey {
 pub struct ConfirmProvisioned {
     pub client_uuid: Uuid,
     pub inbound_id: i64,
+    /// The client's `vless://` link, when the worker could render it.
+    pub link: Option<String>,
 }
 
 /// The worker's acknowledgement: the panel holds this UUID and no longer the old one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfirmRotated {
     pub client_uuid: Uuid,
+    /// The new client's `vless://` link, when the worker could render it.
+    pub link: Option<String>,
 }
 
 /// The worker's acknowledgement: the panel no longer holds the client with this UUID.

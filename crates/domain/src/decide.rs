@@ -46,6 +46,7 @@ pub fn evolve(mut state: KeyState, event: &KeyEvent) -> KeyState {
                 expires_at: e.expires_at,
                 traffic_limit_bytes: e.traffic_limit_bytes,
                 inbound_id: None,
+                link: None,
             });
         }
         KeyEvent::Provisioned(e) => {
@@ -53,6 +54,7 @@ pub fn evolve(mut state: KeyState, event: &KeyEvent) -> KeyState {
             state.failure = None;
             if let Some(details) = state.details.as_mut() {
                 details.inbound_id = Some(e.inbound_id);
+                details.link.clone_from(&e.link);
             }
         }
         KeyEvent::RotationRequested(e) => {
@@ -61,15 +63,23 @@ pub fn evolve(mut state: KeyState, event: &KeyEvent) -> KeyState {
             state.used_client_uuids.insert(e.new_client_uuid);
             if let Some(details) = state.details.as_mut() {
                 details.client_uuid = e.new_client_uuid;
+                // The old link names a UUID that is on its way out.
+                details.link = None;
             }
         }
-        KeyEvent::Rotated(_) => {
+        KeyEvent::Rotated(e) => {
             state.phase = Phase::Active;
             state.failure = None;
+            if let Some(details) = state.details.as_mut() {
+                details.link.clone_from(&e.link);
+            }
         }
         KeyEvent::RevocationRequested(_) => {
             state.phase = Phase::Revoking;
             state.failure = None;
+            if let Some(details) = state.details.as_mut() {
+                details.link = None;
+            }
         }
         KeyEvent::Revoked(_) => {
             state.phase = Phase::Revoked;
@@ -213,6 +223,7 @@ fn confirm_provisioned(
     Ok(vec![KeyEvent::Provisioned(KeyProvisioned {
         client_uuid: cmd.client_uuid,
         inbound_id: cmd.inbound_id,
+        link: cmd.link.clone(),
     })])
 }
 
@@ -222,6 +233,7 @@ fn confirm_rotated(state: &KeyState, cmd: &ConfirmRotated) -> Result<Vec<KeyEven
     }
     Ok(vec![KeyEvent::Rotated(KeyRotated {
         client_uuid: cmd.client_uuid,
+        link: cmd.link.clone(),
     })])
 }
 

@@ -66,6 +66,11 @@ pub struct KeyRequested {
 pub struct KeyProvisioned {
     pub client_uuid: Uuid,
     pub inbound_id: i64,
+    /// The `vless://` link for `client_uuid`, rendered by the worker from the inbound's
+    /// settings when it confirmed. Absent in events recorded before links were kept, and
+    /// when the inbound's settings could not give one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +82,9 @@ pub struct KeyRotationRequested {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRotated {
     pub client_uuid: Uuid,
+    /// The link for the new `client_uuid`; see [`KeyProvisioned::link`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +182,7 @@ impl KeyEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use time::macros::datetime;
 
     #[test]
@@ -209,6 +218,7 @@ mod tests {
             KeyEvent::Provisioned(KeyProvisioned {
                 client_uuid: Uuid::nil(),
                 inbound_id: 1,
+                link: None,
             }),
             KeyEvent::Revoked(KeyRevoked {}),
             KeyEvent::DriftRepaired(KeyDriftRepaired {
@@ -220,6 +230,26 @@ mod tests {
             assert_eq!(tagged["type"], event.event_type());
             assert!(EVENT_TYPES.contains(&event.event_type()));
         }
+    }
+
+    #[test]
+    fn acknowledgements_without_a_link_decode_and_a_link_is_written_only_when_known() {
+        let old = json!({"client_uuid": Uuid::from_u128(9), "inbound_id": 1});
+        let decoded = KeyEvent::from_parts("key.provisioned", &old).expect("old shape decodes");
+        assert_eq!(
+            decoded.data(),
+            old,
+            "no link key written when there is none"
+        );
+        let rotated = KeyEvent::Rotated(KeyRotated {
+            client_uuid: Uuid::from_u128(9),
+            link: Some("vless://x".into()),
+        });
+        assert_eq!(rotated.data()["link"], "vless://x");
+        assert_eq!(
+            KeyEvent::from_parts("key.rotated", &rotated.data()).expect("decodes"),
+            rotated
+        );
     }
 
     #[test]

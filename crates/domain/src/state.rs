@@ -70,6 +70,11 @@ pub struct KeyDetails {
     pub traffic_limit_bytes: u64,
     /// The inbound the panel confirmed holding the client in.
     pub inbound_id: Option<i64>,
+    /// The `vless://` link of `client_uuid`, once the panel confirmed holding it. Only
+    /// ever the link of the current client: a rotation or revocation request clears it,
+    /// so nobody is shown a link the panel is about to stop accepting.
+    #[serde(default)]
+    pub link: Option<String>,
 }
 
 /// The last failure the worker recorded since the panel last confirmed a change.

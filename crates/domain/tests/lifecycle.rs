@@ -88,6 +88,30 @@ fn provisioned(client: u128) -> KeyEvent {
     KeyEvent::Provisioned(KeyProvisioned {
         client_uuid: uuid(client),
         inbound_id: 1,
+        link: Some(link(client)),
+    })
+}
+
+/// A stand-in for the worker's rendered link of client `n`.
+fn link(client: u128) -> String {
+    format!(
+        "vless://{}@ams.example.com:443?type=tcp#ams-tg4242-ams",
+        uuid(client)
+    )
+}
+
+fn confirm_provisioned(client: u128) -> KeyCommand {
+    KeyCommand::ConfirmProvisioned(ConfirmProvisioned {
+        client_uuid: uuid(client),
+        inbound_id: 1,
+        link: Some(link(client)),
+    })
+}
+
+fn confirm_rotated(client: u128) -> KeyCommand {
+    KeyCommand::ConfirmRotated(ConfirmRotated {
+        client_uuid: uuid(client),
+        link: Some(link(client)),
     })
 }
 
@@ -101,6 +125,7 @@ fn rotation(old: u128, new: u128) -> KeyEvent {
 fn rotated(client: u128) -> KeyEvent {
     KeyEvent::Rotated(KeyRotated {
         client_uuid: uuid(client),
+        link: Some(link(client)),
     })
 }
 
@@ -202,10 +227,7 @@ fn the_nil_uuid_is_never_minted() {
 #[test]
 fn the_panels_confirmation_activates_the_key() {
     let state = given(&[requested(1)])
-        .when(KeyCommand::ConfirmProvisioned(ConfirmProvisioned {
-            client_uuid: uuid(1),
-            inbound_id: 1,
-        }))
+        .when(confirm_provisioned(1))
         .then(&[provisioned(1)]);
     assert_eq!(state.status(), Some(KeyStatus::Active));
 }
@@ -213,33 +235,55 @@ fn the_panels_confirmation_activates_the_key() {
 #[test]
 fn a_duplicate_confirmation_records_nothing() {
     given(&active_key())
-        .when(KeyCommand::ConfirmProvisioned(ConfirmProvisioned {
-            client_uuid: uuid(1),
-            inbound_id: 1,
-        }))
+        .when(confirm_provisioned(1))
         .then_nothing();
 }
 
 #[test]
 fn a_stale_acknowledgement_cannot_resurrect_an_old_uuid() {
     let history = [requested(1), provisioned(1), rotation(1, 2)];
-    given(&history)
-        .when(KeyCommand::ConfirmRotated(ConfirmRotated {
-            client_uuid: uuid(1),
-        }))
-        .then_nothing();
-    given(&history)
-        .when(KeyCommand::ConfirmProvisioned(ConfirmProvisioned {
-            client_uuid: uuid(1),
-            inbound_id: 1,
-        }))
-        .then_nothing();
-    let state = given(&history)
-        .when(KeyCommand::ConfirmRotated(ConfirmRotated {
-            client_uuid: uuid(2),
-        }))
-        .then(&[rotated(2)]);
+    given(&history).when(confirm_rotated(1)).then_nothing();
+    given(&history).when(confirm_provisioned(1)).then_nothing();
+    let state = given(&history).when(confirm_rotated(2)).then(&[rotated(2)]);
     assert_eq!(state.details.expect("details").client_uuid, uuid(2));
+}
+
+#[test]
+fn the_link_belongs_to_the_current_client_only() {
+    let state = given(&[requested(1)])
+        .when(confirm_provisioned(1))
+        .then(&[provisioned(1)]);
+    assert_eq!(state.details.as_ref().expect("details").link, Some(link(1)));
+
+    // A refresh was asked for: the old link must not be shown any more, even before the
+    // panel confirms the new client.
+    let rotating = given(&[requested(1), provisioned(1)])
+        .when(rotate_cmd(2))
+        .then(&[rotation(1, 2)]);
+    assert_eq!(rotating.details.as_ref().expect("details").link, None);
+    let state = given(&[requested(1), provisioned(1), rotation(1, 2)])
+        .when(confirm_rotated(2))
+        .then(&[rotated(2)]);
+    let details = state.details.expect("details");
+    assert_eq!(details.link, Some(link(2)));
+    assert!(details.link.expect("link").contains(&uuid(2).to_string()));
+
+    let revoking = given(&[requested(1), provisioned(1)])
+        .when(revoke_cmd("done"))
+        .then(&[revocation("done")]);
+    assert_eq!(revoking.details.expect("details").link, None);
+}
+
+#[test]
+fn an_acknowledgement_recorded_before_links_were_kept_leaves_no_link() {
+    let old_provisioned = KeyEvent::from_parts(
+        "key.provisioned",
+        &json!({"client_uuid": uuid(1), "inbound_id": 1}),
+    )
+    .expect("the old shape still decodes");
+    let state = replay(&[requested(1), old_provisioned]);
+    assert_eq!(state.status(), Some(KeyStatus::Active));
+    assert_eq!(state.details.expect("details").link, None);
 }
 
 #[test]
@@ -360,12 +404,7 @@ fn nothing_happens_to_a_revoked_key_except_a_new_request() {
     given(&history)
         .when(KeyCommand::Expire(ExpireKey { now: NOW }))
         .then_nothing();
-    given(&history)
-        .when(KeyCommand::ConfirmProvisioned(ConfirmProvisioned {
-            client_uuid: uuid(1),
-            inbound_id: 1,
-        }))
-        .then_nothing();
+    given(&history).when(confirm_provisioned(1)).then_nothing();
     given(&history)
         .when(KeyCommand::RecordProvisioningFailure(
             RecordProvisioningFailure {

@@ -67,6 +67,7 @@ async fn a_retried_command_is_not_applied_twice() {
             &KeyCommand::ConfirmProvisioned(domain::ConfirmProvisioned {
                 client_uuid: client,
                 inbound_id: 1,
+                link: None,
             }),
             &EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Worker, "w")),
         )

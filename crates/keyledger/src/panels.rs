@@ -33,6 +33,7 @@ pub fn panel_configs(config: &Config) -> Vec<PanelConfig> {
                 PanelApi::Clients => ApiKind::Clients,
             });
             panel.accept_invalid_certs = location.accept_invalid_certs;
+            panel.public_host = Some(location.public_host.clone());
             panel
         })
         .collect()

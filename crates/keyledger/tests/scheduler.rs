@@ -32,6 +32,7 @@ async fn active_key(ledger: &KeyLedger, user: i64, expires_in: Option<time::Dura
     let confirm = KeyCommand::ConfirmProvisioned(ConfirmProvisioned {
         client_uuid,
         inbound_id: 1,
+        link: None,
     });
     ledger
         .execute(key, &confirm, &meta(ActorKind::Worker))

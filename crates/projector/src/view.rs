@@ -8,14 +8,16 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// A key as users and services see it (CONTRACT.md §7 "Key view").
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct KeyView {
     pub key_id: Uuid,
     pub user_id: i64,
     pub location: String,
     pub status: String,
     pub client_uuid: Uuid,
-    /// The `vless://` link; filled where the location's inbound settings are known.
+    /// The `vless://` link of the current client, as the worker recorded it when the
+    /// panel confirmed holding it; `None` until then, and while a rotation or revocation
+    /// is pending.
     pub link: Option<String>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
@@ -37,6 +39,8 @@ pub enum ViewError {
     Store(#[from] StoreError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("the log reader stopped: {0}")]
+    ReaderFailed(String),
 }
 
 /// Folds a key's events one at a time; the fold behind every view.
@@ -69,7 +73,7 @@ impl KeyFold {
             location: details.location.as_str().to_owned(),
             status: status.as_str().to_owned(),
             client_uuid: details.client_uuid,
-            link: None,
+            link: details.link.clone(),
             expires_at: details.expires_at.map(to_micros),
             version,
             updated_at,
@@ -217,13 +221,8 @@ pub async fn verify_views(store: &EventStore) -> Result<ViewReport, ViewError> {
     Ok(report)
 }
 
-/// Equal in everything a replay determines (the link comes from panel settings).
+/// Equal in everything a replay determines, which is every field: the link comes from
+/// the acknowledgement events too.
 fn same_view(stored: &KeyView, replayed: &KeyView) -> bool {
-    let mut stored = stored.clone();
-    stored.link = None;
-    stored
-        == KeyView {
-            link: None,
-            ..replayed.clone()
-        }
+    stored == replayed
 }

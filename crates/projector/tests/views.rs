@@ -59,6 +59,9 @@ async fn every_event_type(ledger: &KeyLedger) -> Vec<KeyId> {
         KeyCommand::ConfirmProvisioned(ConfirmProvisioned {
             client_uuid: first_uuid,
             inbound_id: 1,
+            link: Some(format!(
+                "vless://{first_uuid}@ams.example.com:443?type=tcp#ams-tg42-ams"
+            )),
         }),
     )
     .await;
@@ -76,6 +79,9 @@ async fn every_event_type(ledger: &KeyLedger) -> Vec<KeyId> {
         ams,
         KeyCommand::ConfirmRotated(ConfirmRotated {
             client_uuid: rotated,
+            link: Some(format!(
+                "vless://{rotated}@ams.example.com:443?type=tcp#ams-tg42-ams"
+            )),
         }),
     )
     .await;
@@ -167,6 +173,14 @@ async fn live_views_rebuilt_views_and_a_replay_agree_on_every_event_type() {
     let live: Vec<_> = futures_views(&db, &keys).await;
     let statuses: Vec<&str> = live.iter().map(|v| v.status.as_str()).collect();
     assert_eq!(statuses, ["active", "expired", "revoked"]);
+    // The rotated client's link, from the log; none for keys the panel never confirmed
+    // or that were revoked.
+    let link = live[0].link.as_deref().expect("the active key has a link");
+    assert!(
+        link.starts_with(&format!("vless://{}@", live[0].client_uuid)),
+        "{link}"
+    );
+    assert_eq!((&live[1].link, &live[2].link), (&None, &None));
     assert!(verify_views(&db.store).await.expect("verify").holds());
 
     let report = rebuild(&db.store).await.expect("rebuild");
@@ -209,15 +223,28 @@ async fn verify_reports_a_view_that_differs_from_the_replay() {
         .execute(db.pool())
         .await
         .expect("tamper");
+    // The link is in the log now, so a view showing another one differs too.
+    sqlx::query("UPDATE key_views SET link = 'vless://someone-else' WHERE key_id = $1")
+        .bind(keys[0].as_uuid())
+        .execute(db.pool())
+        .await
+        .expect("tamper");
     let report = verify_views(&db.store).await.expect("verify");
     assert!(!report.holds());
-    assert_eq!(report.differences.len(), 1);
-    assert_eq!(report.differences[0].key_id, keys[2].as_uuid());
-    assert_eq!(
-        report.differences[0]
-            .replayed
-            .as_ref()
-            .map(|v| v.status.as_str()),
-        Some("revoked")
-    );
+    let differing: Vec<_> = report.differences.iter().map(|d| d.key_id).collect();
+    let mut expected = vec![keys[0].as_uuid(), keys[2].as_uuid()];
+    expected.sort();
+    assert_eq!(differing, expected);
+    for difference in &report.differences {
+        let (stored, replayed) = (
+            difference.stored.as_ref().expect("stored"),
+            difference.replayed.as_ref().expect("replayed"),
+        );
+        if difference.key_id == keys[2].as_uuid() {
+            assert_eq!(replayed.status, "revoked");
+        } else {
+            assert_eq!(stored.link.as_deref(), Some("vless://someone-else"));
+            assert_ne!(stored.link, replayed.link);
+        }
+    }
 }

@@ -57,6 +57,9 @@ pub struct PanelConfig {
     /// Accept self-signed certificates; off unless the operator says so.
     pub accept_invalid_certs: bool,
     pub api: ApiKind,
+    /// The host put into `vless://` links (config `public_host`); without it no links
+    /// are rendered for this location.
+    pub public_host: Option<String>,
     /// Upper bound for one HTTP exchange, connect included.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
@@ -76,6 +79,7 @@ impl PanelConfig {
             inbound_id,
             accept_invalid_certs: false,
             api: ApiKind::Legacy,
+            public_host: None,
             request_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
         }
@@ -83,6 +87,11 @@ impl PanelConfig {
 
     pub fn with_api(mut self, api: ApiKind) -> Self {
         self.api = api;
+        self
+    }
+
+    pub fn with_public_host(mut self, host: impl Into<String>) -> Self {
+        self.public_host = Some(host.into());
         self
     }
 

@@ -12,6 +12,20 @@ pub enum Operation {
     DeleteClient,
 }
 
+impl Operation {
+    /// The `operation` label of the panel call metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Login => "login",
+            Self::GetInbound => "get_inbound",
+            Self::ListClients => "list_clients",
+            Self::AddClients => "add_clients",
+            Self::UpdateClient => "update_client",
+            Self::DeleteClient => "delete_client",
+        }
+    }
+}
+
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -162,6 +176,27 @@ impl PanelError {
             _ => None,
         }
     }
+}
+
+/// Why no `vless://` link could be rendered for a client. The key is acknowledged
+/// without one; the link follows with the next acknowledgement.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkUnavailable {
+    #[error("{location}: no public_host is configured for links")]
+    NoPublicHost { location: String },
+    #[error("{location}: reading the inbound's settings for links: {source}")]
+    Panel {
+        location: String,
+        #[source]
+        source: PanelError,
+    },
+    #[error("{location}: inbound {inbound_id} cannot give a link: {source}")]
+    Render {
+        location: String,
+        inbound_id: i64,
+        #[source]
+        source: domain::LinkError,
+    },
 }
 
 #[cfg(test)]

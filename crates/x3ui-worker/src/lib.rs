@@ -24,11 +24,11 @@ pub mod simulator;
 pub mod worker;
 
 pub use config::{ApiKind, Credentials, PanelConfig, Secret};
-pub use error::{Operation, PanelError, Refusal};
+pub use error::{LinkUnavailable, Operation, PanelError, Refusal};
 pub use model::{ClientSpec, FLOW_VISION, Inbound, InboundClients, PanelClient};
 pub use ops::{Absence, Ensured, Panel};
 pub use panel::{AnyPanelApi, PanelApi};
-pub use panels::{Location, Panels, SharedPanelError};
-pub use reconcile::{ReconcileReport, Reconciler, run_reconciler};
+pub use panels::{Location, LocationHealth, LocationProbe, Panels, SharedPanelError};
+pub use reconcile::{DEFAULT_IN_FLIGHT_GRACE, ReconcileReport, Reconciler, run_reconciler};
 pub use resilience::{BreakerState, CircuitBreaker, ResiliencePolicy};
 pub use worker::{Worker, WorkerConfig, run_worker};

@@ -153,6 +153,24 @@ pub struct InboundClients {
 }
 
 impl InboundClients {
+    /// An inbound from a panel's whole `get/{id}` answer (the `{success, msg, obj}`
+    /// envelope), by the same steps a list call takes. Public so that benchmarks can
+    /// measure the parsing alone, as the baseline of a reconcile pass.
+    pub fn from_answer(body: &[u8]) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        struct Answer {
+            success: bool,
+            #[serde(default)]
+            obj: Value,
+        }
+        let answer: Answer = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        if !answer.success {
+            return Err("the panel answered success:false".into());
+        }
+        let wire: WireInbound = serde_json::from_value(answer.obj).map_err(|e| e.to_string())?;
+        wire.into_parts()
+    }
+
     pub fn by_email(&self, email: &str) -> Option<&PanelClient> {
         self.clients
             .iter()

@@ -3,13 +3,15 @@
 //! when transient, and guarded by the panel's circuit breaker.
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 
+use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
 use crate::config::PanelConfig;
-use crate::error::{PanelError, Refusal};
-use crate::model::{ClientSpec, InboundClients, PanelClient};
+use crate::error::{Operation, PanelError, Refusal};
+use crate::model::{ClientSpec, Inbound, InboundClients, PanelClient};
 use crate::panel::{AnyPanelApi, PanelApi};
 use crate::resilience::{BreakerState, CircuitBreaker, ResiliencePolicy};
 
@@ -41,6 +43,9 @@ pub struct Panel<A = AnyPanelApi> {
     /// The panel's read-modify-write of an inbound takes no lock (x3ui-api.md "Data"):
     /// two of our writes at once could lose one, so we never send two at once.
     writes: Mutex<()>,
+    /// The inbound (port, remark, settings) as last listed: what links are made of.
+    inbound: std::sync::Mutex<Option<Arc<Inbound>>>,
+    last_success: std::sync::Mutex<Option<OffsetDateTime>>,
 }
 
 impl Panel<AnyPanelApi> {
@@ -57,6 +62,8 @@ impl<A: PanelApi> Panel<A> {
             api,
             policy,
             writes: Mutex::new(()),
+            inbound: std::sync::Mutex::new(None),
+            last_success: std::sync::Mutex::new(None),
         }
     }
 
@@ -74,7 +81,48 @@ impl<A: PanelApi> Panel<A> {
 
     /// The inbound and its clients, as the panel holds them now.
     pub async fn list_clients(&self) -> Result<InboundClients, PanelError> {
-        self.guarded(|| self.api.list_clients()).await
+        self.guarded(Operation::ListClients, || self.list()).await
+    }
+
+    /// The inbound as last seen by any list of this panel (every ensure and every
+    /// reconcile pass lists it), or `None` before the first.
+    pub fn cached_inbound(&self) -> Option<Arc<Inbound>> {
+        self.inbound
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The inbound's settings: cached, or read from the panel when missing.
+    pub async fn inbound(&self) -> Result<Arc<Inbound>, PanelError> {
+        if let Some(inbound) = self.cached_inbound() {
+            return Ok(inbound);
+        }
+        let inbound = Arc::new(
+            self.guarded(Operation::GetInbound, || {
+                self.observe(Operation::GetInbound, self.api.get_inbound())
+            })
+            .await?,
+        );
+        self.remember(&inbound);
+        Ok(inbound)
+    }
+
+    /// One list call; keeps the inbound for links.
+    async fn list(&self) -> Result<InboundClients, PanelError> {
+        let listed = self
+            .observe(Operation::ListClients, self.api.list_clients())
+            .await?;
+        self.remember(&listed.inbound);
+        Ok(listed)
+    }
+
+    fn remember(&self, inbound: &Inbound) {
+        let mut cached = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
+        // Most lists show the same inbound: keep the Arc that readers may share.
+        if cached.as_deref() != Some(inbound) {
+            *cached = Some(Arc::new(inbound.clone()));
+        }
     }
 
     /// Makes the panel hold a client with exactly `spec`'s settings.
@@ -90,7 +138,8 @@ impl<A: PanelApi> Panel<A> {
         // Kept across retries: an add whose read-back failed still was an add, even
         // though the retry then finds the client in place.
         let outcomes = std::sync::Mutex::new(vec![Ensured::Unchanged; specs.len()]);
-        self.guarded(|| self.ensure_once(specs, &outcomes)).await?;
+        self.guarded(Operation::AddClients, || self.ensure_once(specs, &outcomes))
+            .await?;
         Ok(outcomes
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner))
@@ -101,7 +150,8 @@ impl<A: PanelApi> Panel<A> {
     /// delete it.
     pub async fn ensure_client_absent(&self, email: &str) -> Result<Absence, PanelError> {
         let _write = self.writes.lock().await;
-        self.guarded(|| self.absent_once(email)).await
+        self.guarded(Operation::DeleteClient, || self.absent_once(email))
+            .await
     }
 
     async fn ensure_once(
@@ -114,7 +164,7 @@ impl<A: PanelApi> Panel<A> {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)[i] = outcome;
         };
-        let mut snapshot = self.api.list_clients().await?;
+        let mut snapshot = self.list().await?;
         // A duplicate email on add means someone added it since we looked: look again,
         // then it is an update (or nothing); so at most one extra round.
         for round in 0..2 {
@@ -135,7 +185,10 @@ impl<A: PanelApi> Panel<A> {
             if new.is_empty() {
                 break;
             }
-            match self.api.add_clients(&new).await {
+            match self
+                .observe(Operation::AddClients, self.api.add_clients(&new))
+                .await
+            {
                 Ok(()) => {
                     for &i in &missing {
                         record(i, Ensured::Added);
@@ -144,7 +197,7 @@ impl<A: PanelApi> Panel<A> {
                 }
                 Err(e) if e.refusal() == Some(Refusal::DuplicateEmail) && round == 0 => {
                     tracing::debug!(location = %self.location(), error = %e, "duplicate email on add; looking again");
-                    snapshot = self.api.list_clients().await?;
+                    snapshot = self.list().await?;
                 }
                 Err(e) if e.refusal() == Some(Refusal::DuplicateEmail) => {
                     // Still missing from our inbound after a fresh look: another inbound
@@ -157,7 +210,7 @@ impl<A: PanelApi> Panel<A> {
                 Err(e) => return Err(e),
             }
         }
-        let after = self.api.list_clients().await?;
+        let after = self.list().await?;
         for spec in specs {
             match after.by_email(&spec.email) {
                 Some(observed) if spec.matches(observed) => {}
@@ -174,7 +227,13 @@ impl<A: PanelApi> Panel<A> {
     }
 
     async fn update(&self, current: &PanelClient, new: &PanelClient) -> Result<(), PanelError> {
-        match self.api.update_client(current, new).await {
+        match self
+            .observe(
+                Operation::UpdateClient,
+                self.api.update_client(current, new),
+            )
+            .await
+        {
             // It vanished between our read and our write: a retry reads afresh and adds.
             Err(e) if e.refusal() == Some(Refusal::ClientNotFound) => {
                 Err(self.mismatch(&current.email, "client vanished during the update".into()))
@@ -184,11 +243,14 @@ impl<A: PanelApi> Panel<A> {
     }
 
     async fn absent_once(&self, email: &str) -> Result<Absence, PanelError> {
-        let snapshot = self.api.list_clients().await?;
+        let snapshot = self.list().await?;
         let Some(observed) = snapshot.by_email(email).cloned() else {
             return Ok(Absence::AlreadyGone);
         };
-        let outcome = match self.api.delete_client(&observed).await {
+        let outcome = match self
+            .observe(Operation::DeleteClient, self.api.delete_client(&observed))
+            .await
+        {
             Ok(()) => Absence::Deleted,
             // Older panels answer success for an unknown id, newer ones this: both gone.
             Err(e) if e.refusal() == Some(Refusal::ClientNotFound) => Absence::AlreadyGone,
@@ -202,7 +264,7 @@ impl<A: PanelApi> Panel<A> {
             }
             Err(e) => return Err(e),
         };
-        let after = self.api.list_clients().await?;
+        let after = self.list().await?;
         match (outcome, after.by_email(email)) {
             (Absence::Disabled, Some(c)) if !c.enable => Ok(outcome),
             (Absence::Disabled, _) => {
@@ -214,20 +276,22 @@ impl<A: PanelApi> Panel<A> {
     }
 
     /// Runs `call` behind the breaker, retrying transient failures with backoff.
-    async fn guarded<T, F, Fut>(&self, mut call: F) -> Result<T, PanelError>
+    /// `operation` names the whole step for the `breaker_open` outcome.
+    async fn guarded<T, F, Fut>(&self, operation: Operation, mut call: F) -> Result<T, PanelError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, PanelError>>,
     {
         let mut retry = 0;
         loop {
-            let permit = self
-                .breaker
-                .acquire()
-                .map_err(|retry_in| self.open(retry_in))?;
+            let permit = self.breaker.acquire().map_err(|retry_in| {
+                self.count_call(operation, "breaker_open");
+                self.open(retry_in)
+            })?;
             let error = match call().await {
                 Ok(value) => {
                     permit.success();
+                    self.publish_breaker();
                     return Ok(value);
                 }
                 Err(error) => error,
@@ -238,6 +302,7 @@ impl<A: PanelApi> Panel<A> {
                 // A refusal or a lost write: the panel itself answered sensibly.
                 permit.success();
             }
+            self.publish_breaker();
             // An open breaker ends the retries with the failure that opened it, which says
             // more than "circuit open" would.
             if !error.is_transient()
@@ -250,6 +315,86 @@ impl<A: PanelApi> Panel<A> {
             tracing::debug!(location = %self.location(), %error, ?pause, retry, "retrying panel call");
             tokio::time::sleep(pause).await;
             retry += 1;
+        }
+    }
+
+    /// One call to the panel API, measured: its duration, its outcome, and the time of
+    /// the panel's last good answer for the health report.
+    async fn observe<T>(
+        &self,
+        operation: Operation,
+        call: impl Future<Output = Result<T, PanelError>>,
+    ) -> Result<T, PanelError> {
+        let started = Instant::now();
+        let result = call.await;
+        metrics::histogram!(
+            "keyledger_panel_call_duration_seconds",
+            "location" => self.location().to_owned(),
+            "operation" => operation.label(),
+        )
+        .record(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => {
+                *self
+                    .last_success
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(OffsetDateTime::now_utc());
+                "ok"
+            }
+            Err(PanelError::Timeout { .. }) => "timeout",
+            Err(_) => "error",
+        };
+        self.count_call(operation, outcome);
+        result
+    }
+
+    fn count_call(&self, operation: Operation, outcome: &'static str) {
+        metrics::counter!(
+            "keyledger_panel_calls_total",
+            "location" => self.location().to_owned(),
+            "operation" => operation.label(),
+            "outcome" => outcome,
+        )
+        .increment(1);
+    }
+
+    /// `keyledger_breaker_open`: 1 from the moment the breaker opens until a probe
+    /// closes it again (half-open counts as open: calls are still held back).
+    fn publish_breaker(&self) {
+        let open = self.breaker.state() != BreakerState::Closed;
+        metrics::gauge!("keyledger_breaker_open", "location" => self.location().to_owned())
+            .set(if open { 1.0 } else { 0.0 });
+    }
+
+    /// When the panel last answered a call successfully.
+    pub fn last_success(&self) -> Option<OffsetDateTime> {
+        *self
+            .last_success
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A cheap readiness check: one read of the inbound (logging in first if there is no
+    /// session), bounded by `timeout`. It bypasses the breaker and its retries — it
+    /// observes the panel, it does not protect it — and changes nothing on the panel.
+    /// Returns how long the panel took.
+    pub async fn probe(&self, timeout: Duration) -> Result<Duration, PanelError> {
+        let started = Instant::now();
+        let read = self.observe(Operation::GetInbound, self.api.get_inbound());
+        match tokio::time::timeout(timeout, read).await {
+            Ok(Ok(inbound)) => {
+                self.remember(&inbound);
+                Ok(started.elapsed())
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => {
+                self.count_call(Operation::GetInbound, "timeout");
+                Err(PanelError::Timeout {
+                    location: self.location().to_owned(),
+                    operation: Operation::GetInbound,
+                    after: timeout,
+                })
+            }
         }
     }
 

@@ -5,14 +5,18 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use domain::DesiredClient;
+use domain::{DesiredClient, InboundLinkSettings, render_vless_link};
+use serde::Serialize;
+use serde_json::Value;
+use time::OffsetDateTime;
 use tokio::sync::oneshot;
+use uuid::Uuid;
 
 use crate::config::PanelConfig;
-use crate::error::PanelError;
+use crate::error::{LinkUnavailable, PanelError};
 use crate::model::ClientSpec;
 use crate::ops::{Ensured, Panel};
-use crate::resilience::ResiliencePolicy;
+use crate::resilience::{BreakerState, ResiliencePolicy};
 
 /// A panel error shared by every key of the batch it failed.
 pub type SharedPanelError = Arc<PanelError>;
@@ -25,9 +29,48 @@ pub struct Location {
     inbound_id: i64,
     /// The `flow` every client of this location gets (`""` or [`crate::FLOW_VISION`]).
     flow: String,
+    /// The host in this location's `vless://` links; no links without it.
+    public_host: Option<String>,
     batcher: Batcher,
     /// How long the writer of a batch waits for more keys to join it.
     batch_window: Duration,
+    /// What reconcile passes over this location left, for health reports.
+    passes: Mutex<Passes>,
+}
+
+/// The newest completed reconcile pass at one location, and the newest failure.
+#[derive(Debug, Clone, Default)]
+struct Passes {
+    completed_at: Option<OffsetDateTime>,
+    drift_found: Option<usize>,
+    /// Why the newest pass failed; cleared by the next one that completes.
+    error: Option<String>,
+}
+
+/// One location's health, as `GET /v1/locations` and `/readyz` show it. Reading it costs
+/// no panel call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocationHealth {
+    pub location: String,
+    pub breaker: BreakerState,
+    /// When the panel last answered a call successfully (any call, probes included).
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_success_at: Option<OffsetDateTime>,
+    /// When the newest completed reconcile pass over this location ended.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_reconcile_at: Option<OffsetDateTime>,
+    /// Drift that pass found; `None` before the first completed pass.
+    pub drift_found_last_pass: Option<usize>,
+    /// Why the newest pass failed, if it did (it could not list the panel).
+    pub last_reconcile_error: Option<String>,
+}
+
+/// One location's answer to [`Panels::probe`].
+#[derive(Debug)]
+pub struct LocationProbe {
+    pub location: String,
+    /// How long the panel took, or why it did not answer in time.
+    pub outcome: Result<Duration, PanelError>,
 }
 
 /// Default [`Location::with_batch_window`]: short next to a panel's own answer times.
@@ -40,8 +83,10 @@ impl Location {
             panel,
             inbound_id,
             flow: String::new(),
+            public_host: None,
             batcher: Batcher::default(),
             batch_window: DEFAULT_BATCH_WINDOW,
+            passes: Mutex::default(),
         }
     }
 
@@ -58,8 +103,53 @@ impl Location {
         self
     }
 
+    /// The host put into this location's `vless://` links (config `public_host`).
+    pub fn with_public_host(mut self, host: impl Into<String>) -> Self {
+        self.public_host = Some(host.into());
+        self
+    }
+
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The `vless://` link the panel's own "copy link" gives for this location's client
+    /// `client_uuid` with `email`: from the inbound's settings as last listed (read once
+    /// when none were seen yet) and the configured public host. Deterministic: the same
+    /// client and inbound always give the same link.
+    pub async fn link_for(
+        &self,
+        client_uuid: Uuid,
+        email: &str,
+    ) -> Result<String, LinkUnavailable> {
+        let public_host =
+            self.public_host
+                .as_deref()
+                .ok_or_else(|| LinkUnavailable::NoPublicHost {
+                    location: self.id.clone(),
+                })?;
+        let inbound = self
+            .panel
+            .inbound()
+            .await
+            .map_err(|source| LinkUnavailable::Panel {
+                location: self.id.clone(),
+                source,
+            })?;
+        let settings = InboundLinkSettings {
+            public_host: public_host.to_owned(),
+            port: inbound.port,
+            remark: inbound.remark.clone(),
+            settings: Value::Object(inbound.settings.clone()),
+            stream_settings: inbound.stream_settings.clone(),
+        };
+        render_vless_link(&settings, client_uuid, &self.flow, email).map_err(|source| {
+            LinkUnavailable::Render {
+                location: self.id.clone(),
+                inbound_id: inbound.id,
+                source,
+            }
+        })
     }
 
     pub fn panel(&self) -> &Panel {
@@ -68,6 +158,35 @@ impl Location {
 
     pub fn inbound_id(&self) -> i64 {
         self.inbound_id
+    }
+
+    /// This location's health, from what its calls and reconcile passes left behind.
+    pub fn health(&self) -> LocationHealth {
+        let passes = self.passes().clone();
+        LocationHealth {
+            location: self.id.clone(),
+            breaker: self.panel.breaker_state(),
+            last_success_at: self.panel.last_success(),
+            last_reconcile_at: passes.completed_at,
+            drift_found_last_pass: passes.drift_found,
+            last_reconcile_error: passes.error,
+        }
+    }
+
+    pub(crate) fn record_pass(&self, at: OffsetDateTime, drift_found: usize) {
+        *self.passes() = Passes {
+            completed_at: Some(at),
+            drift_found: Some(drift_found),
+            error: None,
+        };
+    }
+
+    pub(crate) fn record_failed_pass(&self, error: String) {
+        self.passes().error = Some(error);
+    }
+
+    fn passes(&self) -> std::sync::MutexGuard<'_, Passes> {
+        self.passes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The panel client that holds `desired`, in this location's shape.
@@ -244,8 +363,11 @@ impl Panels {
         let mut panels = Self::default();
         for config in configs {
             let (id, inbound_id) = (config.location.clone(), config.inbound_id);
+            let public_host = config.public_host.clone();
             let panel = Panel::connect(config, policy.clone())?;
-            panels.insert(Location::new(id, panel, inbound_id));
+            let mut location = Location::new(id, panel, inbound_id);
+            location.public_host = public_host;
+            panels.insert(location);
         }
         Ok(panels)
     }
@@ -265,5 +387,23 @@ impl Panels {
 
     pub fn ids(&self) -> impl Iterator<Item = &str> {
         self.locations.keys().map(String::as_str)
+    }
+
+    /// Every location's health, by location id; cheap (no panel call), for
+    /// `GET /v1/locations`.
+    pub fn health(&self) -> Vec<LocationHealth> {
+        self.iter().map(Location::health).collect()
+    }
+
+    /// Probes every location's panel at once ([`Panel::probe`]), each bounded by
+    /// `timeout`, for `/readyz`: the whole call takes at most about `timeout`.
+    pub async fn probe(&self, timeout: Duration) -> Vec<LocationProbe> {
+        futures::future::join_all(self.iter().map(|location| async move {
+            LocationProbe {
+                location: location.id.clone(),
+                outcome: location.panel.probe(timeout).await,
+            }
+        }))
+        .await
     }
 }

@@ -4,7 +4,10 @@
 //!
 //! One pass lists each panel once, *then* reads the log, so the log is at least as new as
 //! anything the worker had written to the panel before the list; keys still waiting for
-//! the worker (provisioning, rotating, revoking) are left to it. Before repairing a key the
+//! the worker (provisioning, rotating, revoking) are left to it for a grace period. A key
+//! that waits longer (its message was dead-lettered or never delivered) is stuck: the
+//! reconciler applies its desired state and records the acknowledgement the way the
+//! worker would, and records how the panel differed. Before repairing a key the
 //! reconciler reloads it, and a repair that finds the panel already right (the worker got
 //! there first) is not recorded as drift. Clients whose email is not one of ours for the
 //! location are reported and never touched.
@@ -17,6 +20,7 @@ use domain::{DriftKind, KeyCommand, KeyId, KeyState, RecordDrift, RecordDriftRep
 use eventstore::{Actor, ActorKind, EventMetadata, EventStore, KeyLedger, StoreError};
 use serde::Serialize;
 use serde_json::{Value, json};
+use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -24,7 +28,7 @@ use crate::error::PanelError;
 use crate::model::{ClientSpec, InboundClients, PanelClient};
 use crate::ops::{Absence, Ensured};
 use crate::panels::{Location, Panels};
-use crate::worker::command_id;
+use crate::worker::{Worker, WorkerConfig, command_id};
 
 /// What a reconcile found about one panel client or one key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -38,6 +42,9 @@ pub enum FindingKind {
     UnknownOnPanel,
     /// A client that is not ours (another email pattern): reported, never touched.
     Foreign,
+    /// A stuck key whose client the panel already holds as wanted: only the
+    /// acknowledgement was missing.
+    Unacknowledged,
 }
 
 impl FindingKind {
@@ -46,7 +53,7 @@ impl FindingKind {
             Self::MissingOnPanel => Some(DriftKind::MissingOnPanel),
             Self::SettingsDiffer => Some(DriftKind::SettingsDiffer),
             Self::UnknownOnPanel => Some(DriftKind::UnknownOnPanel),
-            Self::Foreign => None,
+            Self::Foreign | Self::Unacknowledged => None,
         }
     }
 }
@@ -72,12 +79,18 @@ pub struct Finding {
     pub email: String,
     /// The key behind the email, when the log has one.
     pub key_id: Option<KeyId>,
+    /// The key's version when the pass read the log.
+    #[serde(skip)]
+    pub version: Option<u32>,
     /// The client the log wants (null: none).
     pub expected: Value,
     /// The client the panel holds (null: none).
     pub observed: Value,
     /// For `settings_differ`: the fields that differ.
     pub fields: Vec<&'static str>,
+    /// The key has waited for the worker longer than the grace period; its repair
+    /// includes the acknowledgement the worker never recorded.
+    pub stuck: bool,
     pub resolution: Resolution,
 }
 
@@ -89,7 +102,7 @@ pub struct ReconcileReport {
     pub clients_on_panel: usize,
     /// Keys of this location in the log, revoked ones included.
     pub keys: usize,
-    /// Keys waiting for the worker, left to it.
+    /// Keys waiting for the worker within the grace period, left to it.
     pub in_flight: usize,
     pub findings: Vec<Finding>,
     /// Findings repaired and recorded.
@@ -109,11 +122,10 @@ pub struct ReconcileReport {
 }
 
 impl ReconcileReport {
-    /// Findings that are drift (ours), not foreign clients.
+    /// Findings that are drift (the panel differs from the log on one of ours); not
+    /// foreign clients, nor stuck keys the panel already holds right.
     pub fn drift(&self) -> impl Iterator<Item = &Finding> {
-        self.findings
-            .iter()
-            .filter(|f| f.kind != FindingKind::Foreign)
+        self.findings.iter().filter(|f| f.kind.drift().is_some())
     }
 
     pub fn count(&self, kind: FindingKind) -> usize {
@@ -142,27 +154,51 @@ pub enum ReconcileError {
     Log(#[source] StoreError),
 }
 
+/// Default [`Reconciler::with_in_flight_grace`]: far longer than the worker takes with a
+/// healthy broker and panel, far shorter than a user waits before giving up.
+pub const DEFAULT_IN_FLIGHT_GRACE: Duration = Duration::from_secs(120);
+
 /// Runs reconcile passes over the configured locations.
 #[derive(Debug, Clone)]
 pub struct Reconciler {
     ledger: KeyLedger,
     panels: Arc<Panels>,
     actor_id: String,
+    /// Applies stuck keys exactly as the worker does, acknowledgement included.
+    worker: Worker,
+    in_flight_grace: Duration,
 }
 
 /// A key as the log has it, with the client the panel should hold for it.
 struct LoggedKey {
     key_id: KeyId,
     state: KeyState,
+    /// When its newest event was recorded.
+    last_event_at: OffsetDateTime,
 }
 
 impl Reconciler {
     pub fn new(store: EventStore, panels: Arc<Panels>) -> Self {
+        let actor_id = "reconciler".to_owned();
+        let worker_config = WorkerConfig {
+            actor_kind: ActorKind::Reconciler,
+            actor_id: actor_id.clone(),
+            ..WorkerConfig::default()
+        };
         Self {
+            worker: Worker::new(store.clone(), panels.clone(), worker_config),
             ledger: KeyLedger::new(store),
             panels,
-            actor_id: "reconciler".to_owned(),
+            actor_id,
+            in_flight_grace: DEFAULT_IN_FLIGHT_GRACE,
         }
+    }
+
+    /// How long a key may wait for the worker (since its newest event) before a pass
+    /// treats it as stuck and applies it itself.
+    pub fn with_in_flight_grace(mut self, grace: Duration) -> Self {
+        self.in_flight_grace = grace;
+        self
     }
 
     /// One pass over `only` or every location. With `dry_run`, nothing is changed or
@@ -189,6 +225,7 @@ impl Reconciler {
                 Ok(clients) => listed.push((location, clients, started.elapsed())),
                 Err(error) => {
                     tracing::warn!(location = location.id(), %error, "reconcile: cannot list the panel's clients");
+                    location.record_failed_pass(error.to_string());
                     pass.failures.push(ReconcileError::List(error));
                 }
             }
@@ -203,7 +240,8 @@ impl Reconciler {
         for (location, clients, list_call) in listed {
             let started = Instant::now();
             let location_keys = keys.remove(location.id()).unwrap_or_default();
-            let (mut findings, in_flight) = compare(location, &clients, &location_keys);
+            let due = stuck_cutoff(self.in_flight_grace);
+            let (mut findings, in_flight) = compare(location, &clients, &location_keys, due);
             let compared = started.elapsed();
             let started = Instant::now();
             let repaired = if dry_run {
@@ -224,6 +262,7 @@ impl Reconciler {
                 own_work: log_read + compared,
                 repair: started.elapsed(),
             };
+            publish(location, &report);
             tracing::info!(
                 location = %report.location, dry_run, clients = report.clients_on_panel,
                 keys = report.keys, drift = report.drift().count(), foreign = report.count(FindingKind::Foreign),
@@ -257,7 +296,7 @@ impl Reconciler {
             .read_committed(0)
             .await
             .map_err(ReconcileError::Log)?;
-        let mut states: HashMap<Uuid, KeyState> = HashMap::new();
+        let mut states: HashMap<Uuid, (KeyState, OffsetDateTime)> = HashMap::new();
         for event in &events {
             let decoded = match event.key_event() {
                 Ok(decoded) => decoded,
@@ -266,11 +305,14 @@ impl Reconciler {
                     continue;
                 }
             };
-            let state = states.entry(event.stream_id).or_default();
+            let (state, last_event_at) = states
+                .entry(event.stream_id)
+                .or_insert_with(|| (KeyState::default(), event.recorded_at));
             *state = evolve(std::mem::take(state), &decoded);
+            *last_event_at = event.recorded_at;
         }
         let mut by_location: HashMap<String, Vec<LoggedKey>> = HashMap::new();
-        for (stream_id, state) in states {
+        for (stream_id, (state, last_event_at)) in states {
             if let Some(details) = &state.details {
                 by_location
                     .entry(details.location.to_string())
@@ -278,6 +320,7 @@ impl Reconciler {
                     .push(LoggedKey {
                         key_id: KeyId::from_uuid(stream_id),
                         state,
+                        last_event_at,
                     });
             }
         }
@@ -288,10 +331,17 @@ impl Reconciler {
     async fn repair(&self, location: &Location, pass_id: Uuid, findings: &mut [Finding]) -> usize {
         // Clients to add or update go to the panel together, one addClient for all.
         let mut to_ensure: Vec<(usize, ClientSpec)> = Vec::new();
+        let mut repaired = 0;
         for (i, finding) in findings.iter_mut().enumerate() {
             finding.resolution = Resolution::Reported;
+            if finding.stuck {
+                if self.repair_stuck(location, pass_id, finding).await {
+                    repaired += 1;
+                }
+                continue;
+            }
             match finding.kind {
-                FindingKind::Foreign => {}
+                FindingKind::Foreign | FindingKind::Unacknowledged => {}
                 FindingKind::MissingOnPanel | FindingKind::SettingsDiffer => {
                     match self.still_wanted(location, finding).await {
                         Some(spec) => to_ensure.push((i, spec)),
@@ -320,13 +370,65 @@ impl Reconciler {
                 Err(error) => Resolution::Failed(error.to_string()),
             };
         }
-        let mut repaired = 0;
-        for finding in findings.iter() {
+        for finding in findings.iter().filter(|f| !f.stuck) {
             if self.record(location, pass_id, finding).await {
                 repaired += 1;
             }
         }
         repaired
+    }
+
+    /// Applies a stuck key as the worker would have: records how the panel differed,
+    /// makes the panel match and appends the acknowledgement (with the worker's command
+    /// id, so a late worker records no second one), then records the repair. True if
+    /// the key was brought in line.
+    async fn repair_stuck(
+        &self,
+        location: &Location,
+        pass_id: Uuid,
+        finding: &mut Finding,
+    ) -> bool {
+        let Some(key_id) = finding.key_id else {
+            return false;
+        };
+        // Still stuck where the pass saw it? Anything newer is the worker's to apply.
+        match self.ledger.load(key_id).await {
+            Ok((state, _))
+                if state.phase.awaits_panel() && Some(state.version) == finding.version => {}
+            Ok(_) => {
+                finding.resolution = Resolution::Settled;
+                return false;
+            }
+            Err(error) => {
+                tracing::warn!(%key_id, %error, "reconcile: cannot reload a stuck key; left to the next pass");
+                finding.resolution = Resolution::Failed(error.to_string());
+                return false;
+            }
+        }
+        let drift = finding.kind.drift();
+        if let Some(kind) = drift
+            && !self.record_detected(key_id, kind, finding, pass_id).await
+        {
+            finding.resolution = Resolution::Failed("recording the drift failed".into());
+            return false;
+        }
+        match self.worker.sync_key(key_id, None).await {
+            Ok(synced) => {
+                tracing::info!(%key_id, location = location.id(), phase = ?synced.phase, acknowledged = ?synced.acknowledged, kind = ?finding.kind, "reconcile: applied a key stuck waiting for the worker");
+            }
+            Err(error) => {
+                tracing::warn!(%key_id, location = location.id(), %error, "reconcile: a stuck key could not be applied; the next pass tries again");
+                finding.resolution = Resolution::Failed(error.to_string());
+                return false;
+            }
+        }
+        finding.resolution = Resolution::Repaired;
+        if let Some(kind) = drift {
+            let repaired = KeyCommand::RecordDriftRepaired(RecordDriftRepaired { kind });
+            self.execute(key_id, &repaired, pass_id, "drift_repaired")
+                .await;
+        }
+        true
     }
 
     /// The spec to write for a missing or differing client, if the key still wants it
@@ -375,15 +477,7 @@ impl Reconciler {
             Resolution::Failed(_) => true,
             Resolution::Reported | Resolution::Settled => return false,
         };
-        let detected = KeyCommand::RecordDrift(RecordDrift {
-            kind,
-            expected: finding.expected.clone(),
-            observed: finding.observed.clone(),
-        });
-        if !self
-            .execute(key_id, &detected, pass_id, "drift_detected")
-            .await
-        {
+        if !self.record_detected(key_id, kind, finding, pass_id).await {
             return false;
         }
         if failed {
@@ -398,6 +492,23 @@ impl Reconciler {
             tracing::info!(%key_id, location = location.id(), ?kind, fields = ?finding.fields, "reconcile: drift repaired");
         }
         ok
+    }
+
+    /// `key.drift_detected` for the finding; false if it could not be recorded.
+    async fn record_detected(
+        &self,
+        key_id: KeyId,
+        kind: DriftKind,
+        finding: &Finding,
+        pass_id: Uuid,
+    ) -> bool {
+        let detected = KeyCommand::RecordDrift(RecordDrift {
+            kind,
+            expected: finding.expected.clone(),
+            observed: finding.observed.clone(),
+        });
+        self.execute(key_id, &detected, pass_id, "drift_detected")
+            .await
     }
 
     async fn execute(
@@ -426,6 +537,7 @@ fn compare(
     location: &Location,
     listed: &InboundClients,
     keys: &[LoggedKey],
+    stuck_before: OffsetDateTime,
 ) -> (Vec<Finding>, usize) {
     let on_panel: HashMap<String, &PanelClient> = listed
         .clients
@@ -446,7 +558,8 @@ fn compare(
         let email = details.email.to_ascii_lowercase();
         let observed = on_panel.get(&email).copied();
         accounted.insert(email);
-        if key.state.phase.awaits_panel() {
+        let stuck = key.state.phase.awaits_panel();
+        if stuck && key.last_event_at > stuck_before {
             in_flight += 1;
             continue;
         }
@@ -454,11 +567,14 @@ fn compare(
             kind,
             email: details.email.clone(),
             key_id: Some(key.key_id),
+            version: Some(key.state.version),
             expected,
             observed: observed.map_or(Value::Null, client_json),
             fields,
+            stuck,
             resolution: Resolution::Reported,
         };
+        let findings_before = findings.len();
         match (key.state.desired_client(), observed) {
             (Some(desired), None) => {
                 let spec = location.spec_for(&desired);
@@ -484,6 +600,12 @@ fn compare(
             }
             (None, _) => {}
         }
+        if stuck && findings.len() == findings_before {
+            let expected = key.state.desired_client().map_or(Value::Null, |desired| {
+                spec_json(&location.spec_for(&desired))
+            });
+            findings.push(finding(FindingKind::Unacknowledged, expected, vec![]));
+        }
     }
     for client in &listed.clients {
         let email = client.email.to_ascii_lowercase();
@@ -502,13 +624,56 @@ fn compare(
             kind,
             email: client.email.clone(),
             key_id: None,
+            version: None,
             expected: Value::Null,
             observed: client_json(client),
             fields: vec![],
+            stuck: false,
             resolution: Resolution::Reported,
         });
     }
     (findings, in_flight)
+}
+
+/// The pass's metrics and the location's health record.
+fn publish(location: &Location, report: &ReconcileReport) {
+    let now = OffsetDateTime::now_utc();
+    for finding in report.drift() {
+        let Some(kind) = finding.kind.drift() else {
+            continue;
+        };
+        let labels = [
+            ("location", location.id().to_owned()),
+            ("kind", drift_label(kind).to_owned()),
+        ];
+        metrics::counter!("keyledger_reconcile_drift_found_total", &labels).increment(1);
+        if finding.resolution == Resolution::Repaired {
+            metrics::counter!("keyledger_reconcile_drift_repaired_total", &labels).increment(1);
+        }
+    }
+    metrics::gauge!(
+        "keyledger_reconcile_last_pass_timestamp_seconds",
+        "location" => location.id().to_owned(),
+    )
+    .set(now.unix_timestamp() as f64);
+    location.record_pass(now, report.drift().count());
+}
+
+/// The `kind` label: the name the drift events use.
+fn drift_label(kind: DriftKind) -> &'static str {
+    match kind {
+        DriftKind::MissingOnPanel => "missing_on_panel",
+        DriftKind::SettingsDiffer => "settings_differ",
+        DriftKind::UnknownOnPanel => "unknown_on_panel",
+    }
+}
+
+/// Keys whose newest event is older than this have waited too long for the worker.
+fn stuck_cutoff(grace: Duration) -> OffsetDateTime {
+    let grace = time::Duration::try_from(grace).unwrap_or(time::Duration::MAX);
+    OffsetDateTime::now_utc()
+        .checked_sub(grace)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// `tg<digits>-<location>`: the emails keyledger gives this location's clients.

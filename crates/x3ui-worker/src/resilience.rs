@@ -43,7 +43,8 @@ impl ResiliencePolicy {
 }
 
 /// What `/v1/locations` shows about a panel's breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
     Open,

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use broker::{Backoff, Consumer, ConsumerConfig, EventHandler, HandlerError, Queue};
 use domain::{
-    ConfirmProvisioned, ConfirmRevoked, ConfirmRotated, DomainError, KeyCommand, KeyId, KeyState,
-    Phase, RecordProvisioningFailure,
+    ConfirmProvisioned, ConfirmRevoked, ConfirmRotated, DomainError, KeyCommand, KeyDetails, KeyId,
+    KeyState, Phase, RecordProvisioningFailure,
 };
 use eventstore::{
     Actor, ActorKind, EventMetadata, EventStore, ExecuteError, KeyLedger, RecordedEvent,
@@ -101,7 +101,9 @@ pub struct Synced {
 /// Tuning of the worker beyond its panels.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Who the worker's events name as their actor.
+    /// Who the worker's events name as their actor: the worker, or the reconciler when
+    /// it applies a key whose message never arrived.
+    pub actor_kind: ActorKind,
     pub actor_id: String,
     /// The consumer's redelivery backoff, used to tell when a failed key is tried again.
     pub retry_base: Duration,
@@ -111,6 +113,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
+            actor_kind: ActorKind::Worker,
             actor_id: "x3ui-worker".to_owned(),
             retry_base: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
@@ -215,11 +218,15 @@ impl Worker {
                 KeyCommand::ConfirmProvisioned(ConfirmProvisioned {
                     client_uuid,
                     inbound_id: location.inbound_id(),
+                    link: link(key_id, location, details).await,
                 }),
                 "key.provisioned",
             ),
             Phase::Rotating => (
-                KeyCommand::ConfirmRotated(ConfirmRotated { client_uuid }),
+                KeyCommand::ConfirmRotated(ConfirmRotated {
+                    client_uuid,
+                    link: link(key_id, location, details).await,
+                }),
                 "key.rotated",
             ),
             Phase::Revoking => (
@@ -315,7 +322,8 @@ impl Worker {
     }
 
     fn metadata(&self, command_id: Uuid, cause: Option<&RecordedEvent>) -> EventMetadata {
-        let actor = Actor::new(ActorKind::Worker, self.inner.config.actor_id.clone());
+        let config = &self.inner.config;
+        let actor = Actor::new(config.actor_kind, config.actor_id.clone());
         let mut metadata = EventMetadata::for_command(command_id, actor);
         if let Some(cause) = cause {
             metadata.causation_id = cause.event_id;
@@ -349,6 +357,17 @@ impl EventHandler for Worker {
         self.sync_key(key_id, Some(event)).await?;
         Ok(())
     }
+}
+
+/// The link to record with an acknowledgement. Without one the key is still acknowledged
+/// (the panel does hold the client); the log line names the key and the cause, which is
+/// a configuration matter (public_host, the inbound's stream settings).
+async fn link(key_id: KeyId, location: &Location, details: &KeyDetails) -> Option<String> {
+    location
+        .link_for(details.client_uuid, &details.email)
+        .await
+        .inspect_err(|error| tracing::warn!(%key_id, %error, "acknowledging without a link"))
+        .ok()
 }
 
 /// A deterministic command id for the worker's `what` about `key_id`.

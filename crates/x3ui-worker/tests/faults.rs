@@ -129,6 +129,67 @@ async fn slow_answers_time_out_instead_of_hanging() {
     panel.list_clients().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_dropped_connection_is_retried_and_a_panel_that_keeps_dropping_is_a_clear_error() {
+    let (sim, panel) = start(SimConfig::v2_9()).await;
+    panel.list_clients().await.unwrap();
+
+    sim.handle().update_faults(|f| f.drop_next = 2);
+    assert_eq!(
+        panel.ensure_client(&spec("tg1-ams")).await.unwrap(),
+        Ensured::Added
+    );
+    assert_eq!(sim.handle().stats().dropped_connections, 2);
+    assert_eq!(sim.handle().clients(1).len(), 1);
+
+    sim.handle().update_faults(|f| f.drop_rate = 1.0);
+    let error = panel.list_clients().await.unwrap_err();
+    assert!(
+        matches!(error, PanelError::Transport { .. }),
+        "a connection closed without an answer is a transport failure: {error:?}"
+    );
+    assert!(
+        error.to_string().contains("cannot reach the panel"),
+        "{error}"
+    );
+    assert_eq!(
+        panel.breaker_state(),
+        BreakerState::Open,
+        "retries end at the breaker, not in a loop"
+    );
+
+    sim.handle().update_faults(|f| f.drop_rate = 0.0);
+    eventually(
+        "recovery once connections hold",
+        Duration::from_secs(5),
+        || async { panel.list_clients().await.ok() },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_write_whose_answer_is_lost_is_not_done_twice() {
+    let (sim, panel) = start(SimConfig::v2_9()).await;
+    panel.ensure_client(&spec("tg1-ams")).await.unwrap();
+    sim.handle().update_faults(|f| {
+        f.drop_next = 1;
+        f.drop_writes_only = true;
+        f.drop_after_handling = true;
+    });
+    let wanted = spec("tg2-ams");
+    // The addClient went through and its answer was lost; the retry finds the client in
+    // place instead of adding it again.
+    panel.ensure_client(&wanted).await.unwrap();
+    assert_eq!(sim.handle().stats().dropped_connections, 1);
+    assert_eq!(sim.handle().stats().add_calls, 2, "one add each, no second");
+    let clients = sim.handle().clients(1);
+    assert_eq!(clients.len(), 2);
+    assert_eq!(
+        sim.handle().client("tg2-ams").unwrap()["id"],
+        serde_json::json!(wanted.id.to_string())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_lost_by_the_panel_are_caught_by_read_back_and_redone() {
     let sim = PanelSimulator::start(SimConfig::v2_9()).await.unwrap();

@@ -22,12 +22,10 @@ impl Raw {
             .send()
             .await
             .unwrap();
-        assert!(
-            answer.headers()["set-cookie"]
-                .to_str()
-                .unwrap()
-                .starts_with("3x-ui=")
-        );
+        let cookie = answer.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(cookie.starts_with("3x-ui="), "{cookie}");
+        // sessionMaxAge: 360 minutes by default.
+        assert!(cookie.contains("Max-Age=21600"), "{cookie}");
         let body: Value = answer.json().await.unwrap();
         assert_eq!(
             body["msg"],

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use broker::{EventHandler, HandlerError};
 use common::eventually;
-use common::stack::{Base, DEADLINE, Stack};
+use common::stack::{Base, DEADLINE, PUBLIC_HOST, Stack};
 use domain::{KeyStatus, Phase};
 use serde_json::json;
 use x3ui_worker::simulator::DownMode;
@@ -31,6 +31,76 @@ async fn a_requested_key_is_on_the_panel_with_its_uuid_and_acknowledged() {
     let provisioned = stack.events(key).await.pop().unwrap();
     assert_eq!(provisioned.metadata["actor"]["kind"], json!("worker"));
     stack.stop().await;
+}
+
+/// The link the panel's "copy link" gives for a client of the simulator's inbound 1
+/// (remark `ams`, port 443, tcp + reality), written out by hand from x3ui-api.md so the
+/// test does not check the renderer against itself.
+fn panel_copy_link(client_id: &str, email: &str) -> String {
+    format!(
+        "vless://{client_id}@{PUBLIC_HOST}:443?type=tcp&encryption=none&security=reality\
+         &pbk=sim-public-key&fp=chrome&sni=www.example.com&sid=6ba85179e30d4fc2&spx=%2F#ams-{email}"
+    )
+}
+
+#[tokio::test]
+async fn acknowledgements_carry_the_link_of_the_client_the_panel_holds() {
+    let stack = Stack::start().await;
+    let (key, _) = stack.provisioned(120).await;
+    let on_panel = stack.client("tg120-ams").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let provisioned = stack.events(key).await.pop().unwrap();
+    assert_eq!(provisioned.event_type, "key.provisioned");
+    let link = provisioned.data["link"].as_str().unwrap().to_owned();
+    assert!(link.starts_with(&format!("vless://{on_panel}@")), "{link}");
+    assert_eq!(link, panel_copy_link(&on_panel, "tg120-ams"));
+    assert_eq!(stack.state(key).await.details.unwrap().link, Some(link));
+
+    // A refresh: the state drops the old link at once, and the acknowledgement brings the
+    // new client's.
+    let fresh = stack.rotate(key).await;
+    assert_eq!(stack.state(key).await.details.unwrap().link, None);
+    stack.wait_for(key, "key.rotated", 1).await;
+    let on_panel = stack.client("tg120-ams").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(on_panel, fresh.to_string());
+    let rotated = stack.events(key).await.pop().unwrap();
+    let link = rotated.data["link"].as_str().unwrap();
+    assert_eq!(link, panel_copy_link(&on_panel, "tg120-ams"));
+    assert_eq!(
+        stack.state(key).await.details.unwrap().link.as_deref(),
+        Some(link)
+    );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_public_host_the_key_is_acknowledged_without_a_link() {
+    let base = Base::new().await;
+    let sim_panel =
+        x3ui_worker::Panel::connect(base.sim.panel_config("ams", 1), common::fast_policy())
+            .unwrap();
+    let mut panels = x3ui_worker::Panels::default();
+    panels.insert(x3ui_worker::Location::new("ams", sim_panel, 1));
+    let worker = x3ui_worker::Worker::new(
+        base.db.store.clone(),
+        std::sync::Arc::new(panels),
+        x3ui_worker::WorkerConfig::default(),
+    );
+    let (key, _) = base.request(121).await;
+    worker.sync_key(key, None).await.unwrap();
+    let provisioned = base.events(key).await.pop().unwrap();
+    assert_eq!(provisioned.event_type, "key.provisioned");
+    assert!(
+        provisioned.data.get("link").is_none(),
+        "{}",
+        provisioned.data
+    );
+    assert_eq!(base.state(key).await.status(), Some(KeyStatus::Active));
 }
 
 #[tokio::test]
@@ -213,4 +283,28 @@ async fn a_panel_failure_is_retried_and_not_recorded_twice_with_the_same_error()
     base.sim.come_up().await.unwrap();
     base.worker.handle(&requested, &mut conn).await.unwrap();
     assert_eq!(base.count(key, "key.provisioned").await, 1);
+}
+
+#[tokio::test]
+async fn keys_converge_while_a_third_of_the_panels_connections_drop() {
+    let stack = Stack::start().await;
+    stack.sim.handle().update_faults(|f| {
+        f.drop_rate = 0.3;
+        f.drop_after_handling = true;
+    });
+    let keys = stack.request_many(400..410).await;
+    for key in &keys {
+        stack.wait_for(*key, "key.provisioned", 1).await;
+    }
+    assert!(stack.sim.handle().stats().dropped_connections > 0);
+    stack.sim.handle().update_faults(|f| f.drop_rate = 0.0);
+    let clients = stack.clients();
+    assert_eq!(clients.len(), 10, "nothing lost, nothing doubled");
+    for key in keys {
+        let details = stack.state(key).await.details.unwrap();
+        let client = stack.client(&details.email).unwrap();
+        assert_eq!(client["id"], json!(details.client_uuid.to_string()));
+        assert_eq!(stack.count(key, "key.provisioned").await, 1);
+    }
+    stack.stop().await;
 }

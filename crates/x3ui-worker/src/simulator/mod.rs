@@ -3,6 +3,7 @@
 //! switched on at run time, and a [`SimHandle`] reads and edits the panel's data
 //! directly, the way an admin clicking in the panel's UI would behind our back.
 
+mod conn;
 mod routes;
 mod state;
 
@@ -136,6 +137,15 @@ pub struct Faults {
     /// Writes read the inbound, wait this long, then write it back whole, like the
     /// panel's lock-free read-modify-write: a concurrent write in between is lost.
     pub lost_write_window: Option<Duration>,
+    /// Fraction (0..=1) of requests whose connection is closed without an answer.
+    pub drop_rate: f64,
+    /// The next this many requests have their connection closed without an answer.
+    pub drop_next: u32,
+    /// Drops hit the connection only after the panel handled the request: the write
+    /// happened, its answer is lost. Otherwise the request is dropped unhandled.
+    pub drop_after_handling: bool,
+    /// Drops hit only POST requests (the panel's writes), not reads or the login page.
+    pub drop_writes_only: bool,
     pub(crate) bad_gateway: bool,
 }
 
@@ -152,14 +162,26 @@ pub struct PanelSimulator {
 }
 
 impl PanelSimulator {
-    /// Starts a panel on 127.0.0.1 with one VLESS + reality inbound (id 1), no clients.
+    /// Starts a panel on 127.0.0.1 with one VLESS + reality inbound (id 1, remark `ams`,
+    /// port 443), no clients.
     pub async fn start(config: SimConfig) -> io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config, "ams", 443).await
+    }
+
+    /// Starts a panel listening on `addr` (port 0: any free port) with one VLESS +
+    /// reality inbound (id 1) named `remark` on `inbound_port`, no clients.
+    pub async fn start_on(
+        addr: SocketAddr,
+        config: SimConfig,
+        remark: &str,
+        inbound_port: u16,
+    ) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let handle = SimHandle {
             shared: Arc::new(Shared::new(config)),
         };
-        handle.add_inbound("ams", 443);
+        handle.add_inbound(remark, inbound_port);
         let running = serve(listener, &handle);
         Ok(Self {
             addr,
@@ -242,9 +264,10 @@ impl Drop for PanelSimulator {
 
 fn serve(listener: TcpListener, handle: &SimHandle) -> Running {
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = routes::router(handle.shared.clone());
+    let app = routes::router(handle.shared.clone())
+        .into_make_service_with_connect_info::<conn::ConnectionCutter>();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app)
+        axum::serve(conn::SimListener(listener), app)
             .with_graceful_shutdown(async {
                 // A dropped sender also means "stop".
                 let _ = stopped.await;

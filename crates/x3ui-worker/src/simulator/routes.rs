@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::header::{CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
+use super::conn::ConnectionCutter;
 use super::state::{Client, Counters, Shared, email_of, go_error, id_of, now_ms};
 use super::{Flavour, Unauthenticated};
 
@@ -91,7 +92,51 @@ async fn faults(State(shared): Shr, request: Request, next: Next) -> Response {
         Counters::bump(&shared.stats.injected_errors);
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    next.run(request).await
+    let Some(drop) = connection_drop(&shared, &request) else {
+        return next.run(request).await;
+    };
+    Counters::bump(&shared.stats.dropped_connections);
+    let response = if drop.after_handling {
+        next.run(request).await
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    };
+    // Cut before the server writes a byte of the response: the client sees the
+    // connection close with no answer at all.
+    drop.cutter.cut();
+    response
+}
+
+struct ConnectionDrop {
+    cutter: ConnectionCutter,
+    after_handling: bool,
+}
+
+/// Whether this request's connection is to be dropped, by the `drop_*` faults.
+fn connection_drop(shared: &Shared, request: &Request) -> Option<ConnectionDrop> {
+    let (rate, after_handling) = {
+        let mut faults = shared.faults();
+        if faults.drop_writes_only && request.method() != Method::POST {
+            return None;
+        }
+        if faults.drop_next > 0 {
+            faults.drop_next -= 1;
+            (1.0, faults.drop_after_handling)
+        } else {
+            (faults.drop_rate, faults.drop_after_handling)
+        }
+    };
+    if !shared.roll(rate) {
+        return None;
+    }
+    let cutter = request
+        .extensions()
+        .get::<ConnectInfo<ConnectionCutter>>()
+        .map(|info| info.0.clone())?;
+    Some(ConnectionDrop {
+        cutter,
+        after_handling,
+    })
 }
 
 fn envelope(success: bool, msg: &str, obj: Value) -> Response {

@@ -21,6 +21,8 @@ pub struct SimStats {
     pub injected_errors: u64,
     /// Writes that overwrote a write they had not seen (lost concurrent writes).
     pub lost_writes: u64,
+    /// Connections closed without an answer by the drop faults.
+    pub dropped_connections: u64,
 }
 
 #[derive(Default)]
@@ -31,6 +33,7 @@ pub(crate) struct Counters {
     pub add_calls: AtomicU64,
     pub injected_errors: AtomicU64,
     pub lost_writes: AtomicU64,
+    pub dropped_connections: AtomicU64,
 }
 
 impl Counters {
@@ -43,6 +46,7 @@ impl Counters {
             add_calls: get(&self.add_calls),
             injected_errors: get(&self.injected_errors),
             lost_writes: get(&self.lost_writes),
+            dropped_connections: get(&self.dropped_connections),
         }
     }
 

@@ -24,6 +24,9 @@ use super::{eventually, fast_policy};
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The host `ams` puts into its links.
+pub const PUBLIC_HOST: &str = "ams.example.com";
+
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -54,7 +57,7 @@ impl Base {
         let sim = PanelSimulator::start(config).await.unwrap();
         let panel = Panel::connect(sim.panel_config("ams", 1), fast_policy()).unwrap();
         let mut panels = Panels::default();
-        panels.insert(Location::new("ams", panel, 1));
+        panels.insert(Location::new("ams", panel, 1).with_public_host(PUBLIC_HOST));
         let panels = Arc::new(panels);
         let worker_config = WorkerConfig {
             retry_base: Duration::from_millis(20),
