@@ -1,25 +1,15 @@
 //! The `keyledger` binary end to end: migrate, audit and exit codes, against a real database.
 
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
+
+use common::{Serving, eventually, keyledger, stdout, tempfile_with};
 
 use eventstore::testing::{TestDatabase, server_url};
 use eventstore::{Actor, ActorKind, EventMetadata, NewEvent};
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-fn keyledger(database_url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyledger"))
-        .args(args)
-        .env_clear()
-        .env("DATABASE_URL", database_url)
-        .env("KEYLEDGER_LOG_FORMAT", "json")
-        .output()
-        .expect("binary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 async fn seeded_key(db: &TestDatabase) -> Uuid {
     let key = Uuid::new_v4();
@@ -163,77 +153,6 @@ fn serve_refuses_unknown_roles() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("janitor"));
 }
 
-/// A `keyledger serve` child process, its stderr drained into lines.
-struct Serving {
-    child: std::process::Child,
-    drain: tokio::task::JoinHandle<Vec<String>>,
-}
-
-impl Serving {
-    /// Starts `serve --roles <roles>` with `env` and waits for its ready line.
-    async fn start(roles: &str, env: &[(&str, &str)]) -> Self {
-        use std::io::{BufRead, BufReader};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keyledger"))
-            .args(["serve", "--roles", roles])
-            .env_clear()
-            .envs(env.iter().copied())
-            .env("KEYLEDGER_LOG_FORMAT", "json")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("serve starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        // Keep draining stderr after the ready line: a closed pipe would fail the child's logging.
-        let drain = tokio::task::spawn_blocking(move || {
-            let mut ready_tx = Some(ready_tx);
-            let mut lines = Vec::new();
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("keyledger serving")
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(());
-                }
-                lines.push(line);
-            }
-            lines
-        });
-        tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx)
-            .await
-            .expect("serve became ready in time")
-            .expect("serve logged that it was serving");
-        Self { child, drain }
-    }
-
-    /// Sends SIGTERM; returns the exit code and every log line.
-    async fn terminate(mut self) -> (Option<i32>, Vec<String>) {
-        let child = std::mem::replace(
-            &mut self.child,
-            Command::new("true").spawn().expect("placeholder"),
-        );
-        let drain = std::mem::replace(&mut self.drain, tokio::spawn(async { Vec::new() }));
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(killed.success());
-        let mut child = child;
-        let status = tokio::task::spawn_blocking(move || child.wait())
-            .await
-            .expect("join")
-            .expect("wait");
-        (status.code(), drain.await.expect("drain"))
-    }
-}
-
-impl Drop for Serving {
-    /// A failing test must not leave the server running: the runtime would wait forever
-    /// for the thread draining its output.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn serve_runs_until_sigterm_and_exits_cleanly() {
     let db = TestDatabase::create().await;
@@ -358,22 +277,6 @@ async fn serve_with_relay_and_projector_keeps_key_views_and_verify_checks_them()
     assert!(keyledger(&db.url, &["audit", "verify"]).status.success());
 }
 
-/// Polls `condition` every 25 ms until it holds, or panics after 30 s naming `what`.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !condition().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_provisions_a_requested_key_on_the_panel_and_reconcile_repairs_drift() {
     use x3ui_worker::simulator::{PanelSimulator, SimConfig};
@@ -463,12 +366,4 @@ async fn serve_provisions_a_requested_key_on_the_panel_and_reconcile_repairs_dri
     assert!(history.iter().any(|e| e.event_type == "key.drift_repaired"));
     let unknown = run(&["reconcile", "--location", "nowhere"]);
     assert_ne!(unknown.status.code(), Some(0));
-}
-
-/// Writes `content` to a fresh file and returns its path.
-fn tempfile_with(content: &str) -> String {
-    let path =
-        std::env::temp_dir().join(format!("keyledger-test-{}.toml", Uuid::new_v4().simple()));
-    std::fs::write(&path, content).expect("write config");
-    path.to_string_lossy().into_owned()
 }
