@@ -53,12 +53,13 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<R
         checks.insert("broker".to_owned(), broker_check(url).await);
     }
     if let Some(panels) = &state.config.panels {
-        for location in panels.iter() {
-            let verdict = match location.panel().breaker_state() {
-                BreakerState::Open => "breaker open: the panel keeps failing".to_owned(),
-                BreakerState::Closed | BreakerState::HalfOpen => "ok".to_owned(),
+        for probe in panels.probe(CHECK_TIMEOUT).await {
+            let verdict = match probe.outcome {
+                Ok(_) => "ok".to_owned(),
+                // Panel errors name the location and the call, never the password.
+                Err(error) => format!("error: {error}"),
             };
-            checks.insert(format!("panel:{}", location.id()), verdict);
+            checks.insert(format!("panel:{}", probe.location), verdict);
         }
     }
     let ready = checks.values().all(|verdict| verdict == "ok");
@@ -116,6 +117,18 @@ pub struct LocationHealth {
     pub panel_reachable: Option<bool>,
     /// `closed`, `open` or `half_open`; null when the worker runs in another process.
     pub breaker: Option<&'static str>,
+    /// When the panel last answered this process; null if never (or no worker here).
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_success_at: Option<OffsetDateTime>,
+    /// When this process's reconciler last finished a pass over the location.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_reconcile_at: Option<OffsetDateTime>,
+    /// Drift found by that pass.
+    pub drift_found_last_pass: Option<usize>,
+    /// Why the last pass failed, if it did.
+    pub last_reconcile_error: Option<String>,
     /// When the log last recorded drift found or repaired at this location.
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -144,18 +157,23 @@ pub(crate) async fn locations(
         .iter()
         .map(|location| {
             let id = location.id.as_str();
-            let breaker = state
+            let health = state
                 .config
                 .panels
                 .as_ref()
                 .and_then(|panels| panels.get(id))
-                .map(|l| l.panel().breaker_state());
+                .map(|l| l.health());
+            let breaker = health.as_ref().map(|h| h.breaker);
             let (detected, repaired, last) = drift.get(id).copied().unwrap_or((0, 0, None));
             LocationHealth {
                 id: id.to_owned(),
                 name: location.name.clone(),
                 panel_reachable: breaker.map(|b| b != BreakerState::Open),
                 breaker: breaker.map(breaker_name),
+                last_success_at: health.as_ref().and_then(|h| h.last_success_at),
+                last_reconcile_at: health.as_ref().and_then(|h| h.last_reconcile_at),
+                drift_found_last_pass: health.as_ref().and_then(|h| h.drift_found_last_pass),
+                last_reconcile_error: health.and_then(|h| h.last_reconcile_error),
                 last_drift_at: last,
                 drift_detected: detected,
                 drift_repaired: repaired,

@@ -202,6 +202,14 @@ async fn a_key_requested_over_http_is_provisioned_rotated_and_revoked() {
         .await;
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["checks"]["panel:ams"], json!("ok"));
+    let (status, locations) = client
+        .send(reqwest::Method::GET, "/v1/locations", AUDITOR, None)
+        .await;
+    assert_eq!(status, 200, "{locations}");
+    assert_eq!(locations[0]["id"], json!("ams"));
+    assert_eq!(locations[0]["breaker"], json!("closed"));
+    assert_eq!(locations[0]["panel_reachable"], json!(true));
+    assert!(locations[0]["last_success_at"].is_string(), "{locations}");
 
     let metrics = reqwest::get(format!("http://{address}/metrics"))
         .await
