@@ -90,6 +90,10 @@ impl Sent {
     }
 }
 
+/// A command menu registered with `setMyCommands`: its language (`None`: the default)
+/// and its (command, description) pairs.
+pub type CommandMenu = (Option<String>, Vec<(String, String)>);
+
 /// A call answered with 429.
 #[derive(Debug, Clone)]
 pub struct RateLimited {
@@ -104,11 +108,17 @@ struct Inner {
     next_message: i32,
     /// Updates not yet confirmed by an offset past them.
     pending: VecDeque<Value>,
+    /// Every update ever pushed, by id, to deliver one again.
+    pushed: HashMap<i64, Value>,
+    /// Updates delivered again whatever the offset says, once.
+    redelivered: VecDeque<Value>,
+    /// The `getUpdates` call that last served redelivered updates.
+    redelivered_at_call: Option<usize>,
     sent: Vec<Sent>,
     seq: usize,
     /// Chat of each callback query id, to attribute answers.
     callback_chats: HashMap<String, i64>,
-    commands: Vec<(Option<String>, Vec<(String, String)>)>,
+    commands: Vec<CommandMenu>,
     limits: HashMap<String, VecDeque<u32>>,
     rate_limited: Vec<RateLimited>,
     unauthorized: usize,
@@ -199,6 +209,7 @@ impl FakeTelegram {
         let id = inner.next_update;
         let mut update = make(id, &mut inner);
         update["update_id"] = json!(id);
+        inner.pushed.insert(id, update.clone());
         inner.pending.push_back(update);
         drop(inner);
         self.shared.changed.notify_waiters();
@@ -273,6 +284,44 @@ impl FakeTelegram {
     /// `user` presses, in their own chat, the button with `data` under `message`.
     pub fn press(&self, user: &TestUser, message: &Sent, data: &str) -> i64 {
         self.press_in(user, user.id, message.message_id, data)
+    }
+
+    /// Delivers update `update_id` again, as Telegram does when the bot's confirmation
+    /// (the next offset) did not reach it.
+    pub fn redeliver(&self, update_id: i64) {
+        let mut inner = self.shared.lock();
+        let Some(update) = inner.pushed.get(&update_id).cloned() else {
+            panic!("update {update_id} was never pushed");
+        };
+        inner.redelivered.push_back(update);
+        drop(inner);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Waits until the redelivered updates were served and the bot came back for more,
+    /// which it does after handling them.
+    pub async fn wait_redelivered(&self) {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let inner = self.shared.lock();
+                let served = inner.redelivered.is_empty()
+                    && inner
+                        .redelivered_at_call
+                        .is_some_and(|call| inner.get_updates_calls > call);
+                if served {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "redelivered updates were never handled"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
     }
 
     /// Everything sent so far, in order.
@@ -354,7 +403,7 @@ impl FakeTelegram {
     }
 
     /// The command menus registered: language (`None` = default) and (command, description).
-    pub fn commands(&self) -> Vec<(Option<String>, Vec<(String, String)>)> {
+    pub fn commands(&self) -> Vec<CommandMenu> {
         self.shared.lock().commands.clone()
     }
 
@@ -480,11 +529,22 @@ async fn call(
             );
         }
     };
+    // Telegram reads method names case-insensitively (teloxide sends `SendMessage`).
+    let method = match method.to_ascii_lowercase().as_str() {
+        "getupdates" => "getUpdates",
+        "getme" => "getMe",
+        "setmycommands" => "setMyCommands",
+        "sendmessage" => "sendMessage",
+        "sendphoto" => "sendPhoto",
+        "editmessagetext" => "editMessageText",
+        "answercallbackquery" => "answerCallbackQuery",
+        _ => return error(StatusCode::NOT_FOUND, "Not Found: method not found", None),
+    };
     {
         let mut inner = shared.lock();
-        if let Some(retry_after) = inner.limits.get_mut(&method).and_then(VecDeque::pop_front) {
+        if let Some(retry_after) = inner.limits.get_mut(method).and_then(VecDeque::pop_front) {
             inner.rate_limited.push(RateLimited {
-                method: method.clone(),
+                method: method.to_owned(),
                 at: Instant::now(),
                 retry_after,
             });
@@ -497,7 +557,7 @@ async fn call(
             );
         }
     }
-    match method.as_str() {
+    match method {
         "getUpdates" => get_updates(&shared, &fields).await,
         "getMe" => ok(
             json!({"id": BOT_USER_ID, "is_bot": true, "first_name": "keyledger", "username": "keyledger_bot"}),
@@ -525,7 +585,7 @@ async fn call(
             ok(json!(true))
         }
         "sendMessage" | "sendPhoto" | "editMessageText" | "answerCallbackQuery" => {
-            record(&shared, &method, &fields, file)
+            record(&shared, method, &fields, file)
         }
         _ => error(StatusCode::NOT_FOUND, "Not Found: method not found", None),
     }
@@ -615,7 +675,15 @@ async fn get_updates(shared: &Shared, fields: &Map<String, Value>) -> Response {
         let notified = shared.changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let ready: Vec<Value> = shared.lock().pending.iter().cloned().collect();
+        let ready: Vec<Value> = {
+            let mut inner = shared.lock();
+            let mut ready: Vec<Value> = inner.redelivered.drain(..).collect();
+            if !ready.is_empty() {
+                inner.redelivered_at_call = Some(inner.get_updates_calls);
+            }
+            ready.extend(inner.pending.iter().cloned());
+            ready
+        };
         if !ready.is_empty() {
             return ok(Value::Array(ready));
         }
