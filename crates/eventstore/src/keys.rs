@@ -74,7 +74,19 @@ impl KeyLedger {
         }
         for _ in 0..MAX_ATTEMPTS {
             let (state, _) = self.load(key_id).await?;
-            let events = decide(&state, command)?;
+            let events = match decide(&state, command) {
+                Ok(events) => events,
+                Err(refusal) => {
+                    // A twin of this command (same id) may have been recorded since the
+                    // check above, and be why the key refuses it now: its outcome is
+                    // this command's answer.
+                    if let Some(outcome) = self.already_applied(key_id, metadata.command_id).await?
+                    {
+                        return Ok(outcome);
+                    }
+                    return Err(refusal.into());
+                }
+            };
             if events.is_empty() {
                 return Ok(CommandOutcome {
                     state,

@@ -129,3 +129,55 @@ async fn refused_commands_leave_the_log_untouched() {
     ));
     assert!(db.store.read_all(0, 10).await.expect("read").is_empty());
 }
+
+#[tokio::test]
+async fn concurrent_retries_of_one_command_all_get_its_answer() {
+    let db = TestDatabase::create().await;
+    let ledger = KeyLedger::new(db.store.clone());
+    let user = UserId::new(79).expect("valid");
+    let ams = LocationId::new("ams").expect("valid");
+    let key = KeyId::for_user_at(user, &ams);
+    let requested = ledger
+        .execute(key, &request(user, &ams), &by_user(user))
+        .await
+        .expect("request");
+    let client = requested.state.details.expect("details").client_uuid;
+    let provisioned = KeyCommand::ConfirmProvisioned(domain::ConfirmProvisioned {
+        client_uuid: client,
+        inbound_id: 1,
+        link: None,
+    });
+    let worker = EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Worker, "w"));
+    ledger
+        .execute(key, &provisioned, &worker)
+        .await
+        .expect("provisioned");
+
+    // One rotation, retried six times at once (the same command id): the racers that
+    // lose see the key already rotating, caused by their own twin, and must get the
+    // twin's answer rather than a refusal.
+    let rotate = KeyCommand::Rotate(RotateKey {
+        fresh_client_uuid: Uuid::new_v4(),
+    });
+    let metadata = by_user(user);
+    let racing = (0..6).map(|_| {
+        let (ledger, rotate, metadata) = (ledger.clone(), rotate.clone(), metadata.clone());
+        tokio::spawn(async move { ledger.execute(key, &rotate, &metadata).await })
+    });
+    let mut recorded = Vec::new();
+    for answer in futures::future::join_all(racing).await {
+        let outcome = answer.expect("task").expect("every retry gets the answer");
+        assert_eq!(outcome.state.status(), Some(KeyStatus::Rotating));
+        recorded.push(outcome.recorded);
+    }
+    assert!(recorded.windows(2).all(|pair| pair[0] == pair[1]));
+    let rotations = db
+        .store
+        .read_stream(key.as_uuid())
+        .await
+        .expect("read")
+        .iter()
+        .filter(|e| e.event_type == "key.rotation_requested")
+        .count();
+    assert_eq!(rotations, 1);
+}
