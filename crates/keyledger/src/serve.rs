@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use eventstore::KeyLedger;
+use eventstore::{EventStore, KeyLedger};
 use tokio_util::sync::CancellationToken;
 
 use broker::management::vhost_of;
@@ -35,6 +35,39 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
         )));
     }
     let store = crate::audit::migrate(config).await?;
+    let running = start_roles(config, &store, &roles).await?;
+    // Listen for signals before saying we serve: a SIGTERM right after that line must
+    // shut down cleanly, not hit the default handler.
+    let shutdown = shutdown_signal()?;
+    tracing::info!(?roles, "keyledger serving");
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}
+
+/// Roles started by [`start_roles`], until [`RunningRoles::stop`].
+pub struct RunningRoles {
+    tasks: tokio::task::JoinSet<()>,
+    stop: CancellationToken,
+    /// Where the API listens, when the `api` role runs.
+    pub http_addr: Option<std::net::SocketAddr>,
+}
+
+impl RunningRoles {
+    /// Stops taking work and waits for every role to finish what it has in hand.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts `roles` on `store` (already migrated) in this process.
+pub async fn start_roles(
+    config: &Config,
+    store: &EventStore,
+    roles: &[Role],
+) -> Result<RunningRoles, Failure> {
     if roles.iter().any(|role| role.uses_broker()) {
         apply_broker_policies(config).await;
     }
@@ -48,7 +81,8 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
     };
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for role in &roles {
+    let mut http_addr = None;
+    for role in roles {
         match role {
             Role::Api => {
                 let listener = tokio::net::TcpListener::bind(config.http_addr)
@@ -59,7 +93,12 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
                             config.http_addr
                         ))
                     })?;
-                let router = api::router(store.clone(), api_config(config, panels.clone()), metrics.clone());
+                http_addr = listener.local_addr().ok();
+                let router = api::router(
+                    store.clone(),
+                    api_config(config, panels.clone()),
+                    metrics.clone(),
+                );
                 let stop_api = stop.clone();
                 tasks.spawn(async move {
                     if let Err(error) = api::serve(listener, router, stop_api).await {
@@ -67,7 +106,11 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
                     }
                 });
                 let amqp_url = Some(config.amqp_url.as_str().to_owned());
-                tasks.spawn(api::metrics::sample_backlog(store.clone(), amqp_url, stop.clone()));
+                tasks.spawn(api::metrics::sample_backlog(
+                    store.clone(),
+                    amqp_url,
+                    stop.clone(),
+                ));
             }
             Role::Scheduler => {
                 let scheduler = Scheduler::new(KeyLedger::new(store.clone()), SCHEDULER_TICK);
@@ -106,19 +149,18 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
             other => unreachable!("role {other:?} was checked against AVAILABLE_ROLES"),
         }
     }
-    // Listen for signals before saying we serve: a SIGTERM right after that line must
-    // shut down cleanly, not hit the default handler.
-    let shutdown = shutdown_signal()?;
-    tracing::info!(?roles, "keyledger serving");
-    shutdown.await;
-    tracing::info!("shutting down");
-    stop.cancel();
-    while tasks.join_next().await.is_some() {}
-    Ok(())
+    Ok(RunningRoles {
+        tasks,
+        stop,
+        http_addr,
+    })
 }
 
 /// What the HTTP API needs from the configuration.
-fn api_config(config: &Config, panels: Option<std::sync::Arc<x3ui_worker::Panels>>) -> api::ApiConfig {
+fn api_config(
+    config: &Config,
+    panels: Option<std::sync::Arc<x3ui_worker::Panels>>,
+) -> api::ApiConfig {
     api::ApiConfig {
         tokens: api::Tokens::new(
             config.admin_token.as_ref(),
