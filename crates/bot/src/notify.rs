@@ -306,16 +306,19 @@ async fn deliver(context: &Context, owed: &Owed) -> Result<Delivery, SendError> 
             texts.notify_failed(&name)
         }
         "expiry_warning" => {
-            let warned_for = expires_at("expires_at");
-            if state.phase != Phase::Active
-                || warned_for.is_none()
-                || warned_for != details.expires_at
-            {
-                return Ok(Delivery::Superseded);
-            }
-            match warned_for {
-                Some(at) => texts.expiry_warning(&name, at),
-                None => return Ok(Delivery::Superseded),
+            // The view keeps microseconds, the log nanoseconds: the same expiry is the
+            // same to the millisecond.
+            let same_expiry = match (expires_at("expires_at"), details.expires_at) {
+                (Some(warned), Some(current)) => {
+                    (warned - current).abs() < time::Duration::MILLISECOND
+                }
+                _ => false,
+            };
+            match details.expires_at {
+                Some(at) if state.phase == Phase::Active && same_expiry => {
+                    texts.expiry_warning(&name, at)
+                }
+                _ => return Ok(Delivery::Superseded),
             }
         }
         other => {

@@ -59,6 +59,7 @@ impl Harness {
             let policy = ResiliencePolicy {
                 backoff_base: Duration::from_millis(20),
                 backoff_cap: Duration::from_millis(200),
+                open_for: Duration::from_millis(300),
                 ..ResiliencePolicy::default()
             };
             let panel = Panel::connect(sim.panel_config(id, 1), policy).unwrap();
