@@ -13,12 +13,13 @@ use crate::cli::Role;
 use crate::config::Config;
 use crate::scheduler::Scheduler;
 
-/// Roles this build can run. The others of CONTRACT.md §1 arrive with their issues.
-pub const AVAILABLE_ROLES: [Role; 5] = [
+/// Roles this build can run: every role of CONTRACT.md §1.
+pub const AVAILABLE_ROLES: [Role; 6] = [
     Role::Api,
     Role::Relay,
     Role::Projector,
     Role::Worker,
+    Role::Bot,
     Role::Scheduler,
 ];
 
@@ -146,7 +147,19 @@ pub async fn start_roles(
                 let relay = Relay::new(store.clone(), RelayConfig::new(config.amqp_url.as_str()));
                 tasks.spawn(relay.run(stop.clone()));
             }
-            other => unreachable!("role {other:?} was checked against AVAILABLE_ROLES"),
+            Role::Bot => match &config.telegram_bot_token {
+                None => tracing::info!("bot role off: TELEGRAM_BOT_TOKEN not set"),
+                Some(token) => {
+                    let bot_config = bot_config(config, token);
+                    let (store, url) = (store.clone(), config.amqp_url.as_str().to_owned());
+                    let stop = stop.clone();
+                    tasks.spawn(async move {
+                        if let Err(error) = bot::run_bot(store, &url, bot_config, stop).await {
+                            tracing::error!(%error, "bot role could not start");
+                        }
+                    });
+                }
+            },
         }
     }
     Ok(RunningRoles {
@@ -154,6 +167,24 @@ pub async fn start_roles(
         stop,
         http_addr,
     })
+}
+
+/// What the bot needs from the configuration: the token, the Bot API URL and the locations
+/// users may choose, by the names they see.
+fn bot_config(config: &Config, token: &crate::config::Secret) -> bot::BotConfig {
+    let locations = config
+        .locations
+        .iter()
+        .map(|location| bot::BotLocation {
+            id: location.id.clone(),
+            name: location.name.clone(),
+        })
+        .collect();
+    bot::BotConfig::new(
+        bot::BotToken::new(token.expose()),
+        config.telegram_api_url.clone(),
+        locations,
+    )
 }
 
 /// What the HTTP API needs from the configuration.
