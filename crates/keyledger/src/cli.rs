@@ -43,6 +43,9 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// The whole pipeline against a built-in panel simulator and a scripted user, told as
+    /// it happens; in a scratch database and vhost removed afterwards.
+    Demo,
     /// Serve a simulated 3x-ui panel (in memory, for demos) until SIGTERM or SIGINT.
     PanelSim(crate::panel_sim::PanelSimArgs),
     /// Benchmarks; each prints JSON with its baseline measured in the same run.

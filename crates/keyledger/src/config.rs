@@ -42,6 +42,10 @@ pub use x3ui_worker::Secret;
 pub struct ServiceUrl(Url);
 
 impl ServiceUrl {
+    pub fn new(url: Url) -> Self {
+        Self(url)
+    }
+
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }

@@ -10,6 +10,7 @@ pub mod bench;
 mod bench_rebuild;
 pub mod cli;
 pub mod config;
+mod demo;
 pub mod panel_sim;
 pub mod panels;
 pub mod scheduler;
@@ -63,7 +64,11 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
-    let config = Config::load(cli.config.as_deref())?;
+    let mut config = Config::load(cli.config.as_deref())?;
+    if matches!(cli.command, Command::Demo) && std::env::var_os("RUST_LOG").is_none() {
+        // The demo tells its own story on stdout; routine log lines would bury it.
+        config.log_filter = "warn".into();
+    }
     telemetry::init(&config);
     let mut out = std::io::stdout().lock();
     match cli.command {
@@ -105,6 +110,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             match command {
                 ProjectionsCommand::Rebuild => audit::rebuild_projections(&store, &mut out).await?,
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            demo::run(&config, &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::PanelSim(args) => {
