@@ -702,29 +702,36 @@ fn client_json(client: &PanelClient) -> Value {
     })
 }
 
-/// Runs a pass over every location every `interval` until `stop` is cancelled.
+/// Runs a pass over every location every `interval` until `stop` is cancelled, with the
+/// default grace for keys in flight ([`Reconciler::run`] for another).
 pub async fn run_reconciler(
     store: EventStore,
     panels: Arc<Panels>,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let reconciler = Reconciler::new(store, panels);
-    loop {
-        match reconciler.reconcile(None, false).await {
-            Ok(pass) => {
-                for failure in &pass.failures {
-                    tracing::warn!(error = %failure, "reconcile pass incomplete");
+    Reconciler::new(store, panels).run(interval, stop).await;
+}
+
+impl Reconciler {
+    /// Runs a pass over every location every `interval` until `stop` is cancelled.
+    pub async fn run(self, interval: Duration, stop: CancellationToken) {
+        loop {
+            match self.reconcile(None, false).await {
+                Ok(pass) => {
+                    for failure in &pass.failures {
+                        tracing::warn!(error = %failure, "reconcile pass incomplete");
+                    }
                 }
+                Err(error) => tracing::warn!(%error, "reconcile pass failed"),
             }
-            Err(error) => tracing::warn!(%error, "reconcile pass failed"),
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(interval) => {}
+            }
         }
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(interval) => {}
-        }
+        tracing::info!("reconciler stopped");
     }
-    tracing::info!("reconciler stopped");
 }
 
 #[cfg(test)]
