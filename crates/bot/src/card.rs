@@ -1,7 +1,7 @@
 //! A key as the bot shows it: state and link from the log (and the key view for a link
 //! the log does not carry), with the buttons that fit its state.
 
-use domain::{KeyId, KeyState, Phase};
+use domain::{KeyId, KeyState, KeyStatus, Phase};
 use eventstore::RecordedEvent;
 use projector::KeyView;
 use uuid::Uuid;
@@ -10,19 +10,17 @@ use crate::callback::{Action, KeyRef};
 use crate::telegram::Keyboard;
 use crate::texts::{CardState, Milestone, Texts};
 
-/// What the card says about the key.
+/// What the card says about the key: the domain's status, so the bot and the key views
+/// never disagree about it.
 pub fn card_state(state: &KeyState) -> Option<CardState> {
-    if state.failure.is_some() && state.phase.awaits_panel() {
-        return Some(CardState::Failed);
-    }
-    Some(match state.phase {
-        Phase::Absent => return None,
-        Phase::Provisioning => CardState::Provisioning,
-        Phase::Active => CardState::Active,
-        Phase::Rotating => CardState::Rotating,
-        Phase::Revoking => CardState::Revoking,
-        Phase::Revoked => CardState::Revoked,
-        Phase::Expired => CardState::Expired,
+    Some(match state.status()? {
+        KeyStatus::Provisioning => CardState::Provisioning,
+        KeyStatus::Active => CardState::Active,
+        KeyStatus::Rotating => CardState::Rotating,
+        KeyStatus::Revoking => CardState::Revoking,
+        KeyStatus::Revoked => CardState::Revoked,
+        KeyStatus::Expired => CardState::Expired,
+        KeyStatus::Failed => CardState::Failed,
     })
 }
 

@@ -432,8 +432,14 @@ impl Context {
                 ]];
                 self.send(speaker, &question, Some(&keyboard)).await
             }
-            Action::ConfirmRefresh(key) => self.refresh(speaker, query_id, message_id, key).await,
-            Action::ConfirmRevoke(key) => self.revoke(speaker, query_id, message_id, key).await,
+            Action::ConfirmRefresh(key) => {
+                self.confirmed(speaker, query_id, message_id, key, true)
+                    .await
+            }
+            Action::ConfirmRevoke(key) => {
+                self.confirmed(speaker, query_id, message_id, key, false)
+                    .await
+            }
         }
     }
 
@@ -483,38 +489,45 @@ impl Context {
         self.show_key(speaker, key_id).await
     }
 
-    async fn refresh(
+    /// A confirmed refresh or revocation: checked against the presser and the version the
+    /// button was shown for, then run once.
+    async fn confirmed(
         &self,
         speaker: &Speaker,
         query_id: &str,
         message_id: Option<i32>,
         key: KeyRef,
+        refresh: bool,
     ) -> Result<(), BotError> {
         let texts = speaker.texts();
         let Some((state, _)) = self.owned(speaker, query_id, key).await? else {
             return Ok(());
         };
         let name = self.location_of(&state);
+        let already_running = texts.refresh_already_running(&name);
         if state.version != key.version {
-            if state.phase == Phase::Rotating {
+            if refresh && state.phase == Phase::Rotating {
                 self.answer(query_id, None).await?;
                 return self
-                    .edit_or_send(
-                        speaker,
-                        message_id,
-                        &texts.refresh_already_running(&name),
-                        None,
-                    )
+                    .edit_or_send(speaker, message_id, &already_running, None)
                     .await;
             }
             return self.stale(speaker, query_id, key.key_id).await;
         }
-        let command = KeyCommand::Rotate(RotateKey {
-            fresh_client_uuid: Uuid::new_v4(),
-        });
+        let (command, name_of_command, done) = if refresh {
+            let rotate = KeyCommand::Rotate(RotateKey {
+                fresh_client_uuid: Uuid::new_v4(),
+            });
+            (rotate, "rotate", texts.refresh_started(&name))
+        } else {
+            let revoke = KeyCommand::Revoke(RevokeKey {
+                reason: REVOKE_REASON.to_owned(),
+            });
+            (revoke, "revoke", texts.revoke_started(&name))
+        };
         // Named by the key and the version the button was shown for: the second of two
         // quick presses is the same command, and the log applies it once.
-        let id = command_id(&format!("rotate/{}/{}", key.key_id, key.version));
+        let id = command_id(&format!("{name_of_command}/{}/{}", key.key_id, key.version));
         match self.execute(speaker, key.key_id, &command, id).await {
             Ok(_) => {}
             Err(BotError::Execute {
@@ -523,63 +536,21 @@ impl Context {
             }) => {
                 self.answer(query_id, None).await?;
                 return self
-                    .edit_or_send(
-                        speaker,
-                        message_id,
-                        &texts.refresh_already_running(&name),
-                        None,
-                    )
+                    .edit_or_send(speaker, message_id, &already_running, None)
                     .await;
             }
             Err(BotError::Execute {
                 source: ExecuteError::Refused(refusal),
                 ..
             }) => {
-                tracing::info!(user_id = %speaker.user, key_id = %key.key_id, %refusal, "refresh refused");
+                tracing::info!(user_id = %speaker.user, key_id = %key.key_id, %refusal, command = name_of_command, "refused");
                 return self.stale(speaker, query_id, key.key_id).await;
             }
             Err(other) => return Err(other),
         }
-        tracing::info!(user_id = %speaker.user, key_id = %key.key_id, "key refresh requested from Telegram");
+        tracing::info!(user_id = %speaker.user, key_id = %key.key_id, command = name_of_command, "requested from Telegram");
         self.answer(query_id, None).await?;
-        self.edit_or_send(speaker, message_id, &texts.refresh_started(&name), None)
-            .await
-    }
-
-    async fn revoke(
-        &self,
-        speaker: &Speaker,
-        query_id: &str,
-        message_id: Option<i32>,
-        key: KeyRef,
-    ) -> Result<(), BotError> {
-        let texts = speaker.texts();
-        let Some((state, _)) = self.owned(speaker, query_id, key).await? else {
-            return Ok(());
-        };
-        if state.version != key.version {
-            return self.stale(speaker, query_id, key.key_id).await;
-        }
-        let name = self.location_of(&state);
-        let command = KeyCommand::Revoke(RevokeKey {
-            reason: REVOKE_REASON.to_owned(),
-        });
-        let id = command_id(&format!("revoke/{}/{}", key.key_id, key.version));
-        match self.execute(speaker, key.key_id, &command, id).await {
-            Ok(_) => {}
-            Err(BotError::Execute {
-                source: ExecuteError::Refused(refusal),
-                ..
-            }) => {
-                tracing::info!(user_id = %speaker.user, key_id = %key.key_id, %refusal, "revocation refused");
-                return self.stale(speaker, query_id, key.key_id).await;
-            }
-            Err(other) => return Err(other),
-        }
-        tracing::info!(user_id = %speaker.user, key_id = %key.key_id, "key revocation requested from Telegram");
-        self.answer(query_id, None).await?;
-        self.edit_or_send(speaker, message_id, &texts.revoke_started(&name), None)
-            .await
+        self.edit_or_send(speaker, message_id, &done, None).await
     }
 }
 
