@@ -90,6 +90,22 @@ pub enum BenchCommand {
     /// Rebuilding the key views from the log, against a raw ordered scan (COPY) of the
     /// same rows.
     Rebuild(RebuildBenchArgs),
+    /// Simulated users through every role against the panel simulator, against the
+    /// simulator's own capacity at the same latency.
+    E2e(E2eBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct E2eBenchArgs {
+    /// Users, each requesting a key, refreshing it three times and revoking it.
+    #[arg(long, default_value_t = 1000)]
+    pub users: usize,
+    /// Added to every panel answer.
+    #[arg(long, default_value_t = 20)]
+    pub panel_latency_ms: u64,
+    /// Users acting at the same time (and the baseline's concurrent panel calls).
+    #[arg(long, default_value_t = 100)]
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone, Args)]

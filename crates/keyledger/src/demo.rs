@@ -46,16 +46,16 @@ pub async fn run(config: &Config, out: &mut impl Write) -> Result<(), Failure> {
     outcome.map_err(Failure::Runtime)
 }
 
-/// The demo's own database and vhost.
-struct Scratch {
-    database_url: String,
-    amqp_url: String,
-    vhost: String,
+/// A database and a vhost of their own, for the demo and the end-to-end benchmark.
+pub(crate) struct Scratch {
+    pub(crate) database_url: String,
+    pub(crate) amqp_url: String,
+    pub(crate) vhost: String,
     management: Option<Management>,
 }
 
 impl Scratch {
-    async fn create(config: &Config, name: &str) -> Result<Self, Failure> {
+    pub(crate) async fn create(config: &Config, name: &str) -> Result<Self, Failure> {
         let database_url = with_database(config.database_url.as_str(), name)
             .map_err(|e| Failure::Usage(format!("DATABASE_URL: {e}")))?;
         create_database(&database_url).await.map_err(|e| {
@@ -88,7 +88,7 @@ impl Scratch {
         })
     }
 
-    async fn remove(self) {
+    pub(crate) async fn remove(self) {
         if let Some(management) = &self.management
             && let Err(error) = management.delete_vhost(&self.vhost).await
         {

@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod bench;
+mod bench_e2e;
 mod bench_rebuild;
 pub mod cli;
 pub mod config;
@@ -124,6 +125,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             match command {
                 BenchCommand::Append(args) => bench::append(&config, &args, &mut out).await?,
                 BenchCommand::Relay(args) => bench::relay(&config, &args, &mut out).await?,
+                BenchCommand::E2e(args) => bench_e2e::e2e(&config, &args, &mut out).await?,
                 BenchCommand::Rebuild(args) => {
                     bench_rebuild::rebuild(&config, &args, &mut out).await?
                 }
