@@ -172,3 +172,63 @@ async fn a_panel_failure_is_told_plainly_and_followed_up() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_and_a_repaired_key_are_told_and_in_the_history() {
+    use domain::{DriftKind, ExpireKey, KeyCommand, RecordDrift, RecordDriftRepaired};
+    use eventstore::{Actor, ActorKind, EventMetadata};
+
+    let h = Harness::with(&[("ams", "Amsterdam")], |config| {
+        config.key_lifetime = Some(Duration::from_secs(30 * 24 * 3600));
+    })
+    .await;
+    let user = TestUser::new(5401, "Gus", Some("en"));
+    let key = Harness::key_id(&user, "ams");
+    let mark = h.say(&user, "/key").await;
+    h.expect(&user, mark, "Amsterdam is ready").await;
+
+    // What the reconciler and the scheduler record, as they would.
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(31);
+    let commands = [
+        (
+            ActorKind::Reconciler,
+            KeyCommand::RecordDrift(RecordDrift {
+                kind: DriftKind::MissingOnPanel,
+                expected: serde_json::json!({}),
+                observed: serde_json::Value::Null,
+            }),
+        ),
+        (
+            ActorKind::Reconciler,
+            KeyCommand::RecordDriftRepaired(RecordDriftRepaired {
+                kind: DriftKind::MissingOnPanel,
+            }),
+        ),
+        (
+            ActorKind::Scheduler,
+            KeyCommand::Expire(ExpireKey { now: later }),
+        ),
+    ];
+    for (actor, command) in commands {
+        let metadata = EventMetadata::for_command(uuid::Uuid::new_v4(), Actor::new(actor, "test"));
+        h.ledger.execute(key, &command, &metadata).await.unwrap();
+    }
+    h.expect(&user, mark, "has expired and no longer works")
+        .await;
+
+    let mark = h.say(&user, "/history").await;
+    let history = h.expect(&user, mark, "Your key for Amsterdam").await;
+    for milestone in ["— issued", "— repaired on the server", "— expired"] {
+        assert!(
+            history.text.contains(milestone),
+            "{milestone}: {}",
+            history.text
+        );
+    }
+    // An expired key's card offers a new key, not a refresh.
+    let mark = h.say(&user, "/key").await;
+    let setting_up = h.expect(&user, mark, "Setting up your key").await;
+    assert!(setting_up.button("Refresh").is_none());
+    assert_eq!(h.count(key, "key.requested").await, 2);
+    h.stop().await;
+}
