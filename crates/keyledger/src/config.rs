@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use domain::LocationId;
 use serde::Deserialize;
@@ -124,6 +125,34 @@ pub struct Config {
     /// `None`: pretty on a terminal, JSON otherwise.
     pub log_format: Option<LogFormat>,
     pub locations: Vec<Location>,
+    pub reconcile: ReconcileSettings,
+}
+
+/// When the worker role's reconciler runs (file section `[reconcile]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileSettings {
+    /// Between the starts of two passes over every location.
+    pub interval: Duration,
+    /// A key still waiting for the worker this long after its newest event is applied by
+    /// the reconciler (its message was dead-lettered or lost). Longer than the worker's
+    /// own retries (about four minutes before dead-lettering), so the two rarely overlap.
+    pub stuck_after: Duration,
+}
+
+impl Default for ReconcileSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(300),
+            stuck_after: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileReconcile {
+    interval_seconds: Option<u64>,
+    stuck_after_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +165,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     #[serde(default)]
     locations: Vec<FileLocation>,
+    #[serde(default)]
+    reconcile: FileReconcile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +258,7 @@ impl Config {
             .map(|(index, location)| resolve_location(index, location, &env))
             .collect::<Result<Vec<_>, _>>()?;
         ensure_unique_ids(&locations)?;
+        let reconcile = reconcile_settings(&file.reconcile)?;
 
         Ok(Self {
             database_url,
@@ -240,8 +272,29 @@ impl Config {
             log_filter: env("RUST_LOG").unwrap_or_else(|| "info".into()),
             log_format,
             locations,
+            reconcile,
         })
     }
+}
+
+fn reconcile_settings(file: &FileReconcile) -> Result<ReconcileSettings, ConfigError> {
+    let defaults = ReconcileSettings::default();
+    let seconds = |field: &str, value: Option<u64>, default: Duration| match value {
+        None => Ok(default),
+        Some(s) if (5..=86_400).contains(&s) => Ok(Duration::from_secs(s)),
+        Some(s) => Err(ConfigError::new(
+            format!("reconcile.{field}"),
+            format!("{s} is outside 5 to 86400 seconds"),
+        )),
+    };
+    Ok(ReconcileSettings {
+        interval: seconds("interval_seconds", file.interval_seconds, defaults.interval)?,
+        stuck_after: seconds(
+            "stuck_after_seconds",
+            file.stuck_after_seconds,
+            defaults.stuck_after,
+        )?,
+    })
 }
 
 /// serde's message for an unknown key is "unknown field `x`, expected ...".

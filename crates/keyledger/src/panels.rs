@@ -55,6 +55,7 @@ pub async fn reconcile(
     out: &mut impl Write,
 ) -> anyhow::Result<bool> {
     let pass = x3ui_worker::Reconciler::new(store, panels(config)?)
+        .with_in_flight_grace(config.reconcile.stuck_after)
         .reconcile(location, dry_run)
         .await?;
     for report in &pass.reports {

@@ -23,9 +23,6 @@ pub const AVAILABLE_ROLES: [Role; 6] = [
     Role::Scheduler,
 ];
 
-/// How often the worker role's reconciler compares every panel with the log.
-const RECONCILE_INTERVAL: Duration = Duration::from_secs(300);
-
 const SCHEDULER_TICK: Duration = Duration::from_secs(5);
 
 pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Failure> {
@@ -136,12 +133,9 @@ pub async fn start_roles(
                     panels.clone(),
                     stop.clone(),
                 ));
-                tasks.spawn(x3ui_worker::run_reconciler(
-                    store.clone(),
-                    panels,
-                    RECONCILE_INTERVAL,
-                    stop.clone(),
-                ));
+                let reconciler = x3ui_worker::Reconciler::new(store.clone(), panels)
+                    .with_in_flight_grace(config.reconcile.stuck_after);
+                tasks.spawn(reconciler.run(config.reconcile.interval, stop.clone()));
             }
             Role::Relay => {
                 let relay = Relay::new(store.clone(), RelayConfig::new(config.amqp_url.as_str()));

@@ -189,3 +189,19 @@ fn bad_environment_values_name_their_variable() {
         "KEYLEDGER_AUDITOR_TOKEN"
     );
 }
+
+#[test]
+fn the_reconcile_section_sets_the_period_and_when_a_key_counts_as_stuck() {
+    let defaults = Config::from_sources(None, env(&[])).expect("defaults");
+    assert_eq!(defaults.reconcile.interval.as_secs(), 300);
+    assert_eq!(defaults.reconcile.stuck_after.as_secs(), 300);
+    let file = "[reconcile]\ninterval_seconds = 60\nstuck_after_seconds = 600\n";
+    let config = Config::from_sources(Some(file), env(&[])).expect("valid");
+    assert_eq!(config.reconcile.interval.as_secs(), 60);
+    assert_eq!(config.reconcile.stuck_after.as_secs(), 600);
+    assert_eq!(
+        error_field(Some("[reconcile]\ninterval_seconds = 1\n"), &[]),
+        "reconcile.interval_seconds"
+    );
+    assert_eq!(error_field(Some("[reconcile]\nevery = 5\n"), &[]), "every");
+}
