@@ -335,8 +335,12 @@ impl Context {
 
     async fn on_callback(&self, update_id: i64, query: &CallbackQuery) -> Result<(), BotError> {
         let message = query.message.as_ref();
-        // Buttons live in the private chat with the presser; without a message the press
-        // came from somewhere this bot never put a button.
+        // Keys are personal: buttons live in the private chat with the presser. A press
+        // from a group is not answered, and its chat is never remembered as the place to
+        // send the user's key.
+        if message.is_some_and(|m| !m.chat().is_private()) {
+            return Ok(());
+        }
         let chat = message
             .map(|m| m.chat().id.0)
             .unwrap_or(query.from.id.0 as i64);
