@@ -66,8 +66,10 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let mut config = Config::load(cli.config.as_deref())?;
-    if matches!(cli.command, Command::Demo) && std::env::var_os("RUST_LOG").is_none() {
-        // The demo tells its own story on stdout; routine log lines would bury it.
+    let tells_its_own_story = matches!(cli.command, Command::Demo | Command::Bench { .. });
+    if tells_its_own_story && std::env::var_os("RUST_LOG").is_none() {
+        // The demo and the benchmarks print their own story on stdout; routine log lines
+        // would bury it (and, in a benchmark, cost time).
         config.log_filter = "warn".into();
     }
     telemetry::init(&config);
