@@ -50,6 +50,10 @@ struct Report {
     panel_calls_per_s: f64,
     baseline_panel_capacity_calls_per_s: f64,
     fraction_of_panel_capacity: f64,
+    /// The panel's capacity for calls made one at a time: the bound for its writes, which
+    /// we serialise per panel (its read-modify-write loses concurrent ones).
+    baseline_panel_serial_calls_per_s: f64,
+    fraction_of_serial_capacity: f64,
     peak_memory_mib: f64,
     final_drift: usize,
 }
@@ -101,6 +105,7 @@ pub async fn e2e(config: &Config, args: &E2eBenchArgs, out: &mut impl Write) -> 
 async fn run(config: &Config, scratch: &Scratch, args: &E2eBenchArgs) -> anyhow::Result<Report> {
     let latency = Duration::from_millis(args.panel_latency_ms);
     let baseline = panel_capacity(latency, args.concurrency).await?;
+    let serial = panel_capacity(latency, 1).await?;
 
     let panel = PanelSimulator::start(SimConfig::v2_9()).await?;
     panel
@@ -156,6 +161,8 @@ async fn run(config: &Config, scratch: &Scratch, args: &E2eBenchArgs) -> anyhow:
         panel_calls_per_s: panel_calls_per_s.round(),
         baseline_panel_capacity_calls_per_s: baseline.round(),
         fraction_of_panel_capacity: (panel_calls_per_s / baseline * 1000.0).round() / 1000.0,
+        baseline_panel_serial_calls_per_s: serial.round(),
+        fraction_of_serial_capacity: (panel_calls_per_s / serial * 1000.0).round() / 1000.0,
         peak_memory_mib: peak_memory_mib(),
         final_drift,
     })
