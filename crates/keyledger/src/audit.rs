@@ -28,9 +28,17 @@ pub async fn migrate(config: &Config) -> anyhow::Result<EventStore> {
     Ok(store)
 }
 
+/// Connections per process. Every consumer delivery in hand (up to 8 per queue) holds one
+/// for its transaction, and the worker's handler needs a second one to read the key and
+/// record the acknowledgement: with 8, eight worker deliveries held every connection and
+/// waited for a ninth until the pool timed out (the fault suite's 500 scenario showed it).
+/// Worker, projector and bot notifier together hold at most 24, so 32 leaves the
+/// handlers, the relay, the API and the reconciler room.
+const POOL_CONNECTIONS: u32 = 32;
+
 /// Connects to the configured database.
 pub async fn open_store(config: &Config) -> anyhow::Result<EventStore> {
-    EventStore::connect(config.database_url.as_str(), 8)
+    EventStore::connect(config.database_url.as_str(), POOL_CONNECTIONS)
         .await
         .with_context(|| format!("cannot connect to the database at {}", config.database_url))
 }

@@ -11,7 +11,7 @@ pub struct ResiliencePolicy {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
-    /// Consecutive panel failures that open the breaker.
+    /// Consecutive failed panel calls (each retry is a call) that open the breaker.
     pub failure_threshold: u32,
     /// How long an open breaker refuses calls before letting one probe through.
     pub open_for: Duration,
@@ -23,7 +23,12 @@ impl Default for ResiliencePolicy {
             max_attempts: 4,
             backoff_base: Duration::from_millis(200),
             backoff_cap: Duration::from_secs(5),
-            failure_threshold: 5,
+            // Well above the runs of failures a flaky panel gives by chance (one
+            // operation alone makes up to `max_attempts` calls; at a 20% error rate a
+            // run of 12 comes once in ~4e8 calls), well below what a panel that is down
+            // gives within a second. At 5, one unlucky operation and one more 500 opened
+            // it for 30 s, and every failed half-open probe (20%) for 30 s more.
+            failure_threshold: 12,
             open_for: Duration::from_secs(30),
         }
     }
@@ -202,6 +207,30 @@ mod tests {
             .expect("the probe's turn came back")
             .failure();
         assert_ne!(zero.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_panel_failing_a_fifth_of_its_calls_does_not_open_the_default_breaker() {
+        let policy = ResiliencePolicy::default();
+        let breaker = CircuitBreaker::new(policy.failure_threshold, policy.open_for);
+        let mut dice = fastrand::Rng::with_seed(7);
+        for call in 0..200_000 {
+            let permit = breaker
+                .acquire()
+                .unwrap_or_else(|_| panic!("opened by chance at call {call}"));
+            if dice.f64() < 0.2 {
+                permit.failure();
+            } else {
+                permit.success();
+            }
+        }
+        // A panel that is down opens it within a few operations' retries.
+        breaker.acquire().expect("closed").success();
+        for _ in 0..policy.failure_threshold {
+            breaker.acquire().expect("closed").failure();
+        }
+        assert_eq!(breaker.state(), BreakerState::Open);
+        assert!(policy.failure_threshold <= 4 * policy.max_attempts);
     }
 
     #[test]
