@@ -96,6 +96,12 @@ pub enum PanelError {
         operation: Operation,
         status: u16,
     },
+    #[error("{location}: cannot take the panel's write turn in PostgreSQL: {source}")]
+    WriteTurn {
+        location: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("{location}: login refused: {msg}")]
     LoginRefused { location: String, msg: String },
     #[error(
@@ -148,7 +154,8 @@ impl PanelError {
             Self::Transport { .. }
             | Self::Timeout { .. }
             | Self::Protocol { .. }
-            | Self::ReadBackMismatch { .. } => true,
+            | Self::ReadBackMismatch { .. }
+            | Self::WriteTurn { .. } => true,
             Self::Http { status, .. } => *status >= 500 || *status == 429,
             Self::LoginRefused { .. }
             | Self::SessionRejected { .. }

@@ -6,6 +6,8 @@ use std::future::Future;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
@@ -34,6 +36,45 @@ pub enum Absence {
     Disabled,
 }
 
+/// The advisory lock key of a location's write turn, shared by every process.
+fn write_turn_key(location: &str) -> String {
+    format!("keyledger.panel-writes/{location}")
+}
+
+/// A turn to write to one panel: this process's lock and, when shared, the advisory
+/// lock on a session of its own.
+struct WriteTurn<'a> {
+    _local: tokio::sync::MutexGuard<'a, ()>,
+    shared: Option<(PoolConnection<Postgres>, String)>,
+}
+
+impl WriteTurn<'_> {
+    /// Hands the turn on. Should the unlock fail, the session is closed instead, which
+    /// releases the lock just the same.
+    async fn end(mut self) {
+        let Some((mut conn, location)) = self.shared.take() else {
+            return;
+        };
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+            .bind(write_turn_key(&location))
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            conn.close_on_drop();
+        }
+    }
+}
+
+impl Drop for WriteTurn<'_> {
+    /// A turn dropped without [`WriteTurn::end`] (its write was cancelled) must not leave
+    /// a pooled session holding the lock: that session is closed.
+    fn drop(&mut self) {
+        if let Some((conn, _)) = self.shared.as_mut() {
+            conn.close_on_drop();
+        }
+    }
+}
+
 /// One panel (location) with its write lock, breaker and retry policy.
 #[derive(Debug)]
 pub struct Panel<A = AnyPanelApi> {
@@ -43,6 +84,10 @@ pub struct Panel<A = AnyPanelApi> {
     /// The panel's read-modify-write of an inbound takes no lock (x3ui-api.md "Data"):
     /// two of our writes at once could lose one, so we never send two at once.
     writes: Mutex<()>,
+    /// Other processes (scaled-out workers, a reconcile run) write to the same panel, and
+    /// the panel loses their concurrent writes just the same: with a database to share,
+    /// every process takes its turn through a PostgreSQL advisory lock per location.
+    shared_turns: std::sync::OnceLock<PgPool>,
     /// The inbound (port, remark, settings) as last listed: what links are made of.
     inbound: std::sync::Mutex<Option<Arc<Inbound>>>,
     last_success: std::sync::Mutex<Option<OffsetDateTime>>,
@@ -62,6 +107,7 @@ impl<A: PanelApi> Panel<A> {
             api,
             policy,
             writes: Mutex::new(()),
+            shared_turns: std::sync::OnceLock::new(),
             inbound: std::sync::Mutex::new(None),
             last_success: std::sync::Mutex::new(None),
         }
@@ -73,6 +119,37 @@ impl<A: PanelApi> Panel<A> {
 
     pub fn location(&self) -> &str {
         self.api.location()
+    }
+
+    /// Serialises this panel's writes with every other process using `pool`'s database
+    /// (the first pool given is kept).
+    pub fn share_write_turns(&self, pool: &PgPool) {
+        let _ = self.shared_turns.set(pool.clone());
+    }
+
+    /// This process's turn to write, and, when shared, every process's.
+    async fn write_turn(&self) -> Result<WriteTurn<'_>, PanelError> {
+        let local = self.writes.lock().await;
+        let Some(pool) = self.shared_turns.get() else {
+            return Ok(WriteTurn {
+                _local: local,
+                shared: None,
+            });
+        };
+        let failed = |source| PanelError::WriteTurn {
+            location: self.location().to_owned(),
+            source,
+        };
+        let mut conn = pool.acquire().await.map_err(failed)?;
+        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+            .bind(write_turn_key(self.location()))
+            .execute(&mut *conn)
+            .await
+            .map_err(failed)?;
+        Ok(WriteTurn {
+            _local: local,
+            shared: Some((conn, self.location().to_owned())),
+        })
     }
 
     pub fn breaker_state(&self) -> BreakerState {
@@ -134,12 +211,15 @@ impl<A: PanelApi> Panel<A> {
     /// [`Panel::ensure_client`] for many at once: every missing client goes into one
     /// addClient request. Outcomes are in the order of `specs`.
     pub async fn ensure_clients(&self, specs: &[ClientSpec]) -> Result<Vec<Ensured>, PanelError> {
-        let _write = self.writes.lock().await;
+        let turn = self.write_turn().await?;
         // Kept across retries: an add whose read-back failed still was an add, even
         // though the retry then finds the client in place.
         let outcomes = std::sync::Mutex::new(vec![Ensured::Unchanged; specs.len()]);
-        self.guarded(Operation::AddClients, || self.ensure_once(specs, &outcomes))
-            .await?;
+        let written = self
+            .guarded(Operation::AddClients, || self.ensure_once(specs, &outcomes))
+            .await;
+        turn.end().await;
+        written?;
         Ok(outcomes
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner))
@@ -149,9 +229,12 @@ impl<A: PanelApi> Panel<A> {
     /// the inbound's last client is disabled instead, because the panel refuses to
     /// delete it.
     pub async fn ensure_client_absent(&self, email: &str) -> Result<Absence, PanelError> {
-        let _write = self.writes.lock().await;
-        self.guarded(Operation::DeleteClient, || self.absent_once(email))
-            .await
+        let turn = self.write_turn().await?;
+        let absence = self
+            .guarded(Operation::DeleteClient, || self.absent_once(email))
+            .await;
+        turn.end().await;
+        absence
     }
 
     async fn ensure_once(

@@ -138,6 +138,11 @@ struct Inner {
 
 impl Worker {
     pub fn new(store: EventStore, panels: Arc<Panels>, config: WorkerConfig) -> Self {
+        // Every process that writes to the panels shares this database: take write
+        // turns through it, so scaled-out workers never lose each other's writes.
+        for location in panels.iter() {
+            location.panel().share_write_turns(store.pool());
+        }
         Self {
             inner: Arc::new(Inner {
                 ledger: KeyLedger::new(store),

@@ -237,6 +237,36 @@ async fn one_panel_serialises_its_own_writes() {
     assert_eq!(sim.handle().clients(1).len(), 4);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panel_clients_of_two_processes_take_turns_through_postgresql() {
+    let db = eventstore::testing::TestDatabase::create().await;
+    let sim = PanelSimulator::start(SimConfig::v2_9()).await.unwrap();
+    // The same set-up that loses a write above: two clients, nothing serialising them in
+    // memory; here they share the database, as every keyledger process does.
+    sim.handle().update_faults(|f| {
+        f.lost_write_window = Some(Duration::from_millis(300));
+        f.latency = Duration::from_millis(100);
+    });
+    let first = Panel::connect(sim.panel_config("ams", 1), fast_policy()).unwrap();
+    let second = Panel::connect(sim.panel_config("ams", 1), fast_policy()).unwrap();
+    first.share_write_turns(db.pool());
+    second.share_write_turns(db.pool());
+    let (a, b) = (spec("a-ams"), spec("b-ams"));
+
+    let (ra, rb) = tokio::join!(first.ensure_client(&a), second.ensure_client(&b));
+    assert_eq!(ra.unwrap(), Ensured::Added);
+    assert_eq!(rb.unwrap(), Ensured::Added);
+    assert_eq!(sim.handle().stats().lost_writes, 0, "the writes overlapped");
+    assert!(sim.handle().client("a-ams").is_some());
+    assert!(sim.handle().client("b-ams").is_some());
+    // The turn is handed on: nobody holds the lock afterwards.
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(held, 0);
+}
+
 /// Hides one email from the first listing, as if someone added it between our read and
 /// our write.
 struct StaleFirstList {
