@@ -5,7 +5,7 @@
 mod common;
 
 use bot::testing::{FakeTelegram, Sent, TestUser};
-use common::{Serving, tempfile_with};
+use common::{Serving, ams_config_file};
 use eventstore::testing::TestDatabase;
 use x3ui_worker::simulator::{PanelSimulator, SimConfig};
 
@@ -45,12 +45,7 @@ async fn serve_runs_the_bot_conversation_end_to_end() {
         .await
         .expect("simulator");
     let telegram = FakeTelegram::start().await.expect("fake Bot API");
-    let config = tempfile_with(&format!(
-        "[[locations]]\nid = \"ams\"\nname = \"Amsterdam\"\npanel_url = \"{}\"\n\
-         username = \"admin\"\npassword_env = \"X3UI_AMS_PASSWORD\"\ninbound_id = 1\n\
-         public_host = \"ams.example.com\"\n",
-        panel.base_url()
-    ));
+    let config = ams_config_file(&panel.base_url());
     let api_url = telegram.api_url().to_string();
     let env = [
         ("DATABASE_URL", db.url.as_str()),

@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Serving, eventually, keyledger, stdout, tempfile_with};
+use common::{Serving, ams_config_file, eventually, keyledger, stdout};
 
 use eventstore::testing::{TestDatabase, server_url};
 use eventstore::{Actor, ActorKind, EventMetadata, NewEvent};
@@ -285,12 +285,7 @@ async fn serve_provisions_a_requested_key_on_the_panel_and_reconcile_repairs_dri
     let panel = PanelSimulator::start(SimConfig::v2_9())
         .await
         .expect("simulator");
-    let config = tempfile_with(&format!(
-        "[[locations]]\nid = \"ams\"\nname = \"Amsterdam\"\npanel_url = \"{}\"\n\
-         username = \"admin\"\npassword_env = \"X3UI_AMS_PASSWORD\"\ninbound_id = 1\n\
-         public_host = \"ams.example.com\"\n",
-        panel.base_url()
-    ));
+    let config = ams_config_file(&panel.base_url());
     let env = [
         ("DATABASE_URL", db.url.as_str()),
         ("AMQP_URL", broker.amqp_url.as_str()),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Serving, eventually, tempfile_with};
+use common::{Serving, ams_config_file, eventually};
 use serde_json::{Value, json};
 use x3ui_worker::simulator::{PanelSimulator, SimConfig};
 
@@ -80,12 +80,7 @@ async fn a_key_requested_over_http_is_provisioned_rotated_and_revoked() {
     let panel = PanelSimulator::start(SimConfig::v2_9())
         .await
         .expect("simulator");
-    let config = tempfile_with(&format!(
-        "[[locations]]\nid = \"ams\"\nname = \"Amsterdam\"\npanel_url = \"{}\"\n\
-         username = \"admin\"\npassword_env = \"X3UI_AMS_PASSWORD\"\ninbound_id = 1\n\
-         public_host = \"ams.example.com\"\n",
-        panel.base_url()
-    ));
+    let config = ams_config_file(&panel.base_url());
     let address = free_address();
     let env = [
         ("DATABASE_URL", db.url.as_str()),

@@ -113,3 +113,13 @@ pub fn tempfile_with(content: &str) -> String {
     std::fs::write(&path, content).expect("write config");
     path.to_string_lossy().into_owned()
 }
+
+/// A config file with one location, `ams`, on the panel at `panel_url` (a simulator; its
+/// password is read from `X3UI_AMS_PASSWORD`).
+pub fn ams_config_file(panel_url: &url::Url) -> String {
+    tempfile_with(&format!(
+        "[[locations]]\nid = \"ams\"\nname = \"Amsterdam\"\npanel_url = \"{panel_url}\"\n\
+         username = \"admin\"\npassword_env = \"X3UI_AMS_PASSWORD\"\ninbound_id = 1\n\
+         public_host = \"ams.example.com\"\n"
+    ))
+}
