@@ -20,6 +20,7 @@ pub mod panel;
 mod panels;
 pub mod reconcile;
 mod resilience;
+mod session_lock;
 pub mod simulator;
 pub mod worker;
 

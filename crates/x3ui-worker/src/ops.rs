@@ -6,8 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
@@ -16,6 +15,7 @@ use crate::error::{Operation, PanelError, Refusal};
 use crate::model::{ClientSpec, Inbound, InboundClients, PanelClient};
 use crate::panel::{AnyPanelApi, PanelApi};
 use crate::resilience::{BreakerState, CircuitBreaker, ResiliencePolicy};
+use crate::session_lock::SessionLock;
 
 /// What [`Panel::ensure_client`] had to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,36 +41,17 @@ fn write_turn_key(location: &str) -> String {
     format!("keyledger.panel-writes/{location}")
 }
 
-/// A turn to write to one panel: this process's lock and, when shared, the advisory
-/// lock on a session of its own.
+/// A turn to write to one panel: this process's lock and, when shared, every process's.
 struct WriteTurn<'a> {
     _local: tokio::sync::MutexGuard<'a, ()>,
-    shared: Option<(PoolConnection<Postgres>, String)>,
+    shared: Option<SessionLock>,
 }
 
 impl WriteTurn<'_> {
-    /// Hands the turn on. Should the unlock fail, the session is closed instead, which
-    /// releases the lock just the same.
-    async fn end(mut self) {
-        let Some((mut conn, location)) = self.shared.take() else {
-            return;
-        };
-        let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-            .bind(write_turn_key(&location))
-            .execute(&mut *conn)
-            .await;
-        if unlocked.is_err() {
-            conn.close_on_drop();
-        }
-    }
-}
-
-impl Drop for WriteTurn<'_> {
-    /// A turn dropped without [`WriteTurn::end`] (its write was cancelled) must not leave
-    /// a pooled session holding the lock: that session is closed.
-    fn drop(&mut self) {
-        if let Some((conn, _)) = self.shared.as_mut() {
-            conn.close_on_drop();
+    /// Hands the turn on.
+    async fn end(self) {
+        if let Some(shared) = self.shared {
+            shared.release().await;
         }
     }
 }
@@ -136,19 +117,15 @@ impl<A: PanelApi> Panel<A> {
                 shared: None,
             });
         };
-        let failed = |source| PanelError::WriteTurn {
-            location: self.location().to_owned(),
-            source,
-        };
-        let mut conn = pool.acquire().await.map_err(failed)?;
-        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
-            .bind(write_turn_key(self.location()))
-            .execute(&mut *conn)
+        let shared = SessionLock::acquire(pool, write_turn_key(self.location()))
             .await
-            .map_err(failed)?;
+            .map_err(|source| PanelError::WriteTurn {
+                location: self.location().to_owned(),
+                source,
+            })?;
         Ok(WriteTurn {
             _local: local,
-            shared: Some((conn, self.location().to_owned())),
+            shared: Some(shared),
         })
     }
 

@@ -28,6 +28,7 @@ use crate::error::PanelError;
 use crate::model::{ClientSpec, InboundClients, PanelClient};
 use crate::ops::{Absence, Ensured};
 use crate::panels::{Location, Panels};
+use crate::session_lock::SessionLock;
 use crate::worker::{Worker, WorkerConfig, command_id};
 
 /// What a reconcile found about one panel client or one key.
@@ -713,16 +714,36 @@ pub async fn run_reconciler(
     Reconciler::new(store, panels).run(interval, stop).await;
 }
 
+/// The advisory lock a periodic pass holds: with workers scaled out, one pass at a time
+/// lists the panels, instead of one per worker process, each recording the same drift.
+const PERIODIC_PASS_LOCK: &str = "keyledger.reconcile-pass";
+
 impl Reconciler {
-    /// Runs a pass over every location every `interval` until `stop` is cancelled.
+    /// A full pass, unless another process's periodic pass is under way (then `None`).
+    pub async fn reconcile_if_alone(&self) -> Result<Option<PassReport>, ReconcileError> {
+        let pool = self.ledger.store().pool();
+        let lock = SessionLock::try_acquire(pool, PERIODIC_PASS_LOCK.to_owned())
+            .await
+            .map_err(|e| ReconcileError::Log(e.into()))?;
+        let Some(lock) = lock else {
+            return Ok(None);
+        };
+        let pass = self.reconcile(None, false).await;
+        lock.release().await;
+        pass.map(Some)
+    }
+
+    /// Runs a pass over every location every `interval` until `stop` is cancelled; a
+    /// process whose turn finds another pass under way skips it.
     pub async fn run(self, interval: Duration, stop: CancellationToken) {
         loop {
-            match self.reconcile(None, false).await {
-                Ok(pass) => {
+            match self.reconcile_if_alone().await {
+                Ok(Some(pass)) => {
                     for failure in &pass.failures {
                         tracing::warn!(error = %failure, "reconcile pass incomplete");
                     }
                 }
+                Ok(None) => tracing::debug!("another process is reconciling; pass skipped"),
                 Err(error) => tracing::warn!(%error, "reconcile pass failed"),
             }
             tokio::select! {

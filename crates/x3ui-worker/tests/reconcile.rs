@@ -501,3 +501,43 @@ async fn raw_list_answer(base: &Base) -> Vec<u8> {
         .unwrap()
         .to_vec()
 }
+
+#[tokio::test]
+async fn a_periodic_pass_is_skipped_while_another_process_runs_one() {
+    let (base, keys) = provisioned(&[21]).await;
+    assert!(base.sim.handle().remove_client("tg21-ams"));
+    // Another process's pass holds the lock on its own session.
+    let mut other = base.db.pool().acquire().await.unwrap();
+    let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind("keyledger.reconcile-pass")
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(taken);
+
+    let skipped = reconciler(&base).reconcile_if_alone().await.unwrap();
+    assert!(skipped.is_none(), "a second pass ran beside the first");
+    assert!(
+        base.client("tg21-ams").is_none(),
+        "the skipped pass changed the panel"
+    );
+    assert_eq!(base.count(keys[0], "key.drift_detected").await, 0);
+
+    sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+        .bind("keyledger.reconcile-pass")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let pass = reconciler(&base).reconcile_if_alone().await.unwrap();
+    assert_eq!(pass.expect("alone now").reports[0].repaired, 1);
+    assert!(base.client("tg21-ams").is_some());
+    // And the lock was handed back.
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(base.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(held, 0);
+}
