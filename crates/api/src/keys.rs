@@ -1,7 +1,8 @@
 //! `/v1/keys…` and `/v1/users/{user_id}/keys`: commands on keys and their views.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use domain::{KeyCommand, KeyId, LocationId, RenewKey, RequestKey, RevokeKey, RotateKey, UserId};
@@ -73,10 +74,8 @@ pub struct RenewKeyBody {
     security(("bearer" = []))
 )]
 pub(crate) async fn request_key(
-    caller: Caller<Writers>,
+    command_context: CommandContext,
     State(state): State<AppState>,
-    key: IdempotencyKey,
-    headers: HeaderMap,
     JsonBody(body): JsonBody<RequestKeyBody>,
 ) -> Result<Response, ApiError> {
     let user = UserId::new(body.user_id)
@@ -107,11 +106,9 @@ pub(crate) async fn request_key(
         traffic_limit_bytes: body.traffic_limit_bytes,
         now,
     });
-    let pool = state.store.pool().clone();
-    idempotency::once(&pool, caller.role, key, "POST /v1/keys", &body, |id| {
-        run_command(&state, caller.role, &headers, key_id, command, id)
-    })
-    .await
+    command_context
+        .record(&state, "POST /v1/keys", &body, key_id, command)
+        .await
 }
 
 /// Rotate a key: a new client UUID replaces the old one on the panel.
@@ -131,11 +128,9 @@ pub(crate) async fn request_key(
     security(("bearer" = []))
 )]
 pub(crate) async fn rotate_key(
-    caller: Caller<Writers>,
+    command_context: CommandContext,
     State(state): State<AppState>,
     Path(key_id): Path<String>,
-    key: IdempotencyKey,
-    headers: HeaderMap,
     JsonBody(body): JsonBody<RotateKeyBody>,
 ) -> Result<Response, ApiError> {
     let key_id = parse_key_id(&key_id)?;
@@ -143,11 +138,9 @@ pub(crate) async fn rotate_key(
         fresh_client_uuid: Uuid::new_v4(),
     });
     let route = format!("POST /v1/keys/{key_id}/rotate");
-    let pool = state.store.pool().clone();
-    idempotency::once(&pool, caller.role, key, &route, &body, |id| {
-        run_command(&state, caller.role, &headers, key_id, command, id)
-    })
-    .await
+    command_context
+        .record(&state, &route, &body, key_id, command)
+        .await
 }
 
 /// Revoke a key: its client is removed from the panel.
@@ -167,11 +160,9 @@ pub(crate) async fn rotate_key(
     security(("bearer" = []))
 )]
 pub(crate) async fn revoke_key(
-    caller: Caller<Writers>,
+    command_context: CommandContext,
     State(state): State<AppState>,
     Path(key_id): Path<String>,
-    key: IdempotencyKey,
-    headers: HeaderMap,
     JsonBody(body): JsonBody<RevokeKeyBody>,
 ) -> Result<Response, ApiError> {
     let key_id = parse_key_id(&key_id)?;
@@ -189,11 +180,9 @@ pub(crate) async fn revoke_key(
         reason: body.reason.clone(),
     });
     let route = format!("POST /v1/keys/{key_id}/revoke");
-    let pool = state.store.pool().clone();
-    idempotency::once(&pool, caller.role, key, &route, &body, |id| {
-        run_command(&state, caller.role, &headers, key_id, command, id)
-    })
-    .await
+    command_context
+        .record(&state, &route, &body, key_id, command)
+        .await
 }
 
 /// Extend a key's expiry.
@@ -213,11 +202,9 @@ pub(crate) async fn revoke_key(
     security(("bearer" = []))
 )]
 pub(crate) async fn renew_key(
-    caller: Caller<Writers>,
+    command_context: CommandContext,
     State(state): State<AppState>,
     Path(key_id): Path<String>,
-    key: IdempotencyKey,
-    headers: HeaderMap,
     JsonBody(body): JsonBody<RenewKeyBody>,
 ) -> Result<Response, ApiError> {
     let key_id = parse_key_id(&key_id)?;
@@ -228,11 +215,9 @@ pub(crate) async fn renew_key(
         now,
     });
     let route = format!("POST /v1/keys/{key_id}/renew");
-    let pool = state.store.pool().clone();
-    idempotency::once(&pool, caller.role, key, &route, &body, |id| {
-        run_command(&state, caller.role, &headers, key_id, command, id)
-    })
-    .await
+    command_context
+        .record(&state, &route, &body, key_id, command)
+        .await
 }
 
 /// A key's view.
@@ -304,18 +289,64 @@ pub(crate) fn parse_key_id(raw: &str) -> Result<KeyId, ApiError> {
         .map_err(|_| ApiError::bad_request("invalid_key_id", format!("{raw:?} is not a UUID")))
 }
 
-/// Records `command` on the key and answers 202 with the view replayed from the log, so
-/// the answer shows the command's effect whatever the projector's progress.
+/// What every command request carries besides its body: an admin or service caller, its
+/// `Idempotency-Key` and `X-Correlation-Id`. As an extractor it refuses a wrong caller
+/// (401/403) or a bad key (400) before the body is read.
+pub(crate) struct CommandContext {
+    role: Role,
+    idempotency_key: IdempotencyKey,
+    correlation_id: Option<Uuid>,
+}
+
+impl FromRequestParts<AppState> for CommandContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::<Writers>::from_request_parts(parts, state).await?;
+        let idempotency_key = IdempotencyKey::from_request_parts(parts, state).await?;
+        Ok(Self {
+            role: caller.role,
+            idempotency_key,
+            correlation_id: correlation_id(&parts.headers),
+        })
+    }
+}
+
+impl CommandContext {
+    /// Records `command` on the key once per idempotency key, and answers 202 with the
+    /// view replayed from the log, so the answer shows the command's effect whatever the
+    /// projector's progress.
+    async fn record(
+        self,
+        state: &AppState,
+        route: &str,
+        body: &impl Serialize,
+        key_id: KeyId,
+        command: KeyCommand,
+    ) -> Result<Response, ApiError> {
+        let (role, correlation_id) = (self.role, self.correlation_id);
+        idempotency::once(
+            state.store.pool(),
+            role,
+            self.idempotency_key,
+            route,
+            body,
+            |id| run_command(state, role, correlation_id, key_id, command, id),
+        )
+        .await
+    }
+}
+
 async fn run_command(
     state: &AppState,
     role: Role,
-    headers: &HeaderMap,
+    correlation_id: Option<Uuid>,
     key_id: KeyId,
     command: KeyCommand,
     command_id: Uuid,
 ) -> Result<Answer, ApiError> {
     let metadata = EventMetadata {
-        correlation_id: correlation_id(headers).unwrap_or(command_id),
+        correlation_id: correlation_id.unwrap_or(command_id),
         causation_id: command_id,
         actor: actor(role),
         command_id: Some(command_id),
