@@ -4,19 +4,15 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use eventstore::{
-    Actor, ActorKind, EventMetadata, EventStore, NewEvent, create_database, drop_database,
-    with_database,
-};
+use eventstore::{Actor, ActorKind, EventMetadata, EventStore, NewEvent};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::cli::AppendBenchArgs;
 use crate::config::Config;
+use crate::scratch::{Scratch, ScratchDatabase, scratch_name};
 
 /// The store must reach this fraction of a bare INSERT's throughput (issue "event store").
 const APPEND_TARGET_RATIO: f64 = 0.7;
@@ -36,44 +32,13 @@ struct AppendCase {
     meets_target: bool,
 }
 
-/// A database of its own on the configured server, so a benchmark never writes into the
-/// real log; dropped afterwards whatever happened.
-pub(crate) struct ScratchDatabase {
-    url: String,
-    pub(crate) pool: PgPool,
-}
-
-impl ScratchDatabase {
-    pub(crate) async fn create(config: &Config, max_connections: u32) -> anyhow::Result<Self> {
-        let name = format!("keyledger_bench_{}", Uuid::new_v4().simple());
-        let url = with_database(config.database_url.as_str(), &name)?;
-        create_database(&url).await.with_context(|| {
-            format!(
-                "cannot create a scratch database on {}",
-                config.database_url
-            )
-        })?;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .connect(&url)
-            .await?;
-        Ok(Self { url, pool })
-    }
-
-    pub(crate) async fn drop(self) -> anyhow::Result<()> {
-        self.pool.close().await;
-        drop_database(&self.url).await?;
-        Ok(())
-    }
-}
-
 /// `keyledger bench append`.
 pub async fn append(
     config: &Config,
     args: &AppendBenchArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let scratch = ScratchDatabase::create(config, 20).await?;
+    let scratch = ScratchDatabase::create(config, &scratch_name("bench"), 20).await?;
     let result = run_append_cases(&scratch.pool, args).await;
     scratch.drop().await?;
     let cases = result?;
@@ -274,58 +239,17 @@ impl Writer for BareInserter {
 const RELAY_TARGET_RATIO: f64 = 0.7;
 const RELAY_BASELINE_QUEUE: &str = "bench.baseline";
 
-/// A vhost of its own on the configured broker, so a benchmark never publishes into the
-/// real queues; deleted afterwards whatever happened.
-struct ScratchVhost {
-    vhost: String,
-    amqp_url: String,
-    management: broker::Management,
-}
-
-impl ScratchVhost {
-    async fn create(config: &Config) -> anyhow::Result<Self> {
-        let vhost = format!("keyledger_bench_{}", Uuid::new_v4().simple());
-        let mut url = config.amqp_url.url().clone();
-        url.set_path(&format!("/{vhost}"));
-        let management = broker::Management::for_amqp_url(url.as_str())?;
-        management.create_vhost(&vhost).await.with_context(|| {
-            format!(
-                "cannot create a scratch vhost through the management API of {}",
-                config.amqp_url
-            )
-        })?;
-        Ok(Self {
-            vhost,
-            amqp_url: url.to_string(),
-            management,
-        })
-    }
-
-    async fn delete(self) -> anyhow::Result<()> {
-        self.management.delete_vhost(&self.vhost).await?;
-        Ok(())
-    }
-}
-
 /// `keyledger bench relay`.
 pub async fn relay(
     config: &Config,
     args: &crate::cli::RelayBenchArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let scratch = ScratchDatabase::create(config, 10).await?;
-    let vhost = match ScratchVhost::create(config).await {
-        Ok(vhost) => vhost,
-        Err(error) => {
-            scratch.drop().await?;
-            return Err(error);
-        }
-    };
-    let result = run_relay_rounds(&scratch.pool, &vhost.amqp_url, args).await;
-    let cleanup = (scratch.drop().await, vhost.delete().await);
+    let scratch = Scratch::create(config, "bench", 10).await?;
+    let result = run_relay_rounds(&scratch.database.pool, &scratch.vhost.amqp_url, args).await;
+    let cleanup = scratch.remove().await;
     let (relay_rate, baseline_rate) = result?;
-    cleanup.0?;
-    cleanup.1?;
+    cleanup?;
     let ratio = relay_rate / baseline_rate;
     let report = json!({
         "benchmark": "relay",

@@ -24,8 +24,8 @@ use uuid::Uuid;
 use x3ui_worker::simulator::{PanelSimulator, SimConfig};
 
 use crate::cli::{E2eBenchArgs, Role};
-use crate::config::{Config, Location, PanelApi, PanelCredentials, Secret, ServiceUrl};
-use crate::demo::Scratch;
+use crate::config::{Config, Secret};
+use crate::scratch::Scratch;
 use crate::serve::start_roles;
 
 const LOCATION: &str = "bench";
@@ -85,13 +85,11 @@ fn percentiles(mut samples: Vec<f64>) -> Percentiles {
 
 /// `keyledger bench e2e`.
 pub async fn e2e(config: &Config, args: &E2eBenchArgs, out: &mut impl Write) -> anyhow::Result<()> {
-    let name = format!("keyledger_bench_{}", Uuid::new_v4().simple());
-    let scratch = Scratch::create(config, &name)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let scratch = Scratch::create(config, "bench", 16).await?;
     let result = run(config, &scratch, args).await;
-    scratch.remove().await;
+    let cleanup = scratch.remove().await;
     let report = result?;
+    cleanup?;
     writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     if report.final_drift > 0 {
         bail!(
@@ -113,7 +111,7 @@ async fn run(config: &Config, scratch: &Scratch, args: &E2eBenchArgs) -> anyhow:
         .update_faults(|faults| faults.latency = latency);
     let telegram = FakeTelegram::start().await?;
     let bench = bench_config(config, scratch, panel.base_url(), &telegram)?;
-    let store = EventStore::connect(&scratch.database_url, 16).await?;
+    let store = EventStore::new(scratch.database.pool.clone());
     store.migrate().await?;
     register_users(&store, args.users).await?;
     let roles = [Role::Relay, Role::Projector, Role::Worker, Role::Bot];
@@ -177,25 +175,9 @@ fn bench_config(
     panel_url: Url,
     telegram: &FakeTelegram,
 ) -> anyhow::Result<Config> {
-    let mut bench = config.clone();
-    bench.database_url = ServiceUrl::new(Url::parse(&scratch.database_url)?);
-    bench.amqp_url = ServiceUrl::new(Url::parse(&scratch.amqp_url)?);
+    let mut bench = scratch.config_with_simulator(config, LOCATION, panel_url)?;
     bench.telegram_bot_token = Some(Secret::new(telegram.token()));
     bench.telegram_api_url = telegram.api_url();
-    let sim = SimConfig::v2_9();
-    bench.locations = vec![Location {
-        id: LocationId::new(LOCATION)?,
-        name: "Bench panel".into(),
-        panel_url,
-        credentials: PanelCredentials::Password {
-            username: sim.username,
-            password: Secret::new(sim.password),
-        },
-        inbound_id: INBOUND_ID,
-        public_host: "vpn.bench.example".into(),
-        accept_invalid_certs: false,
-        api: PanelApi::Legacy,
-    }];
     Ok(bench)
 }
 

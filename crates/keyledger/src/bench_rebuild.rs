@@ -17,9 +17,10 @@ use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::bench::{ScratchDatabase, sample_metadata};
+use crate::bench::sample_metadata;
 use crate::cli::RebuildBenchArgs;
 use crate::config::Config;
+use crate::scratch::{ScratchDatabase, scratch_name};
 
 /// The rebuild must reach this fraction of the raw scan's rate (issue "Projector…").
 const REBUILD_TARGET_RATIO: f64 = 0.25;
@@ -46,7 +47,7 @@ pub async fn rebuild(
     args: &RebuildBenchArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let scratch = ScratchDatabase::create(config, 20).await?;
+    let scratch = ScratchDatabase::create(config, &scratch_name("bench"), 20).await?;
     let result = run(&scratch, args).await;
     scratch.drop().await?;
     let report = result?;

@@ -8,12 +8,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use broker::Management;
 use domain::{KeyCommand, KeyId, LocationId, RequestKey, RevokeKey, RotateKey, UserId};
-use eventstore::{
-    Actor, ActorKind, EventMetadata, EventStore, KeyLedger, RecordedEvent, create_database,
-    drop_database, with_database,
-};
+use eventstore::{Actor, ActorKind, EventMetadata, EventStore, KeyLedger, RecordedEvent};
 use projector::KeyView;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -23,7 +19,8 @@ use x3ui_worker::simulator::{PanelSimulator, SimConfig, SimHandle};
 
 use crate::Failure;
 use crate::cli::Role;
-use crate::config::{Config, Location, PanelApi, PanelCredentials, ServiceUrl};
+use crate::config::Config;
+use crate::scratch::Scratch;
 use crate::serve::start_roles;
 
 /// How long one step of the story may take before the demo gives up and says where.
@@ -35,69 +32,16 @@ const INBOUND_ID: i64 = 1;
 
 /// `keyledger demo`.
 pub async fn run(config: &Config, out: &mut impl Write) -> Result<(), Failure> {
-    let name = format!("keyledger_demo_{}", Uuid::new_v4().simple());
-    let scratch = Scratch::create(config, &name).await?;
+    let scratch = Scratch::create(config, "demo", 8).await?;
     // Interrupted, the demo still removes what it created.
     let outcome = tokio::select! {
         outcome = play(config, &scratch, out) => outcome,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
-    scratch.remove().await;
+    if let Err(error) = scratch.remove().await {
+        tracing::warn!(%error, "could not remove the demo's database or vhost");
+    }
     outcome.map_err(Failure::Runtime)
-}
-
-/// A database and a vhost of their own, for the demo and the end-to-end benchmark.
-pub(crate) struct Scratch {
-    pub(crate) database_url: String,
-    pub(crate) amqp_url: String,
-    pub(crate) vhost: String,
-    management: Option<Management>,
-}
-
-impl Scratch {
-    pub(crate) async fn create(config: &Config, name: &str) -> Result<Self, Failure> {
-        let database_url = with_database(config.database_url.as_str(), name)
-            .map_err(|e| Failure::Usage(format!("DATABASE_URL: {e}")))?;
-        create_database(&database_url).await.map_err(|e| {
-            Failure::Runtime(anyhow::anyhow!(
-                "cannot create the demo database on {}: {e}",
-                config.database_url
-            ))
-        })?;
-        let management = Management::for_amqp_url(config.amqp_url.as_str()).ok();
-        let vhost = name.to_owned();
-        let vhost_created = match &management {
-            Some(management) => management.create_vhost(&vhost).await.is_ok(),
-            None => false,
-        };
-        if !vhost_created {
-            let _ = drop_database(&database_url).await;
-            return Err(Failure::Runtime(anyhow::anyhow!(
-                "cannot create a RabbitMQ vhost for the demo through the management API on {} \
-                 (is the management plugin on?)",
-                config.amqp_url
-            )));
-        }
-        let mut amqp_url = config.amqp_url.url().clone();
-        amqp_url.set_path(&format!("/{vhost}"));
-        Ok(Self {
-            database_url,
-            amqp_url: amqp_url.to_string(),
-            vhost,
-            management,
-        })
-    }
-
-    pub(crate) async fn remove(self) {
-        if let Some(management) = &self.management
-            && let Err(error) = management.delete_vhost(&self.vhost).await
-        {
-            tracing::warn!(vhost = %self.vhost, %error, "could not delete the demo vhost");
-        }
-        if let Err(error) = drop_database(&self.database_url).await {
-            tracing::warn!(%error, "could not drop the demo database");
-        }
-    }
 }
 
 async fn play(config: &Config, scratch: &Scratch, out: &mut impl Write) -> anyhow::Result<()> {
@@ -105,11 +49,11 @@ async fn play(config: &Config, scratch: &Scratch, out: &mut impl Write) -> anyho
         .await
         .context("cannot start the panel simulator")?;
     let demo = demo_config(config, scratch, panel.base_url())?;
-    let store = EventStore::connect(&scratch.database_url, 8).await?;
+    let store = EventStore::new(scratch.database.pool.clone());
     store.migrate().await?;
     writeln!(out, "keyledger demo")?;
-    writeln!(out, "  database     {}", redacted(&scratch.database_url))?;
-    writeln!(out, "  rabbitmq     vhost {}", scratch.vhost)?;
+    writeln!(out, "  database     {}", redacted(&scratch.database.url))?;
+    writeln!(out, "  rabbitmq     vhost {}", scratch.vhost.vhost)?;
     writeln!(
         out,
         "  panel        {} (simulated 3x-ui v2.9)",
@@ -141,25 +85,9 @@ async fn play(config: &Config, scratch: &Scratch, out: &mut impl Write) -> anyho
 /// The configuration of the demo: the operator's, pointed at the scratch database and
 /// vhost, with the simulator as its one location and a free port for the API.
 fn demo_config(config: &Config, scratch: &Scratch, panel_url: Url) -> anyhow::Result<Config> {
-    let mut demo = config.clone();
-    demo.database_url = ServiceUrl::new(Url::parse(&scratch.database_url)?);
-    demo.amqp_url = ServiceUrl::new(Url::parse(&scratch.amqp_url)?);
+    let mut demo = scratch.config_with_simulator(config, DEMO_LOCATION, panel_url)?;
     demo.http_addr = "127.0.0.1:0".parse()?;
     demo.telegram_bot_token = None;
-    demo.locations = vec![Location {
-        id: LocationId::new(DEMO_LOCATION)?,
-        name: "Demo panel".into(),
-        panel_url,
-        // The simulator's own fixed credentials: a throwaway panel in memory.
-        credentials: PanelCredentials::Password {
-            username: SimConfig::v2_9().username,
-            password: crate::config::Secret::new(SimConfig::v2_9().password),
-        },
-        inbound_id: INBOUND_ID,
-        public_host: "vpn.demo.example".into(),
-        accept_invalid_certs: false,
-        api: PanelApi::Legacy,
-    }];
     Ok(demo)
 }
 

@@ -15,6 +15,7 @@ mod demo;
 pub mod panel_sim;
 pub mod panels;
 pub mod scheduler;
+mod scratch;
 pub mod serve;
 pub mod telemetry;
 
