@@ -679,33 +679,32 @@ async fn worker_killed_mid_panel_calls_then_restarted_converges() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_restarted_for_real_mid_stream_converges() {
-    let rig = Rig::new(SimConfig::v2_9()).await;
-    rig.panel
-        .handle()
-        .update_faults(|f| f.latency = Duration::from_millis(50));
-    let front = rig.serve("relay,projector").await;
-    let worker = rig.serve("worker").await;
-    let users = start_users(&rig, &plans(2000, 30), Duration::from_millis(100));
-    wait_for_acknowledgements(&rig, 10).await;
-    let waiting = rig.keys_awaiting_panel().await;
-    restart_rabbitmq().await;
-    assert!(waiting > 0, "RabbitMQ restarted with nothing in flight");
-    assert_converged(&rig, vec![front, worker], users).await;
+    converges_across_a_restart("RabbitMQ", 2000, restart_rabbitmq()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_restarted_for_real_mid_stream_converges() {
+    converges_across_a_restart("PostgreSQL", 3000, restart_postgresql()).await;
+}
+
+/// Users stream commands while `restart` restarts a shared service with panel calls in
+/// flight; everything converges afterwards.
+async fn converges_across_a_restart(
+    service: &str,
+    first_user: i64,
+    restart: impl std::future::Future<Output = ()>,
+) {
     let rig = Rig::new(SimConfig::v2_9()).await;
     rig.panel
         .handle()
         .update_faults(|f| f.latency = Duration::from_millis(50));
     let front = rig.serve("relay,projector").await;
     let worker = rig.serve("worker").await;
-    let users = start_users(&rig, &plans(3000, 30), Duration::from_millis(100));
+    let users = start_users(&rig, &plans(first_user, 30), Duration::from_millis(100));
     wait_for_acknowledgements(&rig, 10).await;
     let waiting = rig.keys_awaiting_panel().await;
-    restart_postgresql().await;
-    assert!(waiting > 0, "PostgreSQL restarted with nothing in flight");
+    restart.await;
+    assert!(waiting > 0, "{service} restarted with nothing in flight");
     assert_converged(&rig, vec![front, worker], users).await;
 }
 
