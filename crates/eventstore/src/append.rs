@@ -6,6 +6,8 @@ use uuid::Uuid;
 
 use crate::EventStore;
 use crate::error::{AppendError, StoreError};
+use crate::integrity::content_digest;
+use crate::jsonb_text::jsonb_text;
 use crate::model::{EventMetadata, NewEvent};
 
 /// Where an append's events landed.
@@ -34,10 +36,11 @@ impl AppendOutcome {
     }
 }
 
-/// Every append is a call of `keyledger_append_batch` (see migration 0002); a lone append
-/// is a batch of one.
+/// An append made alone is a call of `keyledger_append`, appends written together one of
+/// `keyledger_append_batch` (migration 0007).
+const APPEND_SQL: &str = "SELECT keyledger_append($1, $2, $3, $4, $5, $6, $7, $8)";
 const APPEND_BATCH_SQL: &str = "SELECT append_index, first_position, first_version
-     FROM keyledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8)";
+     FROM keyledger_append_batch($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
 /// One append as the store carries it between the caller and the batch writer.
 /// Borrowed while the caller writes it itself, owned once queued for a writer task.
@@ -95,6 +98,57 @@ impl<'a> AppendRequest<'a> {
     }
 }
 
+/// The request's metadata as it is bound, after pushing its events' content digests
+/// (README "Hash chain") onto `digests`. The writer computes them so that the database
+/// only links them into the chain: rendering and hashing every event in plpgsql cost
+/// about as much as inserting it.
+fn metadata_and_digests(request: &AppendRequest<'_>, digests: &mut Vec<String>) -> Value {
+    let metadata = serde_json::to_value(&*request.metadata).unwrap_or(Value::Null);
+    let metadata_text = jsonb_text(&metadata);
+    let first_version = i64::from(request.expected_version) + 1;
+    for (offset, event) in (0i64..).zip(request.events.iter()) {
+        digests.push(content_digest(
+            request.stream_id,
+            first_version + offset,
+            event.event_id,
+            event.event_type.as_str(),
+            &jsonb_text(&event.data),
+            &metadata_text,
+        ));
+    }
+    metadata
+}
+
+/// Writes one request in one statement and one transaction (if the caller holds none).
+/// Returns where its events landed, or `None` when its stream was at another version.
+pub(crate) async fn write_one(
+    conn: &mut PgConnection,
+    request: &AppendRequest<'_>,
+) -> Result<Option<AppendedRange>, sqlx::Error> {
+    let mut digests = Vec::with_capacity(request.events.len());
+    let metadata = metadata_and_digests(request, &mut digests);
+    let event_ids: Vec<Uuid> = request.events.iter().map(|e| e.event_id).collect();
+    let types: Vec<&str> = request
+        .events
+        .iter()
+        .map(|e| e.event_type.as_str())
+        .collect();
+    let data: Vec<&Value> = request.events.iter().map(|e| &e.data).collect();
+    let expected = request.expected_version as i32;
+    let first_position: Option<i64> = sqlx::query_scalar(APPEND_SQL)
+        .bind(request.stream_id)
+        .bind(expected)
+        .bind(&metadata)
+        .bind(request.metadata.command_id)
+        .bind(&event_ids)
+        .bind(&types)
+        .bind(&data)
+        .bind(&digests)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(first_position.map(|position| request.range(position, expected + 1)))
+}
+
 /// Writes `requests` in one statement and one transaction (if the caller holds none).
 /// Returns, per request, where its events landed, or `None` when its stream was at
 /// another version. A database error means nothing of the batch was written.
@@ -107,11 +161,11 @@ pub(crate) async fn write_batch(
     let mut metadata = Vec::with_capacity(requests.len());
     let mut command_ids = Vec::with_capacity(requests.len());
     let mut counts = Vec::with_capacity(requests.len());
-    let (mut event_ids, mut types, mut data) = (vec![], vec![], vec![]);
+    let (mut event_ids, mut types, mut data, mut digests) = (vec![], vec![], vec![], vec![]);
     for request in requests {
         stream_ids.push(request.stream_id);
         expected.push(request.expected_version as i32);
-        metadata.push(serde_json::to_value(&*request.metadata).unwrap_or(Value::Null));
+        metadata.push(metadata_and_digests(request, &mut digests));
         command_ids.push(request.metadata.command_id);
         counts.push(request.events.len() as i32);
         for event in request.events.iter() {
@@ -129,6 +183,7 @@ pub(crate) async fn write_batch(
         .bind(&event_ids)
         .bind(&types)
         .bind(&data)
+        .bind(&digests)
         .fetch_all(&mut *conn)
         .await?;
     let mut ranges = vec![None; requests.len()];
@@ -213,11 +268,9 @@ impl EventStore {
         conn: &mut PgConnection,
         request: &AppendRequest<'_>,
     ) -> Result<AppendOutcome, AppendError> {
-        match write_batch(conn, &[request]).await {
-            Ok(ranges) => match ranges.into_iter().next().flatten() {
-                Some(range) => Ok(AppendOutcome::Appended(range)),
-                None => self.explain_refusal("version", request).await,
-            },
+        match write_one(conn, request).await {
+            Ok(Some(range)) => Ok(AppendOutcome::Appended(range)),
+            Ok(None) => self.explain_refusal("version", request).await,
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => {
                 let constraint = db.constraint().unwrap_or_default().to_owned();
                 self.explain_refusal(&constraint, request).await

@@ -3,8 +3,8 @@
 //! An append costs little CPU but waits for its commit to reach the disk, and it takes the
 //! position lock once per transaction. So appends are queued and a few writer tasks each
 //! take whatever has queued up since their last write and write it in one call of
-//! `keyledger_append_batch`. A lone append is written at once as a batch of one; under
-//! load, batches grow by themselves. Every append still gets its own answer: a stale
+//! `keyledger_append_batch`. A lone append is written at once with `keyledger_append`;
+//! under load, batches grow by themselves. Every append still gets its own answer: a stale
 //! expected version skips only that append, and a batch-wide error (a race with another
 //! transaction on the same stream, a reused event id) makes the writer retry the appends
 //! one by one.

@@ -31,6 +31,45 @@ impl ChainReport {
     }
 }
 
+/// Which formula chains an event (README "Hash chain"). The log is immutable, so events
+/// keep the formula they were written with; table `chain_formulas` says from which
+/// position each applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainFormula {
+    /// Migration 0001: one hash over the previous hash and the whole event.
+    Flat,
+    /// Migration 0007: the writer's content digest, linked with the position and time.
+    ContentDigest,
+}
+
+/// The digest of an event's content under [`ChainFormula::ContentDigest`]: everything the
+/// writer knows before the database places the event. `data_text` and `metadata_text` are
+/// PostgreSQL's `jsonb` text ([`crate::jsonb_text`] renders it on the writer's side).
+pub fn content_digest(
+    stream_id: Uuid,
+    version: i64,
+    event_id: Uuid,
+    event_type: &str,
+    data_text: &str,
+    metadata_text: &str,
+) -> String {
+    sha256_hex(&format!(
+        "{stream_id}\n{version}\n{event_id}\n{event_type}\n{data_text}\n{metadata_text}"
+    ))
+}
+
+/// Links a content digest into its stream's chain under [`ChainFormula::ContentDigest`],
+/// with what the database decides: the position and the time.
+pub fn link_hash(prev_hash: &str, position: i64, recorded_at_micros: i64, content: &str) -> String {
+    sha256_hex(&format!(
+        "{prev_hash}\n{position}\n{recorded_at_micros}\n{content}"
+    ))
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
 /// An event's content as the hash chain sees it: JSON as PostgreSQL renders `jsonb` to
 /// text, the time as whole microseconds since the Unix epoch.
 #[derive(Debug, Clone, Copy)]
@@ -47,22 +86,43 @@ pub struct ChainLink<'a> {
 
 impl ChainLink<'_> {
     /// The hash of this event given the previous event's hash (README "Hash chain"). The
-    /// same formula as `keyledger_append_batch` (migration 0002) and `sql/verify_chain.sql`,
-    /// written a third time so that each can check the others.
-    pub fn hash(&self, prev_hash: &str) -> String {
-        let content = format!(
-            "{prev_hash}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
-            self.position,
-            self.stream_id,
-            self.version,
-            self.event_id,
-            self.event_type,
-            self.data_text,
-            self.metadata_text,
-            self.recorded_at_micros
-        );
-        hex::encode(Sha256::digest(content.as_bytes()))
+    /// same formulas as the append functions (migrations 0002 and 0007) and
+    /// `sql/verify_chain.sql`, written again so that each can check the others.
+    pub fn hash(&self, prev_hash: &str, formula: ChainFormula) -> String {
+        match formula {
+            ChainFormula::Flat => sha256_hex(&format!(
+                "{prev_hash}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+                self.position,
+                self.stream_id,
+                self.version,
+                self.event_id,
+                self.event_type,
+                self.data_text,
+                self.metadata_text,
+                self.recorded_at_micros
+            )),
+            ChainFormula::ContentDigest => {
+                let content = content_digest(
+                    self.stream_id,
+                    self.version.into(),
+                    self.event_id,
+                    self.event_type,
+                    self.data_text,
+                    self.metadata_text,
+                );
+                link_hash(prev_hash, self.position, self.recorded_at_micros, &content)
+            }
+        }
     }
+}
+
+/// The first position chained by [`ChainFormula::ContentDigest`].
+async fn content_digest_from(pool: &PgPool) -> Result<i64, StoreError> {
+    let first: i64 =
+        sqlx::query_scalar("SELECT first_position FROM chain_formulas WHERE formula = 2")
+            .fetch_one(pool)
+            .await?;
+    Ok(first)
 }
 
 /// Recomputes every stream's hash chain and checks the append-only guards are in place.
@@ -71,6 +131,7 @@ pub async fn verify_chains(pool: &PgPool) -> Result<ChainReport, StoreError> {
         disabled_guards: disabled_guards(pool).await?,
         ..ChainReport::default()
     };
+    let digest_from = content_digest_from(pool).await?;
     let mut rows = sqlx::query(
         "SELECT stream_id, version, position, event_id, type, data::text AS data_text,
                 metadata::text AS metadata_text, hash,
@@ -105,7 +166,12 @@ pub async fn verify_chains(pool: &PgPool) -> Result<ChainReport, StoreError> {
             metadata_text: row.try_get("metadata_text")?,
             recorded_at_micros: row.try_get("recorded_at_micros")?,
         };
-        let computed = link.hash(prev_hash);
+        let formula = if position < digest_from {
+            ChainFormula::Flat
+        } else {
+            ChainFormula::ContentDigest
+        };
+        let computed = link.hash(prev_hash, formula);
         let problem = if version != expected_version {
             Some(format!(
                 "version {version} follows version {}",
@@ -154,9 +220,8 @@ async fn disabled_guards(pool: &PgPool) -> Result<Vec<String>, StoreError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn chain_hash_is_lower_hex_sha256_of_the_documented_text() {
-        let link = ChainLink {
+    fn link() -> ChainLink<'static> {
+        ChainLink {
             position: 1,
             stream_id: Uuid::nil(),
             version: 1,
@@ -165,16 +230,38 @@ mod tests {
             data_text: "{}",
             metadata_text: "{}",
             recorded_at_micros: 0,
-        };
-        let hash = link.hash("");
+        }
+    }
+
+    fn is_lower_hex_sha256(hash: &str) -> bool {
+        hash.len() == 64
+            && hash
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    }
+
+    #[test]
+    fn flat_chain_hash_is_lower_hex_sha256_of_the_documented_text() {
+        let hash = link().hash("", ChainFormula::Flat);
         let expected = hex::encode(Sha256::digest(
             format!("\n1\n{0}\n1\n{0}\nkey.revoked\n{{}}\n{{}}\n0", Uuid::nil()).as_bytes(),
         ));
         assert_eq!(hash, expected);
-        assert_eq!(hash.len(), 64);
-        assert!(
-            hash.chars()
-                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
-        );
+        assert!(is_lower_hex_sha256(&hash));
+    }
+
+    #[test]
+    fn content_digest_chain_hash_links_the_documented_content_text() {
+        let prev = "ab".repeat(32);
+        let hash = link().hash(&prev, ChainFormula::ContentDigest);
+        let content = hex::encode(Sha256::digest(
+            format!("{0}\n1\n{0}\nkey.revoked\n{{}}\n{{}}", Uuid::nil()).as_bytes(),
+        ));
+        let expected = hex::encode(Sha256::digest(
+            format!("{prev}\n1\n0\n{content}").as_bytes(),
+        ));
+        assert_eq!(hash, expected);
+        assert!(is_lower_hex_sha256(&content));
+        assert_ne!(hash, link().hash(&prev, ChainFormula::Flat));
     }
 }

@@ -15,6 +15,7 @@ mod append;
 mod error;
 mod group;
 mod integrity;
+mod jsonb_text;
 mod keys;
 mod model;
 mod read;
@@ -23,7 +24,10 @@ pub mod testing;
 
 pub use append::{AppendOutcome, AppendedRange};
 pub use error::{AppendError, StoreError};
-pub use integrity::{ChainBreak, ChainLink, ChainReport, verify_chains};
+pub use integrity::{
+    ChainBreak, ChainFormula, ChainLink, ChainReport, content_digest, link_hash, verify_chains,
+};
+pub use jsonb_text::jsonb_text;
 pub use keys::{CommandOutcome, ExecuteError, KeyLedger};
 pub use model::{Actor, ActorKind, EventMetadata, NewEvent, RecordedEvent};
 

@@ -143,3 +143,133 @@ async fn a_removed_event_breaks_the_chain_and_a_disabled_guard_is_reported() {
         vec![(stream, 3, "version does not follow".to_owned())]
     );
 }
+
+/// A database migrated only as far as `last_version`, as a log written before the later
+/// migrations existed.
+async fn database_migrated_to(last_version: i64) -> (String, sqlx::PgPool, std::path::PathBuf) {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let older = std::env::temp_dir().join(format!("keyledger-migrations-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&older).expect("temp dir");
+    for entry in std::fs::read_dir(&source).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let version: i64 = name
+            .split('_')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(i64::MAX);
+        if version <= last_version {
+            std::fs::copy(&path, older.join(&name)).expect("copy migration");
+        }
+    }
+    let url = eventstore::with_database(
+        &eventstore::testing::server_url(),
+        &format!("keyledger_test_{}", Uuid::new_v4().simple()),
+    )
+    .expect("url");
+    eventstore::create_database(&url)
+        .await
+        .expect("create database");
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    sqlx::migrate::Migrator::new(older.as_path())
+        .await
+        .expect("older migrations")
+        .run(&pool)
+        .await
+        .expect("migrate to the older version");
+    (url, pool, older)
+}
+
+/// A log written with the first chain formula stays verifiable after migration 0007, and
+/// streams chain on across the change of formula.
+#[tokio::test]
+async fn events_chained_by_the_first_formula_still_verify_after_the_second_arrives() {
+    let (url, pool, older) = database_migrated_to(6).await;
+    let stream = Uuid::new_v4();
+    let metadata = json!({"actor": {"id": "a", "kind": "admin"}, "causation_id": stream, "correlation_id": stream});
+    sqlx::query(
+        "SELECT * FROM keyledger_append_batch(ARRAY[$1::uuid], ARRAY[0], ARRAY[$2::jsonb],
+             ARRAY[NULL::uuid], ARRAY[2], ARRAY[$3::uuid, $4::uuid],
+             ARRAY['key.drift_detected', 'key.revoked'], ARRAY[$5::jsonb, '{}'::jsonb])",
+    )
+    .bind(stream)
+    .bind(&metadata)
+    .bind(Uuid::new_v4())
+    .bind(Uuid::new_v4())
+    .bind(json!({"kind": "missing", "n": 1.5, "note": "старый формат"}))
+    .execute(&pool)
+    .await
+    .expect("append with the first formula");
+
+    let store = eventstore::EventStore::new(pool.clone());
+    store
+        .migrate()
+        .await
+        .expect("migrate to the newest version");
+    let first_of_second: i64 =
+        sqlx::query_scalar("SELECT first_position FROM chain_formulas WHERE formula = 2")
+            .fetch_one(&pool)
+            .await
+            .expect("boundary");
+    assert_eq!(
+        first_of_second, 3,
+        "the two first-formula events lie below it"
+    );
+    let meta = EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Admin, "a"));
+    let more = [NewEvent::new(
+        "key.requested",
+        json!({"user_id": 7, "location": "ams"}),
+    )];
+    store
+        .append(stream, 2, &more, &meta)
+        .await
+        .expect("chain on");
+    let other = [NewEvent::new("key.expired", json!({}))];
+    store
+        .append(Uuid::new_v4(), 0, &other, &meta_for_other())
+        .await
+        .expect("new stream");
+
+    let report = verify_chains(&pool).await.expect("verify");
+    assert!(report.holds(), "{report:?}");
+    assert_eq!((report.streams, report.events), (2, 4));
+    let findings = sqlx::query(VERIFY_SCRIPT)
+        .fetch_all(&pool)
+        .await
+        .expect("script");
+    assert!(
+        findings.is_empty(),
+        "script found {} breaks",
+        findings.len()
+    );
+
+    sqlx::raw_sql(&format!(
+        "ALTER TABLE events DISABLE TRIGGER events_append_only;
+         UPDATE events SET data = '{{\"kind\": \"missing\"}}' WHERE stream_id = '{stream}' AND version = 1;
+         ALTER TABLE events ENABLE TRIGGER events_append_only;"
+    ))
+    .execute(&pool)
+    .await
+    .expect("superuser tampers with a first-formula event");
+    let report = verify_chains(&pool).await.expect("verify");
+    let broken: Vec<i32> = report.breaks.iter().map(|b| b.version).collect();
+    assert_eq!(broken, vec![1], "{report:?}");
+    let findings: Vec<i32> = sqlx::query(VERIFY_SCRIPT)
+        .fetch_all(&pool)
+        .await
+        .expect("script")
+        .iter()
+        .map(|r| r.get("version"))
+        .collect();
+    assert_eq!(findings, vec![1]);
+
+    pool.close().await;
+    eventstore::drop_database(&url)
+        .await
+        .expect("drop database");
+    std::fs::remove_dir_all(older).expect("remove temp migrations");
+}
