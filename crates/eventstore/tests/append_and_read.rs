@@ -385,4 +385,11 @@ async fn concurrent_appends_share_transactions_and_each_gets_its_own_answer() {
             .expect("verify")
             .holds()
     );
+    // Batches link their writers' content digests in the database too: the plain SQL
+    // check must agree with the chains that group commit wrote.
+    let script_breaks = sqlx::query(include_str!("../../../sql/verify_chain.sql"))
+        .fetch_all(db.store.pool())
+        .await
+        .expect("verify script");
+    assert!(script_breaks.is_empty(), "{} breaks", script_breaks.len());
 }
