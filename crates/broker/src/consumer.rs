@@ -54,6 +54,11 @@ pub enum HandlerError {
     Reject(String),
 }
 
+/// How often a consuming session checks that its channel is still open. The delivery
+/// stream does not always end when the broker goes away (reported for lapin in
+/// amqp-rs/lapin#389), and a consumer waiting on a dead session would never reconnect.
+const SESSION_CHECK: Duration = Duration::from_secs(1);
+
 impl From<sqlx::Error> for HandlerError {
     fn from(error: sqlx::Error) -> Self {
         Self::Retry(format!("database: {error}"))
@@ -219,10 +224,17 @@ impl<H: EventHandler> Consumer<H> {
 
         let mut in_hand = tokio::task::JoinSet::new();
         let slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+        let mut health = tokio::time::interval(SESSION_CHECK);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
             tokio::select! {
                 _ = stop.cancelled() => break Ok(()),
                 Some(_) = in_hand.join_next(), if !in_hand.is_empty() => {}
+                _ = health.tick() => {
+                    if !channel.status().connected() {
+                        break Err(BrokerError::Disconnected);
+                    }
+                }
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
                         let inner = self.inner.clone();
