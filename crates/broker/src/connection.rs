@@ -19,6 +19,23 @@ pub async fn connect(amqp_url: &str) -> Result<Connection, BrokerError> {
     }
 }
 
+/// How long one broker operation (opening a channel, declaring the topology, a publish,
+/// an ack) may take before the session counts as lost.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs one broker operation within [`OPERATION_TIMEOUT`]. A broker that accepted the
+/// connection but never answers (one still recovering its queues after a restart, say)
+/// must end the session so it is opened again, not hold it forever.
+pub async fn within<T>(
+    what: &'static str,
+    operation: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, operation).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(BrokerError::Timeout(what)),
+    }
+}
+
 /// Closes `connection` politely, but gives up after a moment: a connection the broker
 /// already dropped may never answer.
 pub async fn close(connection: &Connection, reason: &str) {

@@ -38,7 +38,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::BrokerError;
-use crate::connection::{Backoff, connect};
+use crate::connection::{Backoff, OPERATION_TIMEOUT, connect, within};
 use crate::message::{self, REASON_HEADER, SOURCE_QUEUE_HEADER};
 use crate::relay::open_confirm_channel;
 use crate::topology::{self, Queue};
@@ -196,21 +196,25 @@ impl<H: EventHandler> Consumer<H> {
     ) -> Result<(), BrokerError> {
         let config = &self.inner.config;
         let connection = connect(&config.amqp_url).await?;
-        let channel = connection.create_channel().await?;
-        topology::declare(&channel).await?;
-        channel
-            .basic_qos(config.prefetch, BasicQosOptions::default())
-            .await?;
+        let channel = within("opening a channel", connection.create_channel()).await?;
+        within("declaring the topology", topology::declare(&channel)).await?;
+        within(
+            "setting the prefetch",
+            channel.basic_qos(config.prefetch, BasicQosOptions::default()),
+        )
+        .await?;
         let dead_letters = Arc::new(open_confirm_channel(&connection).await?);
         let tag = format!("{}-{}", config.name, Uuid::new_v4().simple());
-        let mut deliveries = channel
-            .basic_consume(
+        let mut deliveries = within(
+            "starting to consume",
+            channel.basic_consume(
                 config.queue.name().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
-            )
-            .await?;
+            ),
+        )
+        .await?;
         backoff.reset();
         self.inner
             .stats
@@ -251,13 +255,35 @@ impl<H: EventHandler> Consumer<H> {
             }
         };
         if ended.is_ok() {
-            let _ = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+            let _ = within(
+                "cancelling the consumer",
+                channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+            )
+            .await;
+            while in_hand.join_next().await.is_some() {}
+        } else {
+            self.drain_lost_session(in_hand).await;
         }
-        while in_hand.join_next().await.is_some() {}
         crate::connection::close(&connection, "consumer stopping").await;
         ended
+    }
+
+    /// Lets the deliveries still in hand of a lost session finish, for a while. Past that
+    /// they are dropped: their transactions roll back, and the broker delivers their
+    /// messages again to the next session, so waiting longer would only delay it.
+    async fn drain_lost_session(&self, mut in_hand: tokio::task::JoinSet<()>) {
+        let drained = tokio::time::timeout(OPERATION_TIMEOUT, async {
+            while in_hand.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                queue = self.inner.config.queue.name(),
+                left = in_hand.len(),
+                "deliveries of a lost broker session did not finish; dropping them"
+            );
+            in_hand.shutdown().await;
+        }
     }
 }
 
@@ -333,7 +359,7 @@ impl<H: EventHandler> Inner<H> {
         match self.apply(&event).await {
             Ok(disposition) => {
                 self.take_last_error(event.event_id);
-                delivery.ack(BasicAckOptions::default()).await?;
+                within("acking", delivery.ack(BasicAckOptions::default())).await?;
                 Ok(disposition)
             }
             Err(HandlerError::Reject(reason)) => {
@@ -353,7 +379,7 @@ impl<H: EventHandler> Inner<H> {
                     requeue: true,
                     ..BasicNackOptions::default()
                 };
-                delivery.nack(requeue).await?;
+                within("returning a message", delivery.nack(requeue)).await?;
                 Ok(Disposition::Retried)
             }
         }
@@ -454,29 +480,30 @@ impl<H: EventHandler> Inner<H> {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        let confirmation = dead_letters
-            .basic_publish(
+        let confirm = within(
+            "dead-lettering",
+            dead_letters.basic_publish(
                 topology::DEAD_LETTER_EXCHANGE.into(),
                 queue.into(),
                 options,
                 &delivery.data,
                 properties,
-            )
-            .await?
-            .await?;
+            ),
+        )
+        .await?;
+        let confirmation = within("awaiting a dead letter's confirm", confirm).await?;
         if !matches!(confirmation, Confirmation::Ack(None)) {
             // Not safely in the dead-letter queue: keep the message where it is.
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await?;
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            within("returning a message", delivery.nack(requeue)).await?;
             return Err(BrokerError::DeadLetterRefused {
                 queue: queue.to_owned(),
             });
         }
-        delivery.ack(BasicAckOptions::default()).await?;
+        within("acking", delivery.ack(BasicAckOptions::default())).await?;
         Ok(Disposition::DeadLettered)
     }
 

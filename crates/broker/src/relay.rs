@@ -26,7 +26,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres};
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{Backoff, connect};
+use crate::connection::{Backoff, connect, within};
 use crate::{BrokerError, message, topology};
 
 /// Key of the relay leader's advisory lock ("keyledger relay").
@@ -233,11 +233,13 @@ impl Relay {
 }
 
 pub(crate) async fn open_confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
-    let channel = connection.create_channel().await?;
-    topology::declare(&channel).await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let channel = within("opening a channel", connection.create_channel()).await?;
+    within("declaring the topology", topology::declare(&channel)).await?;
+    within(
+        "turning on publisher confirms",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await?;
     Ok(channel)
 }
 
@@ -323,15 +325,17 @@ async fn publish(
         mandatory: true,
         ..BasicPublishOptions::default()
     };
-    Ok(channel
-        .basic_publish(
+    within(
+        "publishing",
+        channel.basic_publish(
             topology::EVENTS_EXCHANGE.into(),
             event.event_type.as_str().into(),
             options,
             &body,
             properties,
-        )
-        .await?)
+        ),
+    )
+    .await
 }
 
 async fn await_confirm(
