@@ -117,12 +117,17 @@ pub async fn sample_backlog(store: EventStore, amqp_url: Option<String>, stop: C
             tracing::warn!(%error, "cannot sample the relay's lag");
         }
         if let Some(url) = &amqp_url {
-            match sample_queues(url, &mut connection).await {
-                Ok(()) => {}
-                Err(error) => {
-                    tracing::warn!(%error, "cannot sample queue depths");
-                    connection = None;
-                }
+            // Bounded like every broker operation: a broker that stopped answering must
+            // not stop the other samples.
+            let sampled = tokio::time::timeout(
+                broker::OPERATION_TIMEOUT,
+                sample_queues(url, &mut connection),
+            )
+            .await
+            .unwrap_or(Err(broker::BrokerError::Timeout("sampling queue depths")));
+            if let Err(error) = sampled {
+                tracing::warn!(%error, "cannot sample queue depths");
+                connection = None;
             }
         }
         tokio::select! {

@@ -15,7 +15,7 @@ pub mod relay;
 pub mod testing;
 pub mod topology;
 
-pub use connection::{Backoff, close as connection_close, connect};
+pub use connection::{Backoff, OPERATION_TIMEOUT, close as connection_close, connect};
 pub use consumer::{
     Consumer, ConsumerConfig, ConsumerStats, Disposition, EventHandler, HandlerError,
 };
