@@ -164,6 +164,10 @@ async fn sample_queues(
         return Ok(());
     };
     let channel = connection.create_channel().await?;
+    // The roles that use a queue declare it when they start, which may be after this
+    // sampler's first pass (or in another process that has not started yet); declaring the
+    // same topology here is idempotent and means a missing queue is never a failure.
+    broker::topology::declare(&channel).await?;
     let passive = QueueDeclareOptions {
         passive: true,
         ..Default::default()

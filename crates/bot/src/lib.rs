@@ -21,8 +21,6 @@ mod notify;
 mod qr;
 mod store;
 mod telegram;
-#[cfg(feature = "test-util")]
-pub mod testing;
 pub mod texts;
 
 use std::sync::Arc;

@@ -11,8 +11,6 @@ pub mod consumer;
 pub mod management;
 pub mod message;
 pub mod relay;
-#[cfg(feature = "test-util")]
-pub mod testing;
 pub mod topology;
 
 pub use connection::{Backoff, OPERATION_TIMEOUT, close as connection_close, connect};

@@ -15,6 +15,8 @@ mod desired;
 mod error;
 mod event;
 mod identity;
+#[cfg(test)]
+mod lifecycle_tests;
 mod link;
 mod state;
 

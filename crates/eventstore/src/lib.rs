@@ -19,8 +19,6 @@ mod jsonb_text;
 mod keys;
 mod model;
 mod read;
-#[cfg(feature = "test-util")]
-pub mod testing;
 
 pub use append::{AppendOutcome, AppendedRange};
 pub use error::{AppendError, StoreError};
@@ -69,6 +67,19 @@ impl EventStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A digest of every migration this build carries (version and checksum), so a copy
+    /// of a migrated database can be known to match this build: the test kit names its
+    /// template database after it.
+    pub fn schema_fingerprint() -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for migration in MIGRATOR.iter() {
+            hasher.update(migration.version.to_be_bytes());
+            hasher.update(&migration.checksum);
+        }
+        hex::encode(hasher.finalize())
     }
 
     /// Applies pending migrations.

@@ -1,47 +1,13 @@
-//! `keyledger migrate` and `keyledger audit …`: the auditor's view of the log.
+//! `keyledger audit …` and `keyledger projections rebuild`: the auditor's view of the log
+//! and the repair of read models from it.
 
 use std::io::Write;
 
-use anyhow::{Context, bail};
-use eventstore::{EventStore, RecordedEvent, create_database_if_missing, verify_chains};
+use anyhow::bail;
+use eventstore::{EventStore, RecordedEvent, verify_chains};
 use uuid::Uuid;
 
-use crate::config::Config;
-
 const EXPORT_PAGE: i64 = 1000;
-
-/// Creates the database if missing and applies migrations.
-pub async fn migrate(config: &Config) -> anyhow::Result<EventStore> {
-    let url = config.database_url.as_str();
-    let created = create_database_if_missing(url).await.with_context(|| {
-        format!(
-            "cannot reach or create the database at {}",
-            config.database_url
-        )
-    })?;
-    if created {
-        tracing::info!(database = %config.database_url, "created database");
-    }
-    let store = open_store(config).await?;
-    store.migrate().await.context("migrations failed")?;
-    tracing::info!(database = %config.database_url, "migrations applied");
-    Ok(store)
-}
-
-/// Connections per process. Every consumer delivery in hand (up to 8 per queue) holds one
-/// for its transaction, and the worker's handler needs a second one to read the key and
-/// record the acknowledgement: with 8, eight worker deliveries held every connection and
-/// waited for a ninth until the pool timed out (the fault suite's 500 scenario showed it).
-/// Worker, projector and bot notifier together hold at most 24, so 32 leaves the
-/// handlers, the relay, the API and the reconciler room.
-const POOL_CONNECTIONS: u32 = 32;
-
-/// Connects to the configured database.
-pub async fn open_store(config: &Config) -> anyhow::Result<EventStore> {
-    EventStore::connect(config.database_url.as_str(), POOL_CONNECTIONS)
-        .await
-        .with_context(|| format!("cannot connect to the database at {}", config.database_url))
-}
 
 /// Prints a key's history, oldest first. Returns false when the key has no events.
 pub async fn history(

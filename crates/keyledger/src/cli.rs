@@ -1,6 +1,10 @@
+//! The command line: every command of the binary, parsed by clap. Lab commands (`demo`,
+//! `panel-sim`, `bench …`) exist only with the default `lab` feature.
+
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use service::Role;
 use uuid::Uuid;
 
 /// keyledger: VPN access keys for Telegram users, from one append-only event log.
@@ -45,13 +49,16 @@ pub enum Command {
     },
     /// The whole pipeline against a built-in panel simulator and a scripted user, told as
     /// it happens; in a scratch database and vhost removed afterwards.
+    #[cfg(feature = "lab")]
     Demo,
     /// Serve a simulated 3x-ui panel (in memory, for demos) until SIGTERM or SIGINT.
-    PanelSim(crate::panel_sim::PanelSimArgs),
+    #[cfg(feature = "lab")]
+    PanelSim(lab::PanelSimArgs),
     /// Benchmarks; each prints JSON with its baseline measured in the same run.
+    #[cfg(feature = "lab")]
     Bench {
         #[command(subcommand)]
-        command: BenchCommand,
+        command: lab::BenchCommand,
     },
 }
 
@@ -80,84 +87,14 @@ pub enum ProjectionsCommand {
     Rebuild,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Append throughput against a bare INSERT of the same rows through the same pool.
-    Append(AppendBenchArgs),
-    /// Relay throughput from the log to a queue with confirms, against raw confirmed
-    /// publishing of the same bodies to a quorum queue.
-    Relay(RelayBenchArgs),
-    /// Rebuilding the key views from the log, against a raw ordered scan (COPY) of the
-    /// same rows.
-    Rebuild(RebuildBenchArgs),
-    /// Simulated users through every role against the panel simulator, against the
-    /// simulator's own capacity at the same latency.
-    E2e(E2eBenchArgs),
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct E2eBenchArgs {
-    /// Users, each requesting a key, refreshing it three times and revoking it.
-    #[arg(long, default_value_t = 1000)]
-    pub users: usize,
-    /// Added to every panel answer.
-    #[arg(long, default_value_t = 20)]
-    pub panel_latency_ms: u64,
-    /// Users acting at the same time (and the baseline's concurrent panel calls).
-    #[arg(long, default_value_t = 100)]
-    pub concurrency: usize,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct RebuildBenchArgs {
-    /// Events in the generated log, ten per key.
-    #[arg(long, default_value_t = 200_000)]
-    pub events: usize,
-    /// Alternating rounds of rebuild and scan; the best of each counts.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: u32,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct RelayBenchArgs {
-    /// Events in the log, each relayed once per round.
-    #[arg(long, default_value_t = 20_000)]
-    pub events: usize,
-    /// Publishes awaiting their confirm, for the relay and the baseline alike.
-    #[arg(long, default_value_t = 256)]
-    pub window: usize,
-    /// Alternating rounds of relay and baseline, to even out machine noise.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: u32,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct AppendBenchArgs {
-    /// Seconds each measurement runs (store and baseline alike).
-    #[arg(long, default_value_t = 3.0)]
-    pub seconds: f64,
-    /// Alternating rounds of store and baseline per case, to even out machine noise.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: u32,
-}
-
-/// The roles of CONTRACT.md §1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Role {
-    Api,
-    Relay,
-    Projector,
-    Worker,
-    Bot,
-    Scheduler,
-}
-
-impl Role {
-    /// Whether the role talks to RabbitMQ.
-    pub fn uses_broker(self) -> bool {
-        matches!(
-            self,
-            Role::Relay | Role::Projector | Role::Worker | Role::Bot
-        )
+impl Command {
+    /// Commands that print their own story on stdout, where routine log lines would bury
+    /// it (and, in a benchmark, cost time).
+    pub fn tells_its_own_story(&self) -> bool {
+        #[cfg(feature = "lab")]
+        if matches!(self, Self::Demo | Self::Bench { .. }) {
+            return true;
+        }
+        false
     }
 }

@@ -1,50 +1,25 @@
-//! The `keyledger` binary: configuration, the command line, and the wiring of roles.
+//! The `keyledger` binary: the command line and what each command does.
 //!
-//! Everything that decides or stores lives in the other crates; this one reads the
-//! configuration (CONTRACT.md §2), parses the command line (§1), connects the parts and maps
-//! outcomes to exit codes: 0 success, 1 a failure the output explains, 2 bad usage or bad
-//! configuration.
+//! Everything that decides or stores lives in the other crates, and the configuration and
+//! the wiring of roles in `service`; this crate parses the command line, runs the command
+//! and maps outcomes to exit codes: 0 success, 1 a failure the output explains, 2 bad usage
+//! or bad configuration. The default `lab` feature adds `demo`, `panel-sim` and `bench …`
+//! from the `lab` crate; without it (`--no-default-features`) the binary is the production
+//! service alone, with no simulator or fake inside.
 
 pub mod audit;
-pub mod bench;
-mod bench_e2e;
-mod bench_rebuild;
 pub mod cli;
-pub mod config;
-mod demo;
-pub mod panel_sim;
-pub mod panels;
-pub mod scheduler;
-mod scratch;
-pub mod serve;
-pub mod telemetry;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{AuditCommand, BenchCommand, Cli, Command, ProjectionsCommand};
-use crate::config::{Config, ConfigError};
+use service::config::Config;
+use service::{serve, store, telemetry};
 
-/// How a run ended, for the exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("{0}")]
-    Usage(String),
-    #[error("{0:#}")]
-    Runtime(#[from] anyhow::Error),
-}
+use crate::cli::{AuditCommand, Cli, Command, ProjectionsCommand};
 
-impl Failure {
-    pub fn exit_code(&self) -> ExitCode {
-        match self {
-            Self::Config(_) | Self::Usage(_) => ExitCode::from(2),
-            Self::Runtime(_) => ExitCode::from(1),
-        }
-    }
-}
+pub use service::Failure;
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
@@ -67,7 +42,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let mut config = Config::load(cli.config.as_deref())?;
-    let tells_its_own_story = matches!(cli.command, Command::Demo | Command::Bench { .. });
+    let tells_its_own_story = cli.command.tells_its_own_story();
     if tells_its_own_story && std::env::var_os("RUST_LOG").is_none() {
         // The demo and the benchmarks print their own story on stdout; routine log lines
         // would bury it (and, in a benchmark, cost time).
@@ -81,11 +56,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
-            audit::migrate(&config).await?;
+            store::migrate(&config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit { command } => {
-            let store = audit::open_store(&config).await?;
+            let store = store::open_store(&config).await?;
             let held = match command {
                 AuditCommand::History { key_id, json } => {
                     audit::history(&store, key_id, json, &mut out).await?
@@ -100,9 +75,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             })
         }
         Command::Reconcile { location, dry_run } => {
-            let store = audit::migrate(&config).await?;
+            let store = store::migrate(&config).await?;
             let clean =
-                panels::reconcile(&config, store, location.as_deref(), dry_run, &mut out).await?;
+                service::panels::reconcile(&config, store, location.as_deref(), dry_run, &mut out)
+                    .await?;
             Ok(if clean {
                 ExitCode::SUCCESS
             } else {
@@ -110,29 +86,25 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             })
         }
         Command::Projections { command } => {
-            let store = audit::migrate(&config).await?;
+            let store = store::migrate(&config).await?;
             match command {
                 ProjectionsCommand::Rebuild => audit::rebuild_projections(&store, &mut out).await?,
             }
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "lab")]
         Command::Demo => {
-            demo::run(&config, &mut out).await?;
+            lab::demo(&config, &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "lab")]
         Command::PanelSim(args) => {
-            panel_sim::run(&args, &mut out).await?;
+            lab::panel_sim(&args, &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "lab")]
         Command::Bench { command } => {
-            match command {
-                BenchCommand::Append(args) => bench::append(&config, &args, &mut out).await?,
-                BenchCommand::Relay(args) => bench::relay(&config, &args, &mut out).await?,
-                BenchCommand::E2e(args) => bench_e2e::e2e(&config, &args, &mut out).await?,
-                BenchCommand::Rebuild(args) => {
-                    bench_rebuild::rebuild(&config, &args, &mut out).await?
-                }
-            }
+            lab::bench(&config, &command, &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -8,8 +8,7 @@
 //! consumes `keyledger.x3ui-worker`, applies each key's desired state from the log to its
 //! location's panel (batching concurrent keys per location, see [`Panels`]) and records
 //! the acknowledgements. [`reconcile`] compares whole panels with the log, repairs drift
-//! and records it. [`simulator`] is a stand-in panel with
-//! the real one's quirks and switchable faults, for tests and for `keyledger demo`.
+//! and records it.
 //! x3ui-api.md in the shared docs describes the real panel this code is written against.
 
 mod config;
@@ -21,7 +20,6 @@ mod panels;
 pub mod reconcile;
 mod resilience;
 mod session_lock;
-pub mod simulator;
 pub mod worker;
 
 pub use config::{ApiKind, Credentials, PanelConfig, Secret};

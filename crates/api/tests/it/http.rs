@@ -1,0 +1,667 @@
+//! The HTTP API against the real PostgreSQL, over real HTTP: roles, validation,
+//! idempotency, commands, queries, the audit routes, probes, metrics and the OpenAPI
+//! document.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use api::{ApiConfig, ApiLocation, Secret, Tokens};
+use domain::{ConfirmProvisioned, KeyCommand, KeyId, LocationId, UserId};
+use eventstore::{Actor, ActorKind, EventMetadata, KeyLedger};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use testkit::TestDatabase;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const ADMIN: &str = "admin-token-for-tests-0001";
+const SERVICE: &str = "service-token-for-tests-0002";
+const AUDITOR: &str = "auditor-token-for-tests-0003";
+
+struct Api {
+    db: TestDatabase,
+    base: String,
+    http: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Api {
+    async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    async fn start_with(amqp_url: Option<String>) -> Self {
+        let db = TestDatabase::create().await;
+        let tokens = Tokens::new(
+            Some(&Secret::new(ADMIN)),
+            Some(&Secret::new(SERVICE)),
+            Some(&Secret::new(AUDITOR)),
+        );
+        let locations = [("ams", "Amsterdam"), ("fra", "Frankfurt")]
+            .into_iter()
+            .map(|(id, name)| ApiLocation {
+                id: LocationId::new(id).expect("valid id"),
+                name: name.to_owned(),
+            })
+            .collect();
+        let config = ApiConfig {
+            tokens,
+            locations,
+            amqp_url,
+            panels: None,
+        };
+        let router = api::router(db.store.clone(), config, api::metrics::recorder());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let stop = CancellationToken::new();
+        tokio::spawn(api::serve(listener, router, stop.clone()));
+        Self {
+            db,
+            base,
+            http: reqwest::Client::new(),
+            stop,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body read");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, body)
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(ADMIN), Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(ADMIN), None).await
+    }
+
+    async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(self.db.pool())
+            .await
+            .expect("count events")
+    }
+
+    /// Plays the worker: the panel now holds the key's client.
+    async fn confirm_provisioned(&self, key_id: Uuid, client_uuid: Uuid) {
+        let ledger = KeyLedger::new(self.db.store.clone());
+        let command = KeyCommand::ConfirmProvisioned(ConfirmProvisioned {
+            client_uuid,
+            inbound_id: 1,
+            link: None,
+        });
+        let metadata =
+            EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Worker, "test"));
+        ledger
+            .execute(KeyId::from_uuid(key_id), &command, &metadata)
+            .await
+            .expect("provisioned");
+    }
+}
+
+fn request_body(user_id: i64) -> Value {
+    json!({"user_id": user_id, "location": "ams"})
+}
+
+fn key_of(user_id: i64) -> Uuid {
+    KeyId::for_user_at(
+        UserId::new(user_id).expect("user"),
+        &LocationId::new("ams").expect("location"),
+    )
+    .as_uuid()
+}
+
+#[tokio::test]
+async fn a_requested_key_answers_202_with_its_view_in_provisioning() {
+    let api = Api::start().await;
+    let (status, view) = api.post("/v1/keys", request_body(42)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["key_id"], json!(key_of(42)));
+    assert_eq!(view["user_id"], json!(42));
+    assert_eq!(view["location"], json!("ams"));
+    assert_eq!(view["status"], json!("provisioning"));
+    assert_eq!(view["version"], json!(1));
+    assert!(view["client_uuid"].as_str().is_some(), "{view}");
+    assert_eq!(api.event_count().await, 1);
+}
+
+/// Every route of CONTRACT.md §7 with the roles allowed on it.
+fn routes() -> Vec<(Method, String, Option<Value>, &'static [&'static str])> {
+    let key = key_of(42);
+    let writers: &'static [&'static str] = &["admin", "service"];
+    let readers: &'static [&'static str] = &["admin", "service", "auditor"];
+    let auditors: &'static [&'static str] = &["admin", "auditor"];
+    vec![
+        (
+            Method::POST,
+            "/v1/keys".into(),
+            Some(request_body(42)),
+            writers,
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{key}/rotate"),
+            Some(json!({})),
+            writers,
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{key}/revoke"),
+            Some(json!({"reason": "test"})),
+            writers,
+        ),
+        (
+            Method::POST,
+            format!("/v1/keys/{key}/renew"),
+            Some(json!({"expires_at": "2099-01-01T00:00:00Z"})),
+            writers,
+        ),
+        (Method::GET, format!("/v1/keys/{key}"), None, readers),
+        (Method::GET, "/v1/users/42/keys".into(), None, readers),
+        (
+            Method::GET,
+            format!("/v1/keys/{key}/history"),
+            None,
+            auditors,
+        ),
+        (
+            Method::GET,
+            "/v1/events?after=0&limit=10".into(),
+            None,
+            auditors,
+        ),
+        (Method::GET, "/v1/audit/verify".into(), None, auditors),
+        (Method::GET, "/v1/locations".into(), None, readers),
+    ]
+}
+
+#[tokio::test]
+async fn every_route_admits_its_roles_refuses_the_others_and_wants_a_token() {
+    let api = Api::start().await;
+    let tokens = [("admin", ADMIN), ("service", SERVICE), ("auditor", AUDITOR)];
+    for (method, path, body, allowed) in routes() {
+        let (status, error) = api.call(method.clone(), &path, None, body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without token"
+        );
+        assert_eq!(error["error"]["code"], json!("missing_token"));
+        let (status, error) = api
+            .call(
+                method.clone(),
+                &path,
+                Some("not-a-token-at-all-xyz"),
+                body.clone(),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} bad token"
+        );
+        assert_eq!(error["error"]["code"], json!("invalid_token"));
+        for (role, token) in tokens {
+            let (status, answer) = api
+                .call(method.clone(), &path, Some(token), body.clone())
+                .await;
+            if allowed.contains(&role) {
+                assert!(
+                    status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
+                    "{role} on {method} {path}: {status} {answer}"
+                );
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{role} on {method} {path}");
+                assert_eq!(answer["error"]["code"], json!("forbidden"));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_bodies_are_refused_with_400_and_append_nothing() {
+    let api = Api::start().await;
+    let oversized = json!({"user_id": 42, "location": "ams", "pad": "x".repeat(20_000)});
+    let cases = [
+        (
+            json!({"user_id": 42, "location": "ams", "colour": "red"}),
+            "invalid_body",
+        ),
+        (json!({"user_id": "42", "location": "ams"}), "invalid_body"),
+        (json!({"location": "ams"}), "invalid_body"),
+        (json!({"user_id": -5, "location": "ams"}), "invalid_user_id"),
+        (
+            json!({"user_id": 42, "location": "nowhere"}),
+            "unknown_location",
+        ),
+        (
+            json!({"user_id": 42, "location": "ams", "traffic_limit_bytes": -1}),
+            "invalid_body",
+        ),
+        (
+            json!({"user_id": 42, "location": "ams", "traffic_limit_bytes": 1u64 << 60}),
+            "invalid_traffic_limit",
+        ),
+        (
+            json!({"user_id": 42, "location": "ams", "expires_at": "2001-01-01T00:00:00Z"}),
+            "invalid_expires_at",
+        ),
+        (
+            json!({"user_id": 42, "location": "ams", "expires_at": "next tuesday"}),
+            "invalid_body",
+        ),
+        (oversized, "body_too_large"),
+        (json!([1, 2, 3]), "invalid_body"),
+    ];
+    for (body, code) in cases {
+        let (status, error) = api.post("/v1/keys", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {error}");
+        assert_eq!(error["error"]["code"], json!(code), "{body}: {error}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{error}"
+        );
+    }
+    let raw = api
+        .http
+        .post(format!("{}/v1/keys", api.base))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .body("{\"user_id\": 42,")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
+    let raw = api
+        .http
+        .post(format!("{}/v1/keys", api.base))
+        .bearer_auth(ADMIN)
+        .header("content-type", "text/plain")
+        .body(request_body(42).to_string())
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
+
+    let (status, _) = api.post("/v1/keys/not-a-uuid/rotate", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let key = key_of(42);
+    let (status, _) = api
+        .post(&format!("/v1/keys/{key}/revoke"), json!({"reason": ""}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api
+        .post(&format!("/v1/keys/{key}/rotate"), json!({"now": true}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api.get("/v1/users/abc/keys").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api.get("/v1/events?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api.get("/v1/events?after=-1").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api.get("/v1/events?limit=5000").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(api.event_count().await, 0, "bad input appended something");
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_gets_the_same_answer_and_one_command() {
+    let api = Api::start().await;
+    let send = |key: &'static str, body: Value| {
+        api.http
+            .post(format!("{}/v1/keys", api.base))
+            .bearer_auth(SERVICE)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let first = send("req-1", request_body(7)).await.expect("sent");
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.expect("json");
+    let again = send("req-1", request_body(7)).await.expect("sent");
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(first, again);
+
+    let reused = send("req-1", request_body(8)).await.expect("sent");
+    assert_eq!(reused.status(), StatusCode::CONFLICT);
+    let reused: Value = reused.json().await.expect("json");
+    assert_eq!(reused["error"]["code"], json!("idempotency_key_reused"));
+    assert_eq!(api.event_count().await, 1);
+
+    // Concurrent retries of one rotation rotate once.
+    let key = key_of(7);
+    let client: Uuid = serde_json::from_value(first["client_uuid"].clone()).expect("uuid");
+    api.confirm_provisioned(key, client).await;
+    let rotate = || {
+        api.http
+            .post(format!("{}/v1/keys/{key}/rotate", api.base))
+            .bearer_auth(SERVICE)
+            .header("Idempotency-Key", "rotate-once")
+            .send()
+    };
+    let (a, b, c) = tokio::join!(rotate(), rotate(), rotate());
+    let mut answers = Vec::new();
+    for response in [a, b, c] {
+        let response = response.expect("sent");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        answers.push(response.json::<Value>().await.expect("json"));
+    }
+    assert_eq!(answers[0]["client_uuid"], answers[1]["client_uuid"]);
+    assert_eq!(answers[1]["client_uuid"], answers[2]["client_uuid"]);
+    let rotations: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE type = 'key.rotation_requested'")
+            .fetch_one(api.db.pool())
+            .await
+            .expect("count");
+    assert_eq!(rotations, 1);
+}
+
+#[tokio::test]
+async fn a_key_is_rotated_revoked_renewed_and_refused_as_the_domain_says() {
+    let api = Api::start().await;
+    let (_, requested) = api.post("/v1/keys", request_body(5)).await;
+    let key = key_of(5);
+    let (status, error) = api.post(&format!("/v1/keys/{key}/rotate"), json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert_eq!(error["error"]["code"], json!("not_yet_provisioned"));
+
+    let client: Uuid = serde_json::from_value(requested["client_uuid"].clone()).expect("uuid");
+    api.confirm_provisioned(key, client).await;
+    // A bare POST, without a body, rotates too.
+    let response = api
+        .http
+        .post(format!("{}/v1/keys/{key}/rotate", api.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let rotated: Value = response.json().await.expect("json");
+    assert_eq!(rotated["status"], json!("rotating"));
+    assert_ne!(rotated["client_uuid"], requested["client_uuid"]);
+    assert_eq!(
+        rotated["link"],
+        Value::Null,
+        "no link before the panel confirms"
+    );
+
+    let (status, renewed) = api
+        .post(
+            &format!("/v1/keys/{key}/renew"),
+            json!({"expires_at": "2099-05-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{renewed}");
+    assert_eq!(renewed["expires_at"], json!("2099-05-01T00:00:00Z"));
+
+    let (status, revoked) = api
+        .post(&format!("/v1/keys/{key}/revoke"), json!({"reason": "left"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{revoked}");
+    assert_eq!(revoked["status"], json!("revoking"));
+    let (status, error) = api.post(&format!("/v1/keys/{key}/rotate"), json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+
+    let unknown = Uuid::new_v4();
+    let (status, error) = api
+        .post(&format!("/v1/keys/{unknown}/rotate"), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{error}");
+    assert_eq!(error["error"]["code"], json!("key_not_found"));
+}
+
+#[tokio::test]
+async fn views_history_and_the_log_are_served_from_what_was_recorded() {
+    let api = Api::start().await;
+    for user in [1, 2, 3] {
+        let (status, _) = api.post("/v1/keys", request_body(user)).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+    }
+    let (status, _) = api
+        .post("/v1/keys", json!({"user_id": 1, "location": "fra"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let key = key_of(1);
+    let (status, _) = api.get(&format!("/v1/keys/{key}")).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no view before the projector ran"
+    );
+    projector::rebuild(&api.db.store).await.expect("rebuild");
+
+    let (status, view) = api.get(&format!("/v1/keys/{key}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(view["status"], json!("provisioning"));
+    let (status, views) = api.get("/v1/users/1/keys").await;
+    assert_eq!(status, StatusCode::OK);
+    let locations: BTreeSet<String> = views
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v["location"].as_str().expect("location").to_owned())
+        .collect();
+    assert_eq!(
+        locations,
+        BTreeSet::from(["ams".to_owned(), "fra".to_owned()])
+    );
+
+    let (status, history) = api.get(&format!("/v1/keys/{key}/history")).await;
+    assert_eq!(status, StatusCode::OK);
+    let events = history["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["type"], json!("key.requested"));
+    assert_eq!(events[0]["hash"].as_str().map(str::len), Some(64));
+    let (status, _) = api
+        .get(&format!("/v1/keys/{}/history", Uuid::new_v4()))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Paging two at a time walks the whole log in order, without gaps.
+    let mut after = 0;
+    let mut positions = Vec::new();
+    loop {
+        let (status, page) = api.get(&format!("/v1/events?after={after}&limit=2")).await;
+        assert_eq!(status, StatusCode::OK);
+        let events = page["events"].as_array().expect("events").clone();
+        if events.is_empty() {
+            assert_eq!(page["next_after"], json!(after));
+            break;
+        }
+        assert!(events.len() <= 2);
+        positions.extend(
+            events
+                .iter()
+                .map(|e| e["position"].as_i64().expect("position")),
+        );
+        after = page["next_after"].as_i64().expect("next");
+    }
+    let expected: Vec<i64> = sqlx::query_scalar("SELECT position FROM events ORDER BY position")
+        .fetch_all(api.db.pool())
+        .await
+        .expect("positions");
+    assert_eq!(positions, expected);
+
+    let (status, report) = api.get("/v1/audit/verify").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["ok"], json!(true), "{report}");
+    sqlx::query("UPDATE key_views SET status = 'active' WHERE key_id = $1")
+        .bind(key)
+        .execute(api.db.pool())
+        .await
+        .expect("tamper with a view");
+    let (_, report) = api.get("/v1/audit/verify").await;
+    assert_eq!(report["ok"], json!(false), "{report}");
+    assert_eq!(report["views"]["differences"][0]["key_id"], json!(key));
+
+    let (status, locations) = api.get("/v1/locations").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(locations[0]["id"], json!("ams"));
+    assert_eq!(locations[0]["name"], json!("Amsterdam"));
+    assert_eq!(locations[1]["id"], json!("fra"));
+}
+
+#[tokio::test]
+async fn probes_metrics_and_errors_for_unknown_routes() {
+    let api = Api::start().await;
+    let (status, body) = api.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], json!("ok"));
+    let (status, body) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checks"]["database"], json!("ok"));
+
+    let (status, body) = api.call(Method::GET, "/v1/nothing-here", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], json!("not_found"));
+    let (status, body) = api
+        .call(Method::DELETE, "/v1/keys", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+
+    let (status, _) = api.post("/v1/keys", request_body(9)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, text) = api.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().expect("text").to_owned();
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("keyledger_http_requests_total")
+                && line.contains("route=\"/v1/keys\"")
+                && line.contains("status=\"202\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("keyledger_http_request_duration_seconds_bucket"),
+        "latency must be a histogram: {text}"
+    );
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("keyledger_events_appended_total")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn readiness_fails_when_the_broker_is_unreachable() {
+    // Nothing listens on port 1.
+    let api = Api::start_with(Some("amqp://guest:guest@127.0.0.1:1/%2f".into())).await;
+    let (status, body) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], json!("not_ready"));
+    assert_eq!(body["checks"]["database"], json!("ok"));
+    assert_ne!(body["checks"]["broker"], json!("ok"));
+    assert!(!body.to_string().contains("guest:guest"), "{body}");
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_exactly_the_routes_served() {
+    let api = Api::start().await;
+    let (status, document) = api.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let paths = document["paths"].as_object().expect("paths");
+    let mut documented = BTreeSet::new();
+    for (path, operations) in paths {
+        for method in operations.as_object().expect("operations").keys() {
+            documented.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let contract: BTreeSet<String> = [
+        "POST /v1/keys",
+        "POST /v1/keys/{key_id}/rotate",
+        "POST /v1/keys/{key_id}/revoke",
+        "POST /v1/keys/{key_id}/renew",
+        "GET /v1/keys/{key_id}",
+        "GET /v1/users/{user_id}/keys",
+        "GET /v1/keys/{key_id}/history",
+        "GET /v1/events",
+        "GET /v1/audit/verify",
+        "GET /v1/locations",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    assert_eq!(documented, contract);
+    // And every documented operation is really served: none falls through to 404/405.
+    for operation in &documented {
+        let (method, path) = operation.split_once(' ').expect("method and path");
+        let path = path
+            .replace("{key_id}", &Uuid::new_v4().to_string())
+            .replace("{user_id}", "42");
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let (status, body) = api.call(method, &path, None, None).await;
+        assert!(
+            status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED
+                || body["error"]["code"] == json!("key_not_found"),
+            "{operation} is documented but not served: {status} {body}"
+        );
+    }
+    assert!(
+        document["components"]["schemas"]["KeyView"].is_object(),
+        "{document}"
+    );
+}
+
+#[tokio::test]
+async fn shutting_down_stops_taking_requests() {
+    let api = Api::start().await;
+    let (status, _) = api.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    api.stop.cancel();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let refused = api
+            .http
+            .get(format!("{}/healthz", api.base))
+            .send()
+            .await
+            .is_err();
+        if refused {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still serving after stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

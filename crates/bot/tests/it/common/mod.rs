@@ -1,0 +1,244 @@
+//! The whole path behind the bot, against real services: PostgreSQL (a database per test),
+//! RabbitMQ (a vhost per test), the relay, the projector, the worker with a simulated
+//! panel per location, the bot itself, and the fake Telegram Bot API in front of it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bot::{BotConfig, BotLocation, BotToken};
+use broker::{Relay, RelayConfig};
+use domain::{KeyId, KeyState, LocationId, UserId};
+use eventstore::KeyLedger;
+use serde_json::{Map, Value};
+use telegram_fake::{FakeTelegram, Sent, TestUser};
+use testkit::TestBroker;
+use testkit::TestDatabase;
+pub use testkit::init_logs;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use x3ui_sim::{PanelSimulator, SimConfig};
+use x3ui_worker::{Location, Panel, Panels, ResiliencePolicy};
+
+pub struct Harness {
+    pub db: TestDatabase,
+    pub broker: TestBroker,
+    pub telegram: FakeTelegram,
+    /// One simulated panel per location, in the order of `locations`.
+    pub sims: Vec<(String, PanelSimulator)>,
+    pub ledger: KeyLedger,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Harness {
+    /// One location, `ams` ("Amsterdam").
+    pub async fn start() -> Self {
+        Self::with(&[("ams", "Amsterdam")], |_| {}).await
+    }
+
+    pub async fn with(locations: &[(&str, &str)], tune: impl FnOnce(&mut BotConfig)) -> Self {
+        init_logs();
+        let db = TestDatabase::create().await;
+        let broker = TestBroker::create().await;
+        let telegram = FakeTelegram::start().await.unwrap();
+        let mut panels = Panels::default();
+        let mut sims = Vec::new();
+        for (id, _) in locations {
+            let sim = PanelSimulator::start(SimConfig::v2_9()).await.unwrap();
+            let policy = ResiliencePolicy {
+                backoff_base: Duration::from_millis(20),
+                backoff_cap: Duration::from_millis(200),
+                open_for: Duration::from_millis(300),
+                ..ResiliencePolicy::default()
+            };
+            let panel = Panel::connect(sim.panel_config(id, 1), policy).unwrap();
+            panels
+                .insert(Location::new(*id, panel, 1).with_public_host(format!("{id}.example.com")));
+            sims.push(((*id).to_owned(), sim));
+        }
+        let mut config = BotConfig::new(
+            BotToken::new(telegram.token()),
+            telegram.api_url(),
+            locations
+                .iter()
+                .map(|(id, name)| BotLocation {
+                    id: LocationId::new(*id).unwrap(),
+                    name: (*name).to_owned(),
+                })
+                .collect(),
+        );
+        config.poll_timeout = Duration::from_secs(5);
+        config.send_poll_every = Duration::from_millis(100);
+        tune(&mut config);
+        let stop = CancellationToken::new();
+        let store = db.store.clone();
+        let url = broker.amqp_url.clone();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            Relay::new(store.clone(), RelayConfig::new(&url)).run(stop.clone()),
+        ));
+        {
+            let (store, url, stop) = (store.clone(), url.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                projector::run_projector(store, &url, stop).await
+            }));
+        }
+        tasks.push(tokio::spawn(x3ui_worker::run_worker(
+            store.clone(),
+            url.clone(),
+            Arc::new(panels),
+            stop.clone(),
+        )));
+        {
+            let (store, url, stop) = (store.clone(), url.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                bot::run_bot(store, &url, config, stop).await.unwrap()
+            }));
+        }
+        Self {
+            ledger: KeyLedger::new(db.store.clone()),
+            db,
+            broker,
+            telegram,
+            sims,
+            stop,
+            tasks,
+        }
+    }
+
+    pub fn sim(&self, location: &str) -> &PanelSimulator {
+        &self.sims.iter().find(|(id, _)| id == location).unwrap().1
+    }
+
+    pub fn key_id(user: &TestUser, location: &str) -> KeyId {
+        KeyId::for_user_at(
+            UserId::new(user.id).unwrap(),
+            &LocationId::new(location).unwrap(),
+        )
+    }
+
+    pub async fn state(&self, key: KeyId) -> KeyState {
+        self.ledger.load(key).await.unwrap().0
+    }
+
+    pub async fn count(&self, key: KeyId, event_type: &str) -> usize {
+        let events = self.db.store.read_stream(key.as_uuid()).await.unwrap();
+        events.iter().filter(|e| e.event_type == event_type).count()
+    }
+
+    /// The panel's clients for the user at `location` (by the email the key uses).
+    pub fn panel_clients(&self, user: &TestUser, location: &str) -> Vec<Map<String, Value>> {
+        let email = format!("tg{}-{location}", user.id);
+        self.sim(location)
+            .handle()
+            .clients(1)
+            .into_iter()
+            .filter(|c| c["email"] == email)
+            .collect()
+    }
+
+    /// The panel's clients for the user that are switched on. (3x-ui cannot delete an
+    /// inbound's last client, so a revoked key's client may stay, disabled.)
+    pub fn enabled_panel_clients(
+        &self,
+        user: &TestUser,
+        location: &str,
+    ) -> Vec<Map<String, Value>> {
+        self.panel_clients(user, location)
+            .into_iter()
+            .filter(|c| c.get("enable") != Some(&Value::Bool(false)))
+            .collect()
+    }
+
+    /// The panel's only client for the user at `location`: its UUID.
+    pub fn only_panel_client(&self, user: &TestUser, location: &str) -> Uuid {
+        let clients = self.panel_clients(user, location);
+        assert_eq!(
+            clients.len(),
+            1,
+            "exactly one panel client for the user: {clients:?}"
+        );
+        Uuid::parse_str(clients[0]["id"].as_str().unwrap()).unwrap()
+    }
+
+    /// Sends `text` from `user` and waits until the bot handled it.
+    pub async fn say(&self, user: &TestUser, text: &str) -> usize {
+        let mark = self.telegram.mark();
+        let update = self.telegram.send_text(user, text);
+        self.telegram.wait_handled(update).await;
+        mark
+    }
+
+    /// Presses the button labelled `label` under `message`, and waits until it is handled.
+    pub async fn press(&self, user: &TestUser, message: &Sent, label: &str) -> usize {
+        let data = message
+            .button(label)
+            .unwrap_or_else(|| panic!("no button {label:?} under {message:#?}"))
+            .to_owned();
+        let mark = self.telegram.mark();
+        let update = self.telegram.press(user, message, &data);
+        self.telegram.wait_handled(update).await;
+        mark
+    }
+
+    /// Waits for a message to `user` at or after `mark` whose text contains `needle`.
+    pub async fn expect(&self, user: &TestUser, mark: usize, needle: &str) -> Sent {
+        let chat = user.id;
+        self.telegram
+            .wait_for(&format!("{needle:?} to {}", user.id), mark, |s| {
+                s.chat_id == chat && s.method != "answerCallbackQuery" && s.text.contains(needle)
+            })
+            .await
+    }
+
+    /// Waits until `condition` holds, failing after the deadline.
+    pub async fn until<F, Fut>(&self, what: &str, mut condition: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let until = Instant::now() + telegram_fake::DEADLINE;
+        while !condition().await {
+            assert!(Instant::now() < until, "timed out waiting for: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("every role stops")
+                .unwrap();
+        }
+    }
+}
+
+/// Checks that a key message carries the key the panel holds: a photo whose QR code reads
+/// back as exactly the link in the caption, and the link names the panel's client UUID.
+/// Returns the link.
+pub fn check_key_message(message: &Sent, panel_uuid: Uuid) -> String {
+    assert_eq!(
+        message.method, "sendPhoto",
+        "a key comes with its QR code: {message:#?}"
+    );
+    let link = message.link().expect("the link, copyable in <code>");
+    let png = message.photo.as_ref().expect("the QR code");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    let image = image::load_from_memory(png).expect("a PNG").to_luma8();
+    let mut prepared = rqrr::PreparedImage::prepare(image);
+    let grids = prepared.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code in the picture");
+    let (_, content) = grids[0].decode().expect("the QR code reads");
+    assert_eq!(content, link, "the QR code is the link");
+    let uuid = link
+        .strip_prefix("vless://")
+        .and_then(|rest| rest.split('@').next())
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .expect("a UUID in the link");
+    assert_eq!(uuid, panel_uuid, "the link is the panel's client");
+    link
+}

@@ -1,0 +1,5 @@
+//! The bot crate's integration tests, one binary for all of them (one link instead of one per file); each module is one area.
+
+mod common;
+mod conversation;
+mod notifications;

@@ -1,0 +1,6 @@
+//! The broker crate's integration tests, one binary for all of them (one link instead of one per file); each module is one area.
+
+mod common;
+mod consumer;
+mod definitions;
+mod relay;

@@ -1,0 +1,385 @@
+//! A stand-in 3x-ui panel: an HTTP server on 127.0.0.1 that answers like the real panel
+//! (x3ui-api.md), quirks included, for tests and for `keyledger demo`. Faults can be
+//! switched on at run time, and a [`SimHandle`] reads and edits the panel's data
+//! directly, the way an admin clicking in the panel's UI would behind our back.
+
+mod conn;
+mod routes;
+mod state;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, oneshot};
+use tokio::task::JoinHandle;
+use url::Url;
+
+use state::Shared;
+pub use state::SimStats;
+use x3ui_worker::{ApiKind, Credentials, PanelConfig, Secret};
+
+/// Which route family the simulated panel serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    /// `/panel/api/inbounds/*` client routes, settings as JSON strings (v2.x–v3.0).
+    Legacy,
+    /// `/panel/api/clients/*`, settings as objects, no per-inbound client routes (v3.1+).
+    Clients,
+}
+
+/// How an API call without a valid session is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthenticated {
+    /// v1.5 – v2.8.3: 401 JSON with `X-Requested-With: XMLHttpRequest`, else a 307.
+    Status401OrRedirect,
+    /// v2.8.4 – v3.0: 404 with an empty body.
+    NotFound,
+    /// v3.1+: 401 empty with the XHR header, else 404.
+    Status401OrNotFound,
+}
+
+/// A simulated panel's fixed behaviour: its version's quirks and its credentials.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The web base path, starting and ending with `/`.
+    pub base_path: String,
+    pub username: String,
+    pub password: String,
+    /// Accepted as `Authorization: Bearer`, when set.
+    pub api_token: Option<String>,
+    pub flavour: Flavour,
+    /// v3.0+: `GET csrf-token` and `X-CSRF-Token` on every POST, else 403.
+    pub csrf: bool,
+    pub unauthenticated: Unauthenticated,
+    /// v2.6 – v2.9.3 answer success for delClient of an unknown UUID.
+    pub unknown_delete_succeeds: bool,
+    /// v3.1+ lets the last client of an inbound go; older panels refuse.
+    pub last_client_deletable: bool,
+    /// Seeds the fault dice, so a failing test can be replayed.
+    pub seed: u64,
+}
+
+impl SimConfig {
+    /// v2.6 – v2.8.3: 401/307 without a session, unknown deletes succeed.
+    pub fn v2_6() -> Self {
+        Self {
+            unauthenticated: Unauthenticated::Status401OrRedirect,
+            unknown_delete_succeeds: true,
+            ..Self::v2_9()
+        }
+    }
+
+    /// v2.9.4: the most common panel; 404 without a session.
+    pub fn v2_9() -> Self {
+        Self {
+            base_path: "/sim-base-path-0123/".into(),
+            username: "admin".into(),
+            password: "sim-password".into(),
+            api_token: None,
+            flavour: Flavour::Legacy,
+            csrf: false,
+            unauthenticated: Unauthenticated::NotFound,
+            unknown_delete_succeeds: false,
+            last_client_deletable: false,
+            seed: 7,
+        }
+    }
+
+    /// v3.0: CSRF tokens and Bearer API tokens.
+    pub fn v3_0() -> Self {
+        Self {
+            csrf: true,
+            api_token: Some("sim-api-token".into()),
+            ..Self::v2_9()
+        }
+    }
+
+    /// v3.1+: the clients API.
+    pub fn v3_1() -> Self {
+        Self {
+            flavour: Flavour::Clients,
+            unauthenticated: Unauthenticated::Status401OrNotFound,
+            last_client_deletable: true,
+            ..Self::v3_0()
+        }
+    }
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self::v2_9()
+    }
+}
+
+/// How the panel looks when it is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownMode {
+    /// The listener is closed: connection refused.
+    Refused,
+    /// A reverse proxy in front answers 502.
+    BadGateway,
+}
+
+/// Switchable faults; all off by default.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Fraction (0..=1) of API calls answered with an empty HTTP 500.
+    pub error_rate: f64,
+    /// Added before every answer.
+    pub latency: Duration,
+    /// Sessions die this long after login (the panel's `sessionMaxAge`); default 360 min.
+    pub session_max_age: Option<Duration>,
+    /// Writes read the inbound, wait this long, then write it back whole, like the
+    /// panel's lock-free read-modify-write: a concurrent write in between is lost.
+    pub lost_write_window: Option<Duration>,
+    /// Fraction (0..=1) of requests whose connection is closed without an answer.
+    pub drop_rate: f64,
+    /// The next this many requests have their connection closed without an answer.
+    pub drop_next: u32,
+    /// Drops hit the connection only after the panel handled the request: the write
+    /// happened, its answer is lost. Otherwise the request is dropped unhandled.
+    pub drop_after_handling: bool,
+    /// Drops hit only POST requests (the panel's writes), not reads or the login page.
+    pub drop_writes_only: bool,
+    pub(crate) bad_gateway: bool,
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+/// A running simulated panel. Dropping it stops the server.
+pub struct PanelSimulator {
+    addr: SocketAddr,
+    handle: SimHandle,
+    running: Mutex<Option<Running>>,
+}
+
+impl PanelSimulator {
+    /// Starts a panel on 127.0.0.1 with one VLESS + reality inbound (id 1, remark `ams`,
+    /// port 443), no clients.
+    pub async fn start(config: SimConfig) -> io::Result<Self> {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), config, "ams", 443).await
+    }
+
+    /// Starts a panel listening on `addr` (port 0: any free port) with one VLESS +
+    /// reality inbound (id 1) named `remark` on `inbound_port`, no clients.
+    pub async fn start_on(
+        addr: SocketAddr,
+        config: SimConfig,
+        remark: &str,
+        inbound_port: u16,
+    ) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let handle = SimHandle {
+            shared: Arc::new(Shared::new(config)),
+        };
+        handle.add_inbound(remark, inbound_port);
+        let running = serve(listener, &handle);
+        Ok(Self {
+            addr,
+            handle,
+            running: Mutex::new(Some(running)),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The panel URL including its web base path, as an operator would configure it.
+    pub fn base_url(&self) -> Url {
+        let text = format!(
+            "http://{}{}",
+            self.addr, self.handle.shared.config.base_path
+        );
+        Url::parse(&text).unwrap_or_else(|e| unreachable!("{text} is a valid URL: {e}"))
+    }
+
+    /// A client configuration that logs in with the panel's username and password.
+    pub fn panel_config(&self, location: &str, inbound_id: i64) -> PanelConfig {
+        let config = &self.handle.shared.config;
+        let api = match config.flavour {
+            Flavour::Legacy => ApiKind::Legacy,
+            Flavour::Clients => ApiKind::Clients,
+        };
+        let credentials = Credentials::Password {
+            username: config.username.clone(),
+            password: Secret::new(config.password.clone()),
+        };
+        PanelConfig::new(location, self.base_url(), credentials, inbound_id)
+            .with_api(api)
+            .with_timeouts(Duration::from_secs(2), Duration::from_secs(5))
+    }
+
+    pub fn handle(&self) -> SimHandle {
+        self.handle.clone()
+    }
+
+    /// Takes the panel down; in-flight answers still complete.
+    pub async fn go_down(&self, mode: DownMode) -> io::Result<()> {
+        match mode {
+            DownMode::BadGateway => {
+                self.handle.update_faults(|f| f.bad_gateway = true);
+                Ok(())
+            }
+            DownMode::Refused => {
+                let running = self.running.lock().await.take();
+                if let Some(Running { stop, task }) = running {
+                    // The server may have stopped already; then there is nobody to tell.
+                    let _ = stop.send(());
+                    task.await.map_err(io::Error::other)??;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Brings the panel back on the same address, with its data as it was.
+    pub async fn come_up(&self) -> io::Result<()> {
+        self.handle.update_faults(|f| f.bad_gateway = false);
+        let mut running = self.running.lock().await;
+        if running.is_none() {
+            let listener = TcpListener::bind(self.addr).await?;
+            *running = Some(serve(listener, &self.handle));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PanelSimulator {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.get_mut().take() {
+            running.task.abort();
+        }
+    }
+}
+
+fn serve(listener: TcpListener, handle: &SimHandle) -> Running {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let app = routes::router(handle.shared.clone())
+        .into_make_service_with_connect_info::<conn::ConnectionCutter>();
+    let task = tokio::spawn(async move {
+        axum::serve(conn::SimListener(listener), app)
+            .with_graceful_shutdown(async {
+                // A dropped sender also means "stop".
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Running { stop, task }
+}
+
+/// Direct access to the simulated panel's data and faults.
+#[derive(Clone)]
+pub struct SimHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHandle").finish_non_exhaustive()
+    }
+}
+
+impl SimHandle {
+    /// Adds a VLESS + tcp + reality inbound with no clients; returns its id.
+    pub fn add_inbound(&self, remark: &str, port: u16) -> i64 {
+        self.shared.data().add_inbound(remark, port)
+    }
+
+    /// The clients of an inbound, as stored in its settings.
+    pub fn clients(&self, inbound_id: i64) -> Vec<Map<String, Value>> {
+        self.shared.data().clients(inbound_id).unwrap_or_default()
+    }
+
+    /// The client with this email (case-insensitive) in any inbound.
+    pub fn client(&self, email: &str) -> Option<Map<String, Value>> {
+        let data = self.shared.data();
+        data.inbound_ids()
+            .into_iter()
+            .flat_map(|id| data.clients(id).unwrap_or_default())
+            .find(|c| state::email_of(c).eq_ignore_ascii_case(email))
+    }
+
+    /// The inbound's raw `settings` text, exactly as stored.
+    pub fn settings_text(&self, inbound_id: i64) -> Option<String> {
+        self.shared.data().settings_text(inbound_id)
+    }
+
+    /// Puts a client straight into an inbound, bypassing every check.
+    pub fn insert_client(&self, inbound_id: i64, client: Map<String, Value>) {
+        self.shared
+            .data()
+            .edit_clients(inbound_id, |clients| clients.push(client));
+    }
+
+    /// Puts many clients straight into an inbound at once, bypassing every check (one
+    /// rewrite of the inbound's settings, however many clients).
+    pub fn insert_clients(&self, inbound_id: i64, new: Vec<Map<String, Value>>) {
+        self.shared
+            .data()
+            .edit_clients(inbound_id, |clients| clients.extend(new));
+    }
+
+    /// Removes a client behind our back; true if it was there.
+    pub fn remove_client(&self, email: &str) -> bool {
+        self.edit_client(email, |_| false)
+    }
+
+    /// Changes a client behind our back; true if it was there.
+    pub fn modify_client(&self, email: &str, change: impl Fn(&mut Map<String, Value>)) -> bool {
+        self.edit_client(email, |client| {
+            change(client);
+            true
+        })
+    }
+
+    /// `keep` sees each matching client and says whether it stays.
+    fn edit_client(&self, email: &str, keep: impl Fn(&mut Map<String, Value>) -> bool) -> bool {
+        let mut data = self.shared.data();
+        let mut found = false;
+        for id in data.inbound_ids() {
+            data.edit_clients(id, |clients| {
+                clients.retain_mut(|c| {
+                    if state::email_of(c).eq_ignore_ascii_case(email) {
+                        found = true;
+                        keep(c)
+                    } else {
+                        true
+                    }
+                });
+            });
+        }
+        found
+    }
+
+    pub fn faults(&self) -> Faults {
+        self.shared.faults().clone()
+    }
+
+    pub fn update_faults(&self, change: impl FnOnce(&mut Faults)) {
+        change(&mut self.shared.faults());
+    }
+
+    /// Ends every session now, as a panel restart with a new secret would.
+    pub fn expire_sessions(&self) {
+        self.shared.data().sessions.clear();
+    }
+
+    pub fn stats(&self) -> SimStats {
+        self.shared.stats.snapshot()
+    }
+
+    /// Requests answered so far, faults included.
+    pub fn requests(&self) -> u64 {
+        self.shared.stats.requests.load(Ordering::Relaxed)
+    }
+}
