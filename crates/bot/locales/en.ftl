@@ -5,6 +5,7 @@
 ### Texts are Telegram HTML: <b>, <code> and friends work; write &amp; &lt; &gt; for & < >.
 ### Variables ($location, $name, $url) arrive already escaped.
 ### A line break in a message is a line break in Telegram; a blank line is kept too.
+### A literal brace is written {"{"} or {"}"}.
 
 ## Commands, as registered with Telegram (the menu next to the text field).
 

@@ -2,7 +2,7 @@
 //! translator edits a language in one plain-text file without reading Rust. Fluent
 //! (<https://projectfluent.org>) is made for this: each message is a whole sentence the
 //! translator may reorder freely, with named variables, attributes for families of texts
-//! (buttons, card states) and selectors (plural forms, included) where a language needs
+//! (buttons, card states) and selectors (plural forms among them) where a language needs
 //! them. The files are `crates/bot/locales/<code>.ftl`, built into the binary; [`LOCALES`]
 //! lists them, English first, and English is the fallback for a message a file lacks.
 //!
