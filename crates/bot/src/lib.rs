@@ -77,9 +77,10 @@ pub async fn run_bot(
     Ok(())
 }
 
-/// Registers the command menu in both languages (English as the default for all others).
+/// Registers the command menu in every language (English as the default for all others).
 async fn register_commands(context: &Context) {
-    for (lang, code) in [(texts::Lang::En, None), (texts::Lang::Ru, Some("ru"))] {
+    for lang in texts::Lang::all() {
+        let code = (lang != texts::Lang::ENGLISH).then(|| lang.code());
         let t = lang.texts();
         let commands = vec![
             ("start", t.command_start()),
