@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use broker::testing::TestBroker;
 use broker::{EventHandler, HandlerError};
+use domain::EventType;
 use eventstore::testing::TestDatabase;
 use eventstore::{Actor, ActorKind, EventMetadata, EventStore, NewEvent, RecordedEvent};
 use serde_json::json;
@@ -61,9 +62,9 @@ impl Env {
             let version = from_version + i;
             let event = NewEvent::new(
                 if version == 0 {
-                    "key.requested"
+                    EventType::Requested.as_str()
                 } else {
-                    "key.drift_repaired"
+                    EventType::DriftRepaired.as_str()
                 },
                 json!({"kind": "missing_on_panel", "n": version}),
             );
@@ -238,8 +239,10 @@ pub fn spawn_writer(
         let (mut rounds, mut after_done) = (0u32, 0);
         while after_done < 10 {
             for stream in &streams {
-                let event =
-                    NewEvent::new("key.drift_repaired", json!({"kind": "missing_on_panel"}));
+                let event = NewEvent::new(
+                    EventType::DriftRepaired.as_str(),
+                    json!({"kind": "missing_on_panel"}),
+                );
                 let metadata = metadata();
                 while store
                     .append(*stream, rounds, std::slice::from_ref(&event), &metadata)
