@@ -1,7 +1,7 @@
 //! A key as the bot shows it: state and link from the log (and the key view for a link
 //! the log does not carry), with the buttons that fit its state.
 
-use domain::{KeyId, KeyState, KeyStatus, Phase};
+use domain::{EventType, KeyId, KeyState, KeyStatus, Phase};
 use eventstore::RecordedEvent;
 use projector::KeyView;
 use uuid::Uuid;
@@ -38,7 +38,10 @@ pub fn current_link(
     }
     let client = state.details.as_ref()?.client_uuid;
     let from_log = events.iter().rev().find_map(|event| {
-        if !matches!(event.event_type.as_str(), "key.provisioned" | "key.rotated") {
+        if !matches!(
+            EventType::parse(&event.event_type),
+            Some(EventType::Provisioned | EventType::Rotated)
+        ) {
             return None;
         }
         link_for(&event.data, client)
@@ -106,16 +109,18 @@ pub fn main_menu(texts: &dyn Texts) -> Keyboard {
 
 /// What an event means in a key's timeline; `None` for bookkeeping users need not see.
 pub fn milestone(event_type: &str) -> Option<Milestone> {
-    Some(match event_type {
-        "key.requested" => Milestone::Issued,
-        "key.provisioned" => Milestone::Ready,
-        "key.rotated" => Milestone::Refreshed,
-        "key.revoked" => Milestone::Revoked,
-        "key.expired" => Milestone::Expired,
-        "key.renewed" => Milestone::Renewed,
-        "key.drift_repaired" => Milestone::Repaired,
-        "key.provisioning_failed" => Milestone::Failed,
-        _ => return None,
+    Some(match EventType::parse(event_type)? {
+        EventType::Requested => Milestone::Issued,
+        EventType::Provisioned => Milestone::Ready,
+        EventType::Rotated => Milestone::Refreshed,
+        EventType::Revoked => Milestone::Revoked,
+        EventType::Expired => Milestone::Expired,
+        EventType::Renewed => Milestone::Renewed,
+        EventType::DriftRepaired => Milestone::Repaired,
+        EventType::ProvisioningFailed => Milestone::Failed,
+        EventType::RotationRequested
+        | EventType::RevocationRequested
+        | EventType::DriftDetected => return None,
     })
 }
 
@@ -137,14 +142,14 @@ mod tests {
     #[test]
     fn every_history_milestone_of_the_issue_is_named() {
         for event_type in [
-            "key.requested",
-            "key.rotated",
-            "key.revoked",
-            "key.expired",
-            "key.drift_repaired",
+            EventType::Requested.as_str(),
+            EventType::Rotated.as_str(),
+            EventType::Revoked.as_str(),
+            EventType::Expired.as_str(),
+            EventType::DriftRepaired.as_str(),
         ] {
             assert!(milestone(event_type).is_some(), "{event_type}");
         }
-        assert_eq!(milestone("key.rotation_requested"), None);
+        assert_eq!(milestone(EventType::RotationRequested.as_str()), None);
     }
 }

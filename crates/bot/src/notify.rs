@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{KeyId, KeyState, Phase, evolve};
+use domain::{EventType, KeyId, KeyState, Phase, evolve};
 use eventstore::{EventStore, RecordedEvent};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -45,13 +45,13 @@ impl NotifyHandler {
 
 /// The notification an event calls for.
 fn kind_of(event_type: &str) -> Option<&'static str> {
-    Some(match event_type {
-        "key.provisioned" => "ready",
-        "key.rotated" => "refreshed",
-        "key.revoked" => "revoked",
-        "key.expired" => "expired",
-        "key.renewed" => "renewed",
-        "key.provisioning_failed" => "failed",
+    Some(match EventType::parse(event_type)? {
+        EventType::Provisioned => "ready",
+        EventType::Rotated => "refreshed",
+        EventType::Revoked => "revoked",
+        EventType::Expired => "expired",
+        EventType::Renewed => "renewed",
+        EventType::ProvisioningFailed => "failed",
         _ => return None,
     })
 }

@@ -4,6 +4,7 @@
 //! start. The one tunable, the broker-side delivery limit, is a policy (see
 //! [`policies`]): operators change it in the management UI without redeclaring anything.
 
+use domain::EventType;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
@@ -48,23 +49,31 @@ impl Queue {
     pub fn bindings(self) -> &'static [&'static str] {
         match self {
             // Whatever changes what a panel must hold.
-            Queue::X3uiWorker => &[
-                "key.requested",
-                "key.rotation_requested",
-                "key.revocation_requested",
-                "key.expired",
-                "key.renewed",
-            ],
+            Queue::X3uiWorker => {
+                const {
+                    &[
+                        EventType::Requested.as_str(),
+                        EventType::RotationRequested.as_str(),
+                        EventType::RevocationRequested.as_str(),
+                        EventType::Expired.as_str(),
+                        EventType::Renewed.as_str(),
+                    ]
+                }
+            }
             Queue::Projector => &["key.#"],
             // What a user hears about.
-            Queue::BotNotify => &[
-                "key.provisioned",
-                "key.rotated",
-                "key.revoked",
-                "key.expired",
-                "key.renewed",
-                "key.provisioning_failed",
-            ],
+            Queue::BotNotify => {
+                const {
+                    &[
+                        EventType::Provisioned.as_str(),
+                        EventType::Rotated.as_str(),
+                        EventType::Revoked.as_str(),
+                        EventType::Expired.as_str(),
+                        EventType::Renewed.as_str(),
+                        EventType::ProvisioningFailed.as_str(),
+                    ]
+                }
+            }
         }
     }
 

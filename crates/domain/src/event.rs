@@ -35,20 +35,81 @@ pub enum KeyEvent {
     DriftRepaired(KeyDriftRepaired),
 }
 
-/// Every event type, in the order of CONTRACT.md §4.
-pub const EVENT_TYPES: [&str; 11] = [
-    "key.requested",
-    "key.provisioned",
-    "key.rotation_requested",
-    "key.rotated",
-    "key.revocation_requested",
-    "key.revoked",
-    "key.expired",
-    "key.renewed",
-    "key.provisioning_failed",
-    "key.drift_detected",
-    "key.drift_repaired",
-];
+/// The `type` of a key event, as stored in the event store and used as the routing key on
+/// the broker. [`EventType::as_str`] is the one place outside the serde renames of
+/// [`KeyEvent`] where the names are spelled; a unit test ties the two together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    Requested,
+    Provisioned,
+    RotationRequested,
+    Rotated,
+    RevocationRequested,
+    Revoked,
+    Expired,
+    Renewed,
+    ProvisioningFailed,
+    DriftDetected,
+    DriftRepaired,
+}
+
+impl EventType {
+    /// Every event type, in the order of CONTRACT.md §4.
+    pub const ALL: [EventType; 11] = [
+        Self::Requested,
+        Self::Provisioned,
+        Self::RotationRequested,
+        Self::Rotated,
+        Self::RevocationRequested,
+        Self::Revoked,
+        Self::Expired,
+        Self::Renewed,
+        Self::ProvisioningFailed,
+        Self::DriftDetected,
+        Self::DriftRepaired,
+    ];
+
+    /// The name as stored and published, e.g. `key.rotated`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "key.requested",
+            Self::Provisioned => "key.provisioned",
+            Self::RotationRequested => "key.rotation_requested",
+            Self::Rotated => "key.rotated",
+            Self::RevocationRequested => "key.revocation_requested",
+            Self::Revoked => "key.revoked",
+            Self::Expired => "key.expired",
+            Self::Renewed => "key.renewed",
+            Self::ProvisioningFailed => "key.provisioning_failed",
+            Self::DriftDetected => "key.drift_detected",
+            Self::DriftRepaired => "key.drift_repaired",
+        }
+    }
+
+    /// The event type of that name, if it is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
+/// A name that is not one of [`EventType::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event type {0:?}")]
+pub struct UnknownEventType(pub String);
+
+impl std::str::FromStr for EventType {
+    type Err = UnknownEventType;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::parse(name).ok_or_else(|| UnknownEventType(name.to_owned()))
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRequested {
@@ -143,21 +204,26 @@ pub struct EventDecodeError {
 }
 
 impl KeyEvent {
+    /// The event's type.
+    pub fn kind(&self) -> EventType {
+        match self {
+            Self::Requested(_) => EventType::Requested,
+            Self::Provisioned(_) => EventType::Provisioned,
+            Self::RotationRequested(_) => EventType::RotationRequested,
+            Self::Rotated(_) => EventType::Rotated,
+            Self::RevocationRequested(_) => EventType::RevocationRequested,
+            Self::Revoked(_) => EventType::Revoked,
+            Self::Expired(_) => EventType::Expired,
+            Self::Renewed(_) => EventType::Renewed,
+            Self::ProvisioningFailed(_) => EventType::ProvisioningFailed,
+            Self::DriftDetected(_) => EventType::DriftDetected,
+            Self::DriftRepaired(_) => EventType::DriftRepaired,
+        }
+    }
+
     /// The event's `type` as stored and published.
     pub fn event_type(&self) -> &'static str {
-        match self {
-            Self::Requested(_) => EVENT_TYPES[0],
-            Self::Provisioned(_) => EVENT_TYPES[1],
-            Self::RotationRequested(_) => EVENT_TYPES[2],
-            Self::Rotated(_) => EVENT_TYPES[3],
-            Self::RevocationRequested(_) => EVENT_TYPES[4],
-            Self::Revoked(_) => EVENT_TYPES[5],
-            Self::Expired(_) => EVENT_TYPES[6],
-            Self::Renewed(_) => EVENT_TYPES[7],
-            Self::ProvisioningFailed(_) => EVENT_TYPES[8],
-            Self::DriftDetected(_) => EVENT_TYPES[9],
-            Self::DriftRepaired(_) => EVENT_TYPES[10],
-        }
+        self.kind().as_str()
     }
 
     /// The event's `data` object.
@@ -195,12 +261,12 @@ mod tests {
             expires_at: Some(datetime!(2030-01-01 00:00 UTC)),
             traffic_limit_bytes: 0,
         });
-        assert_eq!(event.event_type(), "key.requested");
+        assert_eq!(event.event_type(), EventType::Requested.as_str());
         let data = event.data();
         assert_eq!(data["expires_at"], "2030-01-01T00:00:00Z");
         assert_eq!(data["email"], "tg7-ams");
         assert_eq!(
-            KeyEvent::from_parts("key.requested", &data).expect("decodes"),
+            KeyEvent::from_parts(EventType::Requested.as_str(), &data).expect("decodes"),
             event
         );
     }
@@ -209,33 +275,92 @@ mod tests {
     fn unit_events_have_an_empty_object_as_data() {
         let data = KeyEvent::Revoked(KeyRevoked {}).data();
         assert_eq!(data, serde_json::json!({}));
-        assert!(KeyEvent::from_parts("key.revoked", &data).is_ok());
+        assert!(KeyEvent::from_parts(EventType::Revoked.as_str(), &data).is_ok());
     }
 
-    #[test]
-    fn every_type_name_matches_its_variant() {
-        let samples = [
+    /// One event of every variant, in the order of [`EventType::ALL`].
+    fn one_of_each() -> Vec<KeyEvent> {
+        let at = datetime!(2030-01-01 00:00 UTC);
+        vec![
+            KeyEvent::Requested(KeyRequested {
+                user_id: UserId::new(7).expect("valid"),
+                location: LocationId::new("ams").expect("valid"),
+                client_uuid: Uuid::nil(),
+                email: "tg7-ams".into(),
+                expires_at: None,
+                traffic_limit_bytes: 0,
+            }),
             KeyEvent::Provisioned(KeyProvisioned {
                 client_uuid: Uuid::nil(),
                 inbound_id: 1,
                 link: None,
             }),
+            KeyEvent::RotationRequested(KeyRotationRequested {
+                old_client_uuid: Uuid::nil(),
+                new_client_uuid: Uuid::from_u128(1),
+            }),
+            KeyEvent::Rotated(KeyRotated {
+                client_uuid: Uuid::from_u128(1),
+                link: None,
+            }),
+            KeyEvent::RevocationRequested(KeyRevocationRequested {
+                reason: "lost".into(),
+            }),
             KeyEvent::Revoked(KeyRevoked {}),
+            KeyEvent::Expired(KeyExpired {}),
+            KeyEvent::Renewed(KeyRenewed { expires_at: at }),
+            KeyEvent::ProvisioningFailed(KeyProvisioningFailed {
+                attempt: 1,
+                error: "down".into(),
+                retry_at: at,
+            }),
+            KeyEvent::DriftDetected(KeyDriftDetected {
+                kind: DriftKind::MissingOnPanel,
+                expected: json!({}),
+                observed: Value::Null,
+            }),
             KeyEvent::DriftRepaired(KeyDriftRepaired {
                 kind: DriftKind::UnknownOnPanel,
             }),
-        ];
-        for event in samples {
+        ]
+    }
+
+    #[test]
+    fn every_type_name_matches_its_variant() {
+        let samples = one_of_each();
+        assert_eq!(samples.len(), EventType::ALL.len());
+        for (event, kind) in samples.into_iter().zip(EventType::ALL) {
+            assert_eq!(event.kind(), kind);
             let tagged = serde_json::to_value(&event).expect("serialises");
-            assert_eq!(tagged["type"], event.event_type());
-            assert!(EVENT_TYPES.contains(&event.event_type()));
+            assert_eq!(tagged["type"], kind.as_str(), "serde rename of {kind:?}");
+            assert_eq!(event.event_type(), kind.as_str());
+            assert_eq!(
+                KeyEvent::from_parts(kind.as_str(), &event.data()).expect("decodes"),
+                event
+            );
         }
+    }
+
+    #[test]
+    fn event_types_are_eleven_distinct_key_names_that_parse_back() {
+        let names: std::collections::HashSet<&str> =
+            EventType::ALL.iter().map(|kind| kind.as_str()).collect();
+        assert_eq!(names.len(), 11);
+        for kind in EventType::ALL {
+            assert!(kind.as_str().starts_with("key."), "{kind}");
+            assert_eq!(EventType::parse(kind.as_str()), Some(kind));
+            assert_eq!(kind.as_str().parse::<EventType>(), Ok(kind));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        assert_eq!(EventType::parse("key.nonsense"), None);
+        assert!("key.#".parse::<EventType>().is_err());
     }
 
     #[test]
     fn acknowledgements_without_a_link_decode_and_a_link_is_written_only_when_known() {
         let old = json!({"client_uuid": Uuid::from_u128(9), "inbound_id": 1});
-        let decoded = KeyEvent::from_parts("key.provisioned", &old).expect("old shape decodes");
+        let decoded =
+            KeyEvent::from_parts(EventType::Provisioned.as_str(), &old).expect("old shape decodes");
         assert_eq!(
             decoded.data(),
             old,
@@ -247,16 +372,19 @@ mod tests {
         });
         assert_eq!(rotated.data()["link"], "vless://x");
         assert_eq!(
-            KeyEvent::from_parts("key.rotated", &rotated.data()).expect("decodes"),
+            KeyEvent::from_parts(EventType::Rotated.as_str(), &rotated.data()).expect("decodes"),
             rotated
         );
     }
 
     #[test]
     fn malformed_data_is_refused() {
-        let err = KeyEvent::from_parts("key.rotated", &serde_json::json!({"client_uuid": 5}))
-            .expect_err("bad uuid");
-        assert_eq!(err.event_type, "key.rotated");
+        let err = KeyEvent::from_parts(
+            EventType::Rotated.as_str(),
+            &serde_json::json!({"client_uuid": 5}),
+        )
+        .expect_err("bad uuid");
+        assert_eq!(err.event_type, EventType::Rotated.as_str());
         assert!(KeyEvent::from_parts("key.nonsense", &serde_json::json!({})).is_err());
     }
 }

@@ -277,7 +277,7 @@ fn the_link_belongs_to_the_current_client_only() {
 #[test]
 fn an_acknowledgement_recorded_before_links_were_kept_leaves_no_link() {
     let old_provisioned = KeyEvent::from_parts(
-        "key.provisioned",
+        EventType::Provisioned.as_str(),
         &json!({"client_uuid": uuid(1), "inbound_id": 1}),
     )
     .expect("the old shape still decodes");

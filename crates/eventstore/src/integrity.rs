@@ -219,6 +219,7 @@ async fn disabled_guards(pool: &PgPool) -> Result<Vec<String>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use domain::EventType;
 
     fn link() -> ChainLink<'static> {
         ChainLink {
@@ -226,7 +227,7 @@ mod tests {
             stream_id: Uuid::nil(),
             version: 1,
             event_id: Uuid::nil(),
-            event_type: "key.revoked",
+            event_type: EventType::Revoked.as_str(),
             data_text: "{}",
             metadata_text: "{}",
             recorded_at_micros: 0,
@@ -244,7 +245,12 @@ mod tests {
     fn flat_chain_hash_is_lower_hex_sha256_of_the_documented_text() {
         let hash = link().hash("", ChainFormula::Flat);
         let expected = hex::encode(Sha256::digest(
-            format!("\n1\n{0}\n1\n{0}\nkey.revoked\n{{}}\n{{}}\n0", Uuid::nil()).as_bytes(),
+            format!(
+                "\n1\n{0}\n1\n{0}\n{1}\n{{}}\n{{}}\n0",
+                Uuid::nil(),
+                EventType::Revoked
+            )
+            .as_bytes(),
         ));
         assert_eq!(hash, expected);
         assert!(is_lower_hex_sha256(&hash));
@@ -255,7 +261,12 @@ mod tests {
         let prev = "ab".repeat(32);
         let hash = link().hash(&prev, ChainFormula::ContentDigest);
         let content = hex::encode(Sha256::digest(
-            format!("{0}\n1\n{0}\nkey.revoked\n{{}}\n{{}}", Uuid::nil()).as_bytes(),
+            format!(
+                "{0}\n1\n{0}\n{1}\n{{}}\n{{}}",
+                Uuid::nil(),
+                EventType::Revoked
+            )
+            .as_bytes(),
         ));
         let expected = hex::encode(Sha256::digest(
             format!("{prev}\n1\n0\n{content}").as_bytes(),

@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use anyhow::bail;
+use domain::EventType;
 use eventstore::{EventStore, RecordedEvent, verify_chains};
 use uuid::Uuid;
 
@@ -55,36 +56,38 @@ fn describe(event: &RecordedEvent) -> String {
 fn summarize(event: &RecordedEvent) -> String {
     let data = &event.data;
     let field = |name: &str| data[name].as_str().unwrap_or_default().to_owned();
-    match event.event_type.as_str() {
-        "key.requested" => format!(
+    match EventType::parse(&event.event_type) {
+        Some(EventType::Requested) => format!(
             "client {} for user {} at {}, expires {}",
             field("client_uuid"),
             data["user_id"],
             field("location"),
             data["expires_at"].as_str().unwrap_or("never")
         ),
-        "key.provisioned" => format!(
+        Some(EventType::Provisioned) => format!(
             "client {} in inbound {}",
             field("client_uuid"),
             data["inbound_id"]
         ),
-        "key.rotation_requested" => {
+        Some(EventType::RotationRequested) => {
             format!(
                 "{} -> {}",
                 field("old_client_uuid"),
                 field("new_client_uuid")
             )
         }
-        "key.rotated" => format!("now {}", field("client_uuid")),
-        "key.revocation_requested" => format!("reason: {}", field("reason")),
-        "key.renewed" => format!("until {}", field("expires_at")),
-        "key.provisioning_failed" => format!(
+        Some(EventType::Rotated) => format!("now {}", field("client_uuid")),
+        Some(EventType::RevocationRequested) => format!("reason: {}", field("reason")),
+        Some(EventType::Renewed) => format!("until {}", field("expires_at")),
+        Some(EventType::ProvisioningFailed) => format!(
             "attempt {}: {} (retry at {})",
             data["attempt"],
             field("error"),
             field("retry_at")
         ),
-        "key.drift_detected" | "key.drift_repaired" => format!("kind {}", field("kind")),
+        Some(EventType::DriftDetected | EventType::DriftRepaired) => {
+            format!("kind {}", field("kind"))
+        }
         _ => String::new(),
     }
 }

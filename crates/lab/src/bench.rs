@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use domain::EventType;
 use eventstore::{Actor, ActorKind, EventMetadata, EventStore, NewEvent};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -182,7 +183,7 @@ impl StoreAppender {
 impl Writer for StoreAppender {
     async fn write(&mut self) -> anyhow::Result<u64> {
         let events: Vec<NewEvent> = (0..self.batch)
-            .map(|i| NewEvent::new("key.drift_detected", sample_data(i)))
+            .map(|i| NewEvent::new(EventType::DriftDetected.as_str(), sample_data(i)))
             .collect();
         self.store
             .append(self.stream, self.version, &events, &sample_metadata())
@@ -219,7 +220,7 @@ impl Writer for BareInserter {
         let data: Vec<Value> = (0..self.batch).map(sample_data).collect();
         sqlx::query(
             "INSERT INTO bench_baseline (stream_id, version, type, data, metadata, event_id, recorded_at, hash)
-             SELECT $1, $2 + i.ord::int, 'key.drift_detected', i.data, $3, i.event_id, now(), $5
+             SELECT $1, $2 + i.ord::int, $7, i.data, $3, i.event_id, now(), $5
              FROM unnest($4::uuid[], $6::jsonb[]) WITH ORDINALITY AS i(event_id, data, ord)",
         )
         .bind(self.stream)
@@ -228,6 +229,7 @@ impl Writer for BareInserter {
         .bind(&ids)
         .bind(BASELINE_HASH)
         .bind(&data)
+        .bind(EventType::DriftDetected.as_str())
         .execute(&self.pool)
         .await?;
         self.version += self.batch as i32;
@@ -327,7 +329,7 @@ async fn fill_log(store: &EventStore, events: usize) -> anyhow::Result<i64> {
     let mut written = 0;
     while written < events {
         let batch: Vec<NewEvent> = (0..(events - written).min(10))
-            .map(|i| NewEvent::new("key.drift_detected", sample_data(i)))
+            .map(|i| NewEvent::new(EventType::DriftDetected.as_str(), sample_data(i)))
             .collect();
         let range = store
             .append(Uuid::new_v4(), 0, &batch, &sample_metadata())

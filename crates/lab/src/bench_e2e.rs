@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use domain::{KeyCommand, KeyId, LocationId, RequestKey, RevokeKey, RotateKey, UserId};
+use domain::{EventType, KeyCommand, KeyId, LocationId, RequestKey, RevokeKey, RotateKey, UserId};
 use eventstore::{Actor, ActorKind, EventMetadata, EventStore, KeyLedger};
 use futures::StreamExt;
 use serde::Serialize;
@@ -275,8 +275,8 @@ async fn follow(store: EventStore, progress: Arc<Progress>) -> anyhow::Result<()
             for event in &events {
                 after = event.position;
                 if matches!(
-                    event.event_type.as_str(),
-                    "key.provisioned" | "key.rotated" | "key.revoked"
+                    EventType::parse(&event.event_type),
+                    Some(EventType::Provisioned | EventType::Rotated | EventType::Revoked)
                 ) {
                     acks.entry(event.stream_id)
                         .or_default()
@@ -318,9 +318,9 @@ async fn play_user(store: &EventStore, progress: &Progress, n: usize) -> anyhow:
     }));
     for command in commands {
         let ack = match command {
-            KeyCommand::Request(_) => "key.provisioned",
-            KeyCommand::Rotate(_) => "key.rotated",
-            _ => "key.revoked",
+            KeyCommand::Request(_) => EventType::Provisioned.as_str(),
+            KeyCommand::Rotate(_) => EventType::Rotated.as_str(),
+            _ => EventType::Revoked.as_str(),
         };
         let outcome = ledger.execute(key, &command, &metadata()).await?;
         let version = outcome.state.version as i32;
@@ -348,15 +348,21 @@ async fn latencies(store: &EventStore) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
          JOIN LATERAL (
              SELECT a.recorded_at, a.version FROM events a
              WHERE a.stream_id = c.stream_id AND a.version > c.version
-               AND a.type = CASE c.type WHEN 'key.requested' THEN 'key.provisioned'
-                                        WHEN 'key.rotation_requested' THEN 'key.rotated'
-                                        ELSE 'key.revoked' END
+               AND a.type = CASE c.type WHEN $1 THEN $2
+                                        WHEN $3 THEN $4
+                                        ELSE $5 END
              ORDER BY a.version LIMIT 1) a ON true
          LEFT JOIN bot_notifications n
              ON n.id = c.stream_id::text || '/' || lpad(a.version::text, 10, '0')
             AND n.outcome = 'sent'
-         WHERE c.type IN ('key.requested', 'key.rotation_requested', 'key.revocation_requested')",
+         WHERE c.type IN ($1, $3, $6)",
     )
+    .bind(EventType::Requested.as_str())
+    .bind(EventType::Provisioned.as_str())
+    .bind(EventType::RotationRequested.as_str())
+    .bind(EventType::Rotated.as_str())
+    .bind(EventType::Revoked.as_str())
+    .bind(EventType::RevocationRequested.as_str())
     .fetch_all(store.pool())
     .await?;
     let confirmed = rows.iter().map(|(c, _)| *c).collect();

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use domain::{KeyCommand, KeyId, LocationId, RequestKey, RevokeKey, RotateKey, UserId};
+use domain::{EventType, KeyCommand, KeyId, LocationId, RequestKey, RevokeKey, RotateKey, UserId};
 use eventstore::{Actor, ActorKind, EventMetadata, EventStore, KeyLedger, RecordedEvent};
 use projector::KeyView;
 use serde_json::{Map, Value};
@@ -273,23 +273,25 @@ impl Story {
 
 fn describe(event: &RecordedEvent) -> String {
     let actor = event.metadata["actor"]["kind"].as_str().unwrap_or("?");
-    let detail = match event.event_type.as_str() {
-        "key.requested" | "key.provisioned" | "key.rotated" => {
+    let detail = match EventType::parse(&event.event_type) {
+        Some(EventType::Requested | EventType::Provisioned | EventType::Rotated) => {
             format!(
                 "client {}",
                 event.data["client_uuid"].as_str().unwrap_or("?")
             )
         }
-        "key.rotation_requested" => format!(
+        Some(EventType::RotationRequested) => format!(
             "{} -> {}",
             event.data["old_client_uuid"].as_str().unwrap_or("?"),
             event.data["new_client_uuid"].as_str().unwrap_or("?")
         ),
-        "key.revocation_requested" => {
+        Some(EventType::RevocationRequested) => {
             format!("reason {:?}", event.data["reason"].as_str().unwrap_or(""))
         }
-        "key.provisioning_failed" => format!("error {}", event.data["error"]),
-        "key.drift_detected" | "key.drift_repaired" => format!("kind {}", event.data["kind"]),
+        Some(EventType::ProvisioningFailed) => format!("error {}", event.data["error"]),
+        Some(EventType::DriftDetected | EventType::DriftRepaired) => {
+            format!("kind {}", event.data["kind"])
+        }
         _ => String::new(),
     };
     format!(

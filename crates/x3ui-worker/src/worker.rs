@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use broker::{Backoff, Consumer, ConsumerConfig, EventHandler, HandlerError, Queue};
 use domain::{
-    ConfirmProvisioned, ConfirmRevoked, ConfirmRotated, DomainError, KeyCommand, KeyDetails, KeyId,
-    KeyState, Phase, RecordProvisioningFailure,
+    ConfirmProvisioned, ConfirmRevoked, ConfirmRotated, DomainError, EventType, KeyCommand,
+    KeyDetails, KeyId, KeyState, Phase, RecordProvisioningFailure,
 };
 use eventstore::{
     Actor, ActorKind, EventMetadata, EventStore, ExecuteError, KeyLedger, RecordedEvent,
@@ -34,20 +34,20 @@ const COMMAND_NAMESPACE: Uuid = Uuid::from_u128(0x6b65_796c_6564_6765_8000_0000_
 /// the other events of a stream (acknowledgements, failures, drift) when it fills a gap;
 /// those change nothing on the panel.
 const TRIGGERS: [&str; 5] = [
-    "key.requested",
-    "key.rotation_requested",
-    "key.revocation_requested",
-    "key.expired",
-    "key.renewed",
+    EventType::Requested.as_str(),
+    EventType::RotationRequested.as_str(),
+    EventType::RevocationRequested.as_str(),
+    EventType::Expired.as_str(),
+    EventType::Renewed.as_str(),
 ];
 
 /// Event types that start a phase the worker acknowledges (or, for a renewal of an
 /// expired key, restart provisioning).
 const PHASE_STARTS: [&str; 4] = [
-    "key.requested",
-    "key.rotation_requested",
-    "key.revocation_requested",
-    "key.renewed",
+    EventType::Requested.as_str(),
+    EventType::RotationRequested.as_str(),
+    EventType::RevocationRequested.as_str(),
+    EventType::Renewed.as_str(),
 ];
 
 /// Why the worker could not bring a key's panel in line.
@@ -225,18 +225,18 @@ impl Worker {
                     inbound_id: location.inbound_id(),
                     link: link(key_id, location, details).await,
                 }),
-                "key.provisioned",
+                EventType::Provisioned.as_str(),
             ),
             Phase::Rotating => (
                 KeyCommand::ConfirmRotated(ConfirmRotated {
                     client_uuid,
                     link: link(key_id, location, details).await,
                 }),
-                "key.rotated",
+                EventType::Rotated.as_str(),
             ),
             Phase::Revoking => (
                 KeyCommand::ConfirmRevoked(ConfirmRevoked { client_uuid }),
-                "key.revoked",
+                EventType::Revoked.as_str(),
             ),
             Phase::Absent | Phase::Active | Phase::Revoked | Phase::Expired => return Ok(None),
         };

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use api::{ApiConfig, ApiLocation, Secret, Tokens};
-use domain::{ConfirmProvisioned, KeyCommand, KeyId, LocationId, UserId};
+use domain::{ConfirmProvisioned, EventType, KeyCommand, KeyId, LocationId, UserId};
 use eventstore::{Actor, ActorKind, EventMetadata, KeyLedger};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -384,11 +384,11 @@ async fn the_same_idempotency_key_gets_the_same_answer_and_one_command() {
     }
     assert_eq!(answers[0]["client_uuid"], answers[1]["client_uuid"]);
     assert_eq!(answers[1]["client_uuid"], answers[2]["client_uuid"]);
-    let rotations: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE type = 'key.rotation_requested'")
-            .fetch_one(api.db.pool())
-            .await
-            .expect("count");
+    let rotations: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE type = $1")
+        .bind(EventType::RotationRequested.as_str())
+        .fetch_one(api.db.pool())
+        .await
+        .expect("count");
     assert_eq!(rotations, 1);
 }
 
@@ -486,7 +486,7 @@ async fn views_history_and_the_log_are_served_from_what_was_recorded() {
     assert_eq!(status, StatusCode::OK);
     let events = history["events"].as_array().expect("events");
     assert_eq!(events.len(), 1);
-    assert_eq!(events[0]["type"], json!("key.requested"));
+    assert_eq!(events[0]["type"], json!(EventType::Requested.as_str()));
     assert_eq!(events[0]["hash"].as_str().map(str::len), Some(64));
     let (status, _) = api
         .get(&format!("/v1/keys/{}/history", Uuid::new_v4()))

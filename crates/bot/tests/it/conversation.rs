@@ -6,6 +6,7 @@ use crate::common;
 use std::collections::BTreeSet;
 
 use common::{Harness, check_key_message};
+use domain::EventType;
 use telegram_fake::TestUser;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +57,10 @@ async fn get_refresh_three_times_revoke_and_history() {
         h.expect(&alice, mark, "Refreshing your key for Amsterdam")
             .await;
         let refreshed = h.expect(&alice, mark, "was refreshed").await;
-        assert_eq!(h.count(key, "key.rotation_requested").await, round);
+        assert_eq!(
+            h.count(key, EventType::RotationRequested.as_str()).await,
+            round
+        );
         let uuid = h.only_panel_client(&alice, "ams");
         assert!(
             seen.insert(uuid),
@@ -75,7 +79,7 @@ async fn get_refresh_three_times_revoke_and_history() {
     assert_eq!(seen.len(), 4);
 
     // An old card's refresh button is stale now: refused, nothing changes.
-    let rotations = h.count(key, "key.rotation_requested").await;
+    let rotations = h.count(key, EventType::RotationRequested.as_str()).await;
     let old_card = h
         .telegram
         .sent_to(alice.id, 0)
@@ -88,7 +92,10 @@ async fn get_refresh_three_times_revoke_and_history() {
             s.method == "answerCallbackQuery" && s.text.contains("out of date")
         })
         .await;
-    assert_eq!(h.count(key, "key.rotation_requested").await, rotations);
+    assert_eq!(
+        h.count(key, EventType::RotationRequested.as_str()).await,
+        rotations
+    );
 
     // Revoke, with confirmation.
     let mark = h.press(&alice, &card, "Revoke").await;
@@ -312,7 +319,7 @@ async fn odd_input_gets_a_helpful_answer_and_retried_updates_act_once() {
         .count();
     assert_eq!(setting_up, 1, "the retried update was answered once");
     assert_eq!(
-        h.count(Harness::key_id(&user, "ams"), "key.requested")
+        h.count(Harness::key_id(&user, "ams"), EventType::Requested.as_str())
             .await,
         1
     );

@@ -10,6 +10,7 @@ use std::time::Duration;
 use bot::NotifyHandler;
 use broker::EventHandler;
 use common::{Harness, check_key_message};
+use domain::EventType;
 use telegram_fake::TestUser;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +28,7 @@ async fn an_event_delivered_twice_is_told_once() {
     let events = h.db.store.read_stream(key.as_uuid()).await.unwrap();
     let provisioned = events
         .iter()
-        .find(|e| e.event_type == "key.provisioned")
+        .find(|e| e.event_type == EventType::Provisioned.as_str())
         .unwrap();
     let handler = NotifyHandler::new(h.db.store.clone(), Arc::default());
     for _ in 0..2 {
@@ -150,7 +151,7 @@ async fn a_panel_failure_is_told_plainly_and_followed_up() {
     let mark = h.say(&user, "/key").await;
     let failed = h.expect(&user, mark, "is not answering right now").await;
     assert!(failed.text.contains("We keep trying and will message you"));
-    assert!(h.count(key, "key.provisioning_failed").await >= 1);
+    assert!(h.count(key, EventType::ProvisioningFailed.as_str()).await >= 1);
 
     // Asking for the key meanwhile says the same, plainly.
     let mark = h.say(&user, "/key").await;
@@ -229,6 +230,6 @@ async fn an_expired_and_a_repaired_key_are_told_and_in_the_history() {
     let mark = h.say(&user, "/key").await;
     let setting_up = h.expect(&user, mark, "Setting up your key").await;
     assert!(setting_up.button("Refresh").is_none());
-    assert_eq!(h.count(key, "key.requested").await, 2);
+    assert_eq!(h.count(key, EventType::Requested.as_str()).await, 2);
     h.stop().await;
 }

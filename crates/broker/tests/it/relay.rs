@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use broker::{Queue, Relay, RelayConfig, message};
 use common::{Env, wait_until};
+use domain::EventType;
 use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use lapin::{Connection, ConnectionProperties};
@@ -96,7 +97,10 @@ async fn every_event_reaches_its_bound_queues_with_the_contract_properties() {
     }
     let worker = take_all(&env.broker.amqp_url, Queue::X3uiWorker.name()).await;
     assert_eq!(worker.len(), 1);
-    assert_eq!(worker[0].routing_key.as_str(), "key.requested");
+    assert_eq!(
+        worker[0].routing_key.as_str(),
+        EventType::Requested.as_str()
+    );
     stop.cancel();
     relay.await.expect("relay task");
 }

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use domain::EventType;
 use eventstore::{
     Actor, ActorKind, AppendError, AppendOutcome, EventMetadata, NewEvent, verify_chains,
 };
@@ -24,7 +25,7 @@ fn events(n: usize) -> Vec<NewEvent> {
     (0..n)
         .map(|i| {
             NewEvent::new(
-                "key.drift_repaired",
+                EventType::DriftRepaired.as_str(),
                 json!({"kind": "missing_on_panel", "n": i}),
             )
         })

@@ -1,5 +1,6 @@
 //! The log refuses changes, and tampering behind its back is caught by both checks.
 
+use domain::EventType;
 use eventstore::{Actor, ActorKind, EventMetadata, NewEvent, verify_chains};
 use serde_json::json;
 use sqlx::Row;
@@ -15,20 +16,20 @@ async fn seeded() -> (TestDatabase, Uuid) {
     // Data chosen to exercise JSON text rendering: unicode, escapes, nesting, numbers.
     let batch = vec![
         NewEvent::new(
-            "key.revocation_requested",
+            EventType::RevocationRequested.as_str(),
             json!({"reason": "ключ утерян \"phone\"\n\t🙂"}),
         ),
         NewEvent::new(
-            "key.drift_detected",
+            EventType::DriftDetected.as_str(),
             json!({"kind": "settings_differ", "expected": {"b": 1, "a": [1.5, null, true]}, "observed": {}}),
         ),
-        NewEvent::new("key.revoked", json!({})),
+        NewEvent::new(EventType::Revoked.as_str(), json!({})),
     ];
     db.store
         .append(stream, 0, &batch, &meta)
         .await
         .expect("append");
-    let other = NewEvent::new("key.expired", json!({}));
+    let other = NewEvent::new(EventType::Expired.as_str(), json!({}));
     db.store
         .append(Uuid::new_v4(), 0, &[other], &meta_for_other())
         .await
@@ -62,7 +63,8 @@ async fn an_untouched_log_passes_both_checks() {
 #[tokio::test]
 async fn update_is_refused_by_the_database() {
     let (db, _) = seeded().await;
-    let err = sqlx::query("UPDATE events SET type = 'key.rotated'")
+    let err = sqlx::query("UPDATE events SET type = $1")
+        .bind(EventType::Rotated.as_str())
         .execute(db.pool())
         .await
         .expect_err("refused");
@@ -194,13 +196,15 @@ async fn events_chained_by_the_first_formula_still_verify_after_the_second_arriv
     sqlx::query(
         "SELECT * FROM keyledger_append_batch(ARRAY[$1::uuid], ARRAY[0], ARRAY[$2::jsonb],
              ARRAY[NULL::uuid], ARRAY[2], ARRAY[$3::uuid, $4::uuid],
-             ARRAY['key.drift_detected', 'key.revoked'], ARRAY[$5::jsonb, '{}'::jsonb])",
+             ARRAY[$6, $7], ARRAY[$5::jsonb, '{}'::jsonb])",
     )
     .bind(stream)
     .bind(&metadata)
     .bind(Uuid::new_v4())
     .bind(Uuid::new_v4())
     .bind(json!({"kind": "missing", "n": 1.5, "note": "старый формат"}))
+    .bind(EventType::DriftDetected.as_str())
+    .bind(EventType::Revoked.as_str())
     .execute(&pool)
     .await
     .expect("append with the first formula");
@@ -221,14 +225,14 @@ async fn events_chained_by_the_first_formula_still_verify_after_the_second_arriv
     );
     let meta = EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Admin, "a"));
     let more = [NewEvent::new(
-        "key.requested",
+        EventType::Requested.as_str(),
         json!({"user_id": 7, "location": "ams"}),
     )];
     store
         .append(stream, 2, &more, &meta)
         .await
         .expect("chain on");
-    let other = [NewEvent::new("key.expired", json!({}))];
+    let other = [NewEvent::new(EventType::Expired.as_str(), json!({}))];
     store
         .append(Uuid::new_v4(), 0, &other, &meta_for_other())
         .await

@@ -1,7 +1,7 @@
 //! Domain commands against the real log: load, decide, append, retry.
 
 use domain::{
-    DomainError, KeyCommand, KeyId, KeyStatus, LocationId, RequestKey, RotateKey, UserId,
+    DomainError, EventType, KeyCommand, KeyId, KeyStatus, LocationId, RequestKey, RotateKey, UserId,
 };
 use eventstore::{Actor, ActorKind, AppendOutcome, EventMetadata, ExecuteError, KeyLedger};
 use testkit::TestDatabase;
@@ -45,7 +45,7 @@ async fn a_double_tapped_request_makes_one_key() {
     }
     let events = db.store.read_stream(key.as_uuid()).await.expect("read");
     assert_eq!(events.len(), 1, "one key.requested, not one per tap");
-    assert_eq!(events[0].event_type, "key.requested");
+    assert_eq!(events[0].event_type, EventType::Requested.as_str());
 }
 
 #[tokio::test]
@@ -177,7 +177,7 @@ async fn concurrent_retries_of_one_command_all_get_its_answer() {
         .await
         .expect("read")
         .iter()
-        .filter(|e| e.event_type == "key.rotation_requested")
+        .filter(|e| e.event_type == EventType::RotationRequested.as_str())
         .count();
     assert_eq!(rotations, 1);
 }

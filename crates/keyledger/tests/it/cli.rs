@@ -6,6 +6,7 @@ use std::process::Command;
 
 use common::{Serving, ams_config_file, eventually, keyledger, stdout};
 
+use domain::EventType;
 use eventstore::{Actor, ActorKind, EventMetadata, NewEvent};
 use serde_json::{Value, json};
 use testkit::{TestDatabase, database_server_url as server_url};
@@ -17,18 +18,21 @@ async fn seeded_key(db: &TestDatabase) -> Uuid {
         EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::TelegramUser, "42"));
     let events = [
         NewEvent::new(
-            "key.requested",
+            EventType::Requested.as_str(),
             json!({"user_id": 42, "location": "ams", "client_uuid": Uuid::new_v4(),
                    "email": "tg42-ams", "expires_at": null, "traffic_limit_bytes": 0}),
         ),
-        NewEvent::new("key.revocation_requested", json!({"reason": "lost phone"})),
+        NewEvent::new(
+            EventType::RevocationRequested.as_str(),
+            json!({"reason": "lost phone"}),
+        ),
     ];
     db.store.append(key, 0, &events, &meta).await.expect("seed");
     db.store
         .append(
             Uuid::new_v4(),
             0,
-            &[NewEvent::new("key.expired", json!({}))],
+            &[NewEvent::new(EventType::Expired.as_str(), json!({}))],
             &EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Scheduler, "s")),
         )
         .await
@@ -61,9 +65,11 @@ async fn history_prints_a_keys_events_oldest_first() {
     let output = keyledger(&db.url, &["audit", "history", &key.to_string()]);
     assert!(output.status.success());
     let text = stdout(&output);
-    let requested = text.find("key.requested").expect("requested shown");
+    let requested = text
+        .find(EventType::Requested.as_str())
+        .expect("requested shown");
     let revocation = text
-        .find("key.revocation_requested")
+        .find(EventType::RevocationRequested.as_str())
         .expect("revocation shown");
     assert!(requested < revocation);
     assert!(text.contains("reason: lost phone") && text.contains("telegram_user:42"));
@@ -75,7 +81,7 @@ async fn history_prints_a_keys_events_oldest_first() {
         .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["version"], 1);
-    assert_eq!(lines[1]["type"], "key.revocation_requested");
+    assert_eq!(lines[1]["type"], EventType::RevocationRequested.as_str());
     assert_eq!(lines[0]["stream_id"], key.to_string());
 
     let unknown = keyledger(&db.url, &["audit", "history", &Uuid::new_v4().to_string()]);
@@ -358,7 +364,11 @@ async fn serve_provisions_a_requested_key_on_the_panel_and_reconcile_repairs_dri
         "reconcile put the client back"
     );
     let history = db.store.read_stream(key.as_uuid()).await.expect("history");
-    assert!(history.iter().any(|e| e.event_type == "key.drift_repaired"));
+    assert!(
+        history
+            .iter()
+            .any(|e| e.event_type == EventType::DriftRepaired.as_str())
+    );
     let unknown = run(&["reconcile", "--location", "nowhere"]);
     assert_ne!(unknown.status.code(), Some(0));
 }

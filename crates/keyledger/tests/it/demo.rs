@@ -3,6 +3,8 @@
 use std::collections::BTreeSet;
 use std::process::Command;
 
+use domain::EventType;
+
 #[tokio::test]
 async fn the_demo_tells_the_whole_story_and_cleans_up() {
     let output = Command::new(env!("CARGO_BIN_EXE_keyledger"))
@@ -27,11 +29,11 @@ async fn the_demo_tells_the_whole_story_and_cleans_up() {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
     }
     for event in [
-        "key.requested",
-        "key.provisioned",
-        "key.rotation_requested",
-        "key.rotated",
-        "key.revoked",
+        EventType::Requested.as_str(),
+        EventType::Provisioned.as_str(),
+        EventType::RotationRequested.as_str(),
+        EventType::Rotated.as_str(),
+        EventType::Revoked.as_str(),
     ] {
         assert!(stdout.contains(event), "missing {event} in:\n{stdout}");
     }

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use common::{Serving, tempfile_with};
 use domain::{
-    DomainError, KeyCommand, KeyId, KeyState, LocationId, Phase, RequestKey, RevokeKey, RotateKey,
-    UserId, evolve,
+    DomainError, EventType, KeyCommand, KeyId, KeyState, LocationId, Phase, RequestKey, RevokeKey,
+    RotateKey, UserId, evolve,
 };
 use eventstore::{Actor, ActorKind, EventMetadata, ExecuteError, KeyLedger, RecordedEvent};
 use serde_json::{Map, Value, json};
@@ -297,17 +297,29 @@ async fn run_user(ledger: KeyLedger, journal: Journal, plan: UserPlan) {
         traffic_limit_bytes: 0,
         now: time::OffsetDateTime::now_utc(),
     });
-    execute(&ledger, &journal, key, request, "key.requested")
-        .await
-        .unwrap_or_else(|e| panic!("key {key}: request refused: {e}"));
+    execute(
+        &ledger,
+        &journal,
+        key,
+        request,
+        EventType::Requested.as_str(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("key {key}: request refused: {e}"));
     for _ in 0..plan.rotations {
         wait_active(&ledger, key).await;
         let rotate = KeyCommand::Rotate(RotateKey {
             fresh_client_uuid: Uuid::new_v4(),
         });
-        execute(&ledger, &journal, key, rotate, "key.rotation_requested")
-            .await
-            .unwrap_or_else(|e| panic!("key {key}: rotation of an active key refused: {e}"));
+        execute(
+            &ledger,
+            &journal,
+            key,
+            rotate,
+            EventType::RotationRequested.as_str(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("key {key}: rotation of an active key refused: {e}"));
     }
     if plan.revoke == Revoke::Never {
         return;
@@ -318,9 +330,15 @@ async fn run_user(ledger: KeyLedger, journal: Journal, plan: UserPlan) {
     let revoke = KeyCommand::Revoke(RevokeKey {
         reason: "fault suite".into(),
     });
-    execute(&ledger, &journal, key, revoke, "key.revocation_requested")
-        .await
-        .unwrap_or_else(|e| panic!("key {key}: revocation refused: {e}"));
+    execute(
+        &ledger,
+        &journal,
+        key,
+        revoke,
+        EventType::RevocationRequested.as_str(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("key {key}: revocation refused: {e}"));
 }
 
 /// Starts every user's script, one every `pace`, so that the stream spans the fault.
@@ -382,18 +400,18 @@ async fn wait_for_acknowledgements(rig: &Rig, count: usize) {
 // Convergence.
 
 fn ack_for_start(event_type: &str) -> Option<&'static str> {
-    match event_type {
-        "key.requested" => Some("key.provisioned"),
-        "key.rotation_requested" => Some("key.rotated"),
-        "key.revocation_requested" => Some("key.revoked"),
+    match EventType::parse(event_type)? {
+        EventType::Requested => Some(EventType::Provisioned.as_str()),
+        EventType::RotationRequested => Some(EventType::Rotated.as_str()),
+        EventType::RevocationRequested => Some(EventType::Revoked.as_str()),
         _ => None,
     }
 }
 
 fn is_ack(event_type: &str) -> bool {
     matches!(
-        event_type,
-        "key.provisioned" | "key.rotated" | "key.revoked"
+        EventType::parse(event_type),
+        Some(EventType::Provisioned | EventType::Rotated | EventType::Revoked)
     )
 }
 
@@ -525,7 +543,7 @@ fn check_outcomes(
             if ack_for_start(kind).is_some() {
                 logged_starts += 1;
                 if let Some((start, acks)) = open {
-                    let needed = if kind == "key.rotation_requested" {
+                    let needed = if kind == EventType::RotationRequested.as_str() {
                         1..=1
                     } else {
                         0..=1
@@ -857,11 +875,11 @@ async fn clients_deleted_and_altered_behind_our_back_are_repaired_by_reconcile()
         let events = &streams[key];
         let detected: Vec<&RecordedEvent> = events
             .iter()
-            .filter(|e| e.event_type == "key.drift_detected")
+            .filter(|e| e.event_type == EventType::DriftDetected.as_str())
             .collect();
         let repaired: Vec<&RecordedEvent> = events
             .iter()
-            .filter(|e| e.event_type == "key.drift_repaired")
+            .filter(|e| e.event_type == EventType::DriftRepaired.as_str())
             .collect();
         assert!(
             detected.len() == 1 && repaired.len() == 1,

@@ -5,6 +5,7 @@
 use crate::common;
 
 use common::{Serving, ams_config_file, eventually};
+use domain::EventType;
 use serde_json::{Value, json};
 use x3ui_sim::{PanelSimulator, SimConfig};
 
@@ -179,12 +180,12 @@ async fn a_key_requested_over_http_is_provisioned_rotated_and_revoked() {
     assert_eq!(
         types,
         [
-            "key.requested",
-            "key.provisioned",
-            "key.rotation_requested",
-            "key.rotated",
-            "key.revocation_requested",
-            "key.revoked",
+            EventType::Requested.as_str(),
+            EventType::Provisioned.as_str(),
+            EventType::RotationRequested.as_str(),
+            EventType::Rotated.as_str(),
+            EventType::RevocationRequested.as_str(),
+            EventType::Revoked.as_str(),
         ]
     );
     let (status, report) = client

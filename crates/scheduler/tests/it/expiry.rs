@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use domain::{ConfirmProvisioned, KeyCommand, KeyId, KeyStatus, LocationId, RequestKey, UserId};
+use domain::{
+    ConfirmProvisioned, EventType, KeyCommand, KeyId, KeyStatus, LocationId, RequestKey, UserId,
+};
 use eventstore::{Actor, ActorKind, EventMetadata, KeyLedger};
 use scheduler::Scheduler;
 use testkit::TestDatabase;
@@ -77,7 +79,7 @@ async fn due_keys_expire_once_even_with_two_schedulers() {
     let events = db.store.read_stream(due.as_uuid()).await.expect("read");
     let expiries: Vec<_> = events
         .iter()
-        .filter(|e| e.event_type == "key.expired")
+        .filter(|e| e.event_type == EventType::Expired.as_str())
         .collect();
     assert_eq!(expiries.len(), 1);
     assert_eq!(expiries[0].metadata["actor"]["kind"], "scheduler");

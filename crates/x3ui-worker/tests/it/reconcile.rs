@@ -7,7 +7,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::stack::Base;
-use domain::KeyId;
+use domain::{EventType, KeyId};
 use eventstore::{EventMetadata, NewEvent};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -66,12 +66,15 @@ async fn a_client_deleted_behind_our_back_is_restored_and_recorded() {
     );
     let events = base.events(keys[0]).await;
     let drift: Vec<_> = events.iter().rev().take(2).rev().collect();
-    assert_eq!(drift[0].event_type, "key.drift_detected");
+    assert_eq!(drift[0].event_type, EventType::DriftDetected.as_str());
     assert_eq!(drift[0].data["kind"], json!("missing_on_panel"));
     assert_eq!(drift[0].data["observed"], Value::Null);
     assert_eq!(drift[0].metadata["actor"]["kind"], json!("reconciler"));
-    assert_eq!(drift[1].event_type, "key.drift_repaired");
-    assert_eq!(base.count(keys[1], "key.drift_detected").await, 0);
+    assert_eq!(drift[1].event_type, EventType::DriftRepaired.as_str());
+    assert_eq!(
+        base.count(keys[1], EventType::DriftDetected.as_str()).await,
+        0
+    );
 
     assert!(
         pass(&base, false).await.findings.is_empty(),
@@ -93,8 +96,14 @@ async fn a_client_altered_behind_our_back_is_put_back_and_recorded() {
     let client = base.client("tg21-ams").unwrap();
     assert_eq!(client["enable"], json!(true));
     assert_eq!(client["totalGB"], json!(50_i64 << 30));
-    assert_eq!(base.count(keys[0], "key.drift_detected").await, 1);
-    assert_eq!(base.count(keys[0], "key.drift_repaired").await, 1);
+    assert_eq!(
+        base.count(keys[0], EventType::DriftDetected.as_str()).await,
+        1
+    );
+    assert_eq!(
+        base.count(keys[0], EventType::DriftRepaired.as_str()).await,
+        1
+    );
 }
 
 #[tokio::test]
@@ -117,7 +126,10 @@ async fn our_email_without_a_live_key_is_removed_and_foreign_clients_are_untouch
     assert!(base.client("tg999-ams").is_none());
     assert!(base.client("alice@example.org").is_some(), "foreign kept");
     assert!(base.client("tg32-ams").is_some());
-    assert_eq!(base.count(keys[0], "key.drift_repaired").await, 1);
+    assert_eq!(
+        base.count(keys[0], EventType::DriftRepaired.as_str()).await,
+        1
+    );
 
     let again = pass(&base, false).await;
     assert_eq!(again.drift().count(), 0, "{again:?}");
@@ -134,7 +146,10 @@ async fn the_inbounds_last_client_left_disabled_for_a_revoked_key_is_not_drift()
         let report = pass(&base, false).await;
         assert!(report.findings.is_empty(), "{:?}", report.findings);
     }
-    assert_eq!(base.count(keys[0], "key.drift_detected").await, 0);
+    assert_eq!(
+        base.count(keys[0], EventType::DriftDetected.as_str()).await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -167,7 +182,10 @@ async fn a_dry_run_reports_and_changes_nothing() {
         positions,
         "log untouched"
     );
-    assert_eq!(base.count(keys[0], "key.drift_detected").await, 0);
+    assert_eq!(
+        base.count(keys[0], EventType::DriftDetected.as_str()).await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -178,7 +196,7 @@ async fn keys_waiting_for_the_worker_are_left_to_it() {
     assert_eq!(report.in_flight, 1);
     assert!(report.findings.is_empty());
     assert!(base.clients().is_empty());
-    assert_eq!(base.count(key, "key.drift_detected").await, 0);
+    assert_eq!(base.count(key, EventType::DriftDetected.as_str()).await, 0);
 }
 
 fn impatient(base: &Base) -> Reconciler {
@@ -216,10 +234,10 @@ async fn a_key_whose_message_never_reached_the_worker_is_applied_after_the_grace
     assert_eq!(
         types,
         [
-            "key.requested",
-            "key.drift_detected",
-            "key.provisioned",
-            "key.drift_repaired"
+            EventType::Requested.as_str(),
+            EventType::DriftDetected.as_str(),
+            EventType::Provisioned.as_str(),
+            EventType::DriftRepaired.as_str()
         ]
     );
     assert_eq!(events[1].data["kind"], json!("missing_on_panel"));
@@ -237,7 +255,7 @@ async fn a_key_whose_message_never_reached_the_worker_is_applied_after_the_grace
     broker::EventHandler::handle(&base.worker, &events[0], &mut conn)
         .await
         .unwrap();
-    assert_eq!(base.count(key, "key.provisioned").await, 1);
+    assert_eq!(base.count(key, EventType::Provisioned.as_str()).await, 1);
     assert!(pass(&base, false).await.findings.is_empty());
 }
 
@@ -266,8 +284,8 @@ async fn a_stuck_rotation_and_a_stuck_revocation_are_finished_by_the_reconciler(
     let clients = base.clients();
     assert_eq!(clients.len(), 1, "only the rotated client is left");
     assert_eq!(clients[0]["id"], json!(fresh.to_string()));
-    assert_eq!(base.count(keys[0], "key.rotated").await, 1);
-    assert_eq!(base.count(keys[1], "key.revoked").await, 1);
+    assert_eq!(base.count(keys[0], EventType::Rotated.as_str()).await, 1);
+    assert_eq!(base.count(keys[1], EventType::Revoked.as_str()).await, 1);
     assert_eq!(
         base.state(keys[0]).await.status(),
         Some(domain::KeyStatus::Active)
@@ -293,7 +311,10 @@ async fn a_stuck_key_the_panel_already_holds_only_gets_its_acknowledgement() {
     assert_eq!(report.drift().count(), 0);
     assert_eq!(
         base.types(key).await,
-        ["key.requested", "key.provisioned"],
+        [
+            EventType::Requested.as_str(),
+            EventType::Provisioned.as_str()
+        ],
         "no drift to record: the panel was right"
     );
 }
@@ -310,7 +331,7 @@ async fn a_dry_run_reports_a_stuck_key_and_leaves_it() {
     assert!(report.findings[0].stuck);
     assert_eq!(report.findings[0].resolution, Resolution::Reported);
     assert!(base.clients().is_empty());
-    assert_eq!(base.types(key).await, ["key.requested"]);
+    assert_eq!(base.types(key).await, [EventType::Requested.as_str()]);
 }
 
 /// A base whose log holds `n` provisioned keys at `ams` and whose panel holds exactly
@@ -521,7 +542,10 @@ async fn a_periodic_pass_is_skipped_while_another_process_runs_one() {
         base.client("tg21-ams").is_none(),
         "the skipped pass changed the panel"
     );
-    assert_eq!(base.count(keys[0], "key.drift_detected").await, 0);
+    assert_eq!(
+        base.count(keys[0], EventType::DriftDetected.as_str()).await,
+        0
+    );
 
     sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
         .bind("keyledger.reconcile-pass")

@@ -11,7 +11,7 @@ use std::time::Duration;
 use broker::{EventHandler, HandlerError};
 use common::eventually;
 use common::stack::{Base, DEADLINE, PUBLIC_HOST, Stack};
-use domain::{KeyStatus, Phase};
+use domain::{EventType, KeyStatus, Phase};
 use serde_json::json;
 use x3ui_sim::DownMode;
 
@@ -52,7 +52,7 @@ async fn acknowledgements_carry_the_link_of_the_client_the_panel_holds() {
         .unwrap()
         .to_owned();
     let provisioned = stack.events(key).await.pop().unwrap();
-    assert_eq!(provisioned.event_type, "key.provisioned");
+    assert_eq!(provisioned.event_type, EventType::Provisioned.as_str());
     let link = provisioned.data["link"].as_str().unwrap().to_owned();
     assert!(link.starts_with(&format!("vless://{on_panel}@")), "{link}");
     assert_eq!(link, panel_copy_link(&on_panel, "tg120-ams"));
@@ -62,7 +62,7 @@ async fn acknowledgements_carry_the_link_of_the_client_the_panel_holds() {
     // new client's.
     let fresh = stack.rotate(key).await;
     assert_eq!(stack.state(key).await.details.unwrap().link, None);
-    stack.wait_for(key, "key.rotated", 1).await;
+    stack.wait_for(key, EventType::Rotated.as_str(), 1).await;
     let on_panel = stack.client("tg120-ams").unwrap()["id"]
         .as_str()
         .unwrap()
@@ -94,7 +94,7 @@ async fn without_a_public_host_the_key_is_acknowledged_without_a_link() {
     let (key, _) = base.request(121).await;
     worker.sync_key(key, None).await.unwrap();
     let provisioned = base.events(key).await.pop().unwrap();
-    assert_eq!(provisioned.event_type, "key.provisioned");
+    assert_eq!(provisioned.event_type, EventType::Provisioned.as_str());
     assert!(
         provisioned.data.get("link").is_none(),
         "{}",
@@ -110,13 +110,13 @@ async fn three_rotations_leave_only_the_newest_uuid_on_the_panel() {
     let mut uuids = vec![first];
     for n in 1..=3 {
         uuids.push(stack.rotate(key).await);
-        stack.wait_for(key, "key.rotated", n).await;
+        stack.wait_for(key, EventType::Rotated.as_str(), n).await;
         let clients = stack.clients();
         assert_eq!(clients.len(), 1, "one client after rotation {n}");
         assert_eq!(clients[0]["id"], json!(uuids[n].to_string()));
     }
     assert_eq!(uuids.iter().collect::<HashSet<_>>().len(), 4);
-    assert_eq!(stack.count(key, "key.rotated").await, 3);
+    assert_eq!(stack.count(key, EventType::Rotated.as_str()).await, 3);
     assert_eq!(stack.state(key).await.phase, Phase::Active);
     stack.stop().await;
 }
@@ -128,12 +128,12 @@ async fn revocation_removes_the_client_and_disables_the_inbounds_last_one() {
     let (second, _) = stack.provisioned(104).await;
 
     stack.revoke(first).await;
-    stack.wait_for(first, "key.revoked", 1).await;
+    stack.wait_for(first, EventType::Revoked.as_str(), 1).await;
     assert!(stack.client("tg103-ams").is_none(), "revoked client gone");
 
     // The panel will not delete an inbound's last client: it is disabled instead.
     stack.revoke(second).await;
-    stack.wait_for(second, "key.revoked", 1).await;
+    stack.wait_for(second, EventType::Revoked.as_str(), 1).await;
     let last = stack.client("tg104-ams").expect("last client kept");
     assert_eq!(last["enable"], json!(false));
     assert_eq!(stack.state(second).await.phase, Phase::Revoked);
@@ -152,10 +152,12 @@ async fn an_expired_key_is_disabled_and_a_request_after_revocation_gets_a_new_cl
     .await;
 
     stack.revoke(key).await;
-    stack.wait_for(key, "key.revoked", 1).await;
+    stack.wait_for(key, EventType::Revoked.as_str(), 1).await;
     let (again, uuid) = stack.request(105).await;
     assert_eq!(again, key, "one stream per user and location");
-    stack.wait_for(key, "key.provisioned", 2).await;
+    stack
+        .wait_for(key, EventType::Provisioned.as_str(), 2)
+        .await;
     let client = stack.client("tg105-ams").unwrap();
     assert_eq!(client["id"], json!(uuid.to_string()));
     assert_eq!(client["enable"], json!(true));
@@ -167,7 +169,9 @@ async fn a_panel_down_for_a_while_is_recorded_once_then_the_key_is_provisioned()
     let stack = Stack::start().await;
     stack.sim.go_down(DownMode::Refused).await.unwrap();
     let (key, uuid) = stack.request(106).await;
-    stack.wait_for(key, "key.provisioning_failed", 1).await;
+    stack
+        .wait_for(key, EventType::ProvisioningFailed.as_str(), 1)
+        .await;
     assert_eq!(stack.state(key).await.status(), Some(KeyStatus::Failed));
     // Several more failed deliveries, the breaker opening and probing among them.
     let retried = stack.stats.retried.load(Ordering::Relaxed);
@@ -175,16 +179,28 @@ async fn a_panel_down_for_a_while_is_recorded_once_then_the_key_is_provisioned()
         (stack.stats.retried.load(Ordering::Relaxed) >= retried + 4).then_some(())
     })
     .await;
-    assert_eq!(stack.count(key, "key.provisioning_failed").await, 1);
+    assert_eq!(
+        stack
+            .count(key, EventType::ProvisioningFailed.as_str())
+            .await,
+        1
+    );
 
     stack.sim.come_up().await.unwrap();
-    stack.wait_for(key, "key.provisioned", 1).await;
-    assert_eq!(stack.count(key, "key.provisioning_failed").await, 1);
+    stack
+        .wait_for(key, EventType::Provisioned.as_str(), 1)
+        .await;
+    assert_eq!(
+        stack
+            .count(key, EventType::ProvisioningFailed.as_str())
+            .await,
+        1
+    );
     let failed = stack
         .events(key)
         .await
         .into_iter()
-        .find(|e| e.event_type == "key.provisioning_failed")
+        .find(|e| e.event_type == EventType::ProvisioningFailed.as_str())
         .unwrap();
     assert_eq!(failed.data["attempt"], json!(1));
     assert!(
@@ -208,7 +224,9 @@ async fn a_hundred_keys_at_once_are_a_hundred_clients_in_far_fewer_add_calls() {
     let stack = Stack::start().await;
     let keys = stack.request_many(200..300).await;
     for key in &keys {
-        stack.wait_for(*key, "key.provisioned", 1).await;
+        stack
+            .wait_for(*key, EventType::Provisioned.as_str(), 1)
+            .await;
     }
     assert_eq!(stack.clients().len(), 100);
     let adds = stack.sim.handle().stats().add_calls;
@@ -228,7 +246,7 @@ async fn a_redelivered_event_records_no_second_acknowledgement() {
     for _ in 0..3 {
         base.worker.handle(&requested, &mut conn).await.unwrap();
     }
-    assert_eq!(base.count(key, "key.provisioned").await, 1);
+    assert_eq!(base.count(key, EventType::Provisioned.as_str()).await, 1);
     assert_eq!(base.clients().len(), 1);
 }
 
@@ -248,8 +266,8 @@ async fn an_old_message_applies_the_keys_newest_state() {
     // and the revocation is what gets acknowledged.
     base.worker.handle(&requested, &mut conn).await.unwrap();
     assert!(base.client("tg108-ams").is_none());
-    assert_eq!(base.count(key, "key.provisioned").await, 0);
-    assert_eq!(base.count(key, "key.revoked").await, 1);
+    assert_eq!(base.count(key, EventType::Provisioned.as_str()).await, 0);
+    assert_eq!(base.count(key, EventType::Revoked.as_str()).await, 1);
 }
 
 #[tokio::test]
@@ -279,10 +297,14 @@ async fn a_panel_failure_is_retried_and_not_recorded_twice_with_the_same_error()
         // Past the breaker's open period, so the next try reaches the panel again.
         tokio::time::sleep(Duration::from_millis(350)).await;
     }
-    assert_eq!(base.count(key, "key.provisioning_failed").await, 1);
+    assert_eq!(
+        base.count(key, EventType::ProvisioningFailed.as_str())
+            .await,
+        1
+    );
     base.sim.come_up().await.unwrap();
     base.worker.handle(&requested, &mut conn).await.unwrap();
-    assert_eq!(base.count(key, "key.provisioned").await, 1);
+    assert_eq!(base.count(key, EventType::Provisioned.as_str()).await, 1);
 }
 
 #[tokio::test]
@@ -294,7 +316,9 @@ async fn keys_converge_while_a_third_of_the_panels_connections_drop() {
     });
     let keys = stack.request_many(400..410).await;
     for key in &keys {
-        stack.wait_for(*key, "key.provisioned", 1).await;
+        stack
+            .wait_for(*key, EventType::Provisioned.as_str(), 1)
+            .await;
     }
     assert!(stack.sim.handle().stats().dropped_connections > 0);
     stack.sim.handle().update_faults(|f| f.drop_rate = 0.0);
@@ -304,7 +328,7 @@ async fn keys_converge_while_a_third_of_the_panels_connections_drop() {
         let details = stack.state(key).await.details.unwrap();
         let client = stack.client(&details.email).unwrap();
         assert_eq!(client["id"], json!(details.client_uuid.to_string()));
-        assert_eq!(stack.count(key, "key.provisioned").await, 1);
+        assert_eq!(stack.count(key, EventType::Provisioned.as_str()).await, 1);
     }
     stack.stop().await;
 }

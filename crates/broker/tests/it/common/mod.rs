@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use broker::{EventHandler, HandlerError};
+use domain::EventType;
 use eventstore::{EventStore, NewEvent, RecordedEvent};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -56,9 +57,9 @@ impl Env {
             let version = from_version + i;
             let event = NewEvent::new(
                 if version == 0 {
-                    "key.requested"
+                    EventType::Requested.as_str()
                 } else {
-                    "key.drift_repaired"
+                    EventType::DriftRepaired.as_str()
                 },
                 json!({"kind": "missing_on_panel", "n": version}),
             );
@@ -204,8 +205,10 @@ pub fn spawn_writer(
         let (mut rounds, mut after_done) = (0u32, 0);
         while after_done < 10 {
             for stream in &streams {
-                let event =
-                    NewEvent::new("key.drift_repaired", json!({"kind": "missing_on_panel"}));
+                let event = NewEvent::new(
+                    EventType::DriftRepaired.as_str(),
+                    json!({"kind": "missing_on_panel"}),
+                );
                 let metadata = metadata();
                 while store
                     .append(*stream, rounds, std::slice::from_ref(&event), &metadata)

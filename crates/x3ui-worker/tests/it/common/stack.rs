@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use broker::{Consumer, ConsumerConfig, ConsumerStats, Queue, Relay, RelayConfig};
 use domain::{
-    ExpireKey, KeyCommand, KeyId, KeyState, LocationId, RequestKey, RevokeKey, RotateKey, UserId,
+    EventType, ExpireKey, KeyCommand, KeyId, KeyState, LocationId, RequestKey, RevokeKey,
+    RotateKey, UserId,
 };
 use eventstore::{Actor, ActorKind, EventMetadata, KeyLedger, RecordedEvent};
 use serde_json::{Map, Value};
@@ -240,7 +241,7 @@ impl Stack {
     /// Requests a key for `user` and waits until the worker has acknowledged it.
     pub async fn provisioned(&self, user: i64) -> (KeyId, Uuid) {
         let (key, uuid) = self.request(user).await;
-        self.wait_for(key, "key.provisioned", 1).await;
+        self.wait_for(key, EventType::Provisioned.as_str(), 1).await;
         (key, uuid)
     }
 
