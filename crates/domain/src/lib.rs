@@ -16,6 +16,7 @@ mod error;
 mod event;
 mod identity;
 mod link;
+mod secret;
 mod state;
 
 pub use command::*;
@@ -25,4 +26,5 @@ pub use error::DomainError;
 pub use event::*;
 pub use identity::*;
 pub use link::{InboundLinkSettings, LinkError, render_vless_link};
+pub use secret::Secret;
 pub use state::{FailureNote, KeyDetails, KeyState, KeyStatus, Phase};
