@@ -1,37 +1,21 @@
-//! Bearer tokens and the roles they carry (CONTRACT.md §2, §7).
+//! Authentication (CONTRACT.md §2, §7): the configured bearer tokens, the [`Caller`]
+//! extractor that turns a request's token into a [`Role`] allowed on its route (or a 401
+//! or 403 before any body is read), and the bearer scheme of the OpenAPI document.
 
 use std::marker::PhantomData;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use serde::Serialize;
+use domain::Secret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use x3ui_worker::Secret;
 
 use crate::AppState;
 use crate::error::ApiError;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    Service,
-    Auditor,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Service => "service",
-            Role::Auditor => "auditor",
-        }
-    }
-}
+use crate::role::Role;
 
 /// The configured tokens. A role without a token cannot be used at all.
 #[derive(Default, Clone)]

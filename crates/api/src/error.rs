@@ -1,4 +1,5 @@
-//! The error shape of CONTRACT.md §7: `{"error": {"code", "message"}}` with a fitting status.
+//! Every way a request can fail, and the one error shape of CONTRACT.md §7 they are
+//! answered with: `{"error": {"code", "message"}}` with a fitting status.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -9,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::auth::Role;
+use crate::role::Role;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::auth::Role;
 use crate::error::{ApiError, ErrorBody, ErrorDetail};
+use crate::role::Role;
 
 pub(crate) const HEADER: &str = "idempotency-key";
 const MAX_KEY_CHARS: usize = 255;

@@ -15,10 +15,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::{Caller, Readers, Role, Writers};
+use crate::auth::{Caller, Readers, Writers};
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{self, Answer, IdempotencyKey};
+use crate::role::Role;
 
 /// The largest traffic limit accepted: 1 PiB, far beyond any plan, well inside the panel's
 /// integer range.

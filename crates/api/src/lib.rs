@@ -6,16 +6,19 @@
 //! never depends on how far the projector has got. Queries read the projector's views.
 //! Every route, its role and its schemas come from one table of handlers
 //! ([`router`]), which also generates `/openapi.json`, so the document cannot drift from
-//! what is served. Bearer tokens map to roles and are compared in constant time.
+//! what is served. Bearer tokens map to roles and are compared in constant time. The API
+//! knows the 3x-ui panels only through the [`PanelStatus`] the binary injects.
 
+mod audit;
 mod auth;
 mod body;
 mod error;
 mod idempotency;
 mod keys;
-mod log;
 pub mod metrics;
-mod ops;
+mod panels;
+mod probes;
+mod role;
 
 use std::sync::Arc;
 
@@ -28,12 +31,13 @@ use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use x3ui_worker::Panels;
 
 use auth::BearerScheme;
-pub use auth::{Role, Tokens};
+pub use auth::Tokens;
+pub use domain::Secret;
 pub use error::ApiError;
-pub use x3ui_worker::Secret;
+pub use panels::{BoxFuture, Breaker, PanelHealth, PanelProbe, PanelStatus};
+pub use role::Role;
 
 /// Largest request body accepted; every body of this API is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -52,9 +56,9 @@ pub struct ApiConfig {
     pub locations: Vec<ApiLocation>,
     /// The broker `/readyz` checks; `None` when this process does not use one.
     pub amqp_url: Option<String>,
-    /// The panels of this process, for `/readyz` and `/v1/locations`; `None` when the
-    /// worker runs elsewhere.
-    pub panels: Option<Arc<Panels>>,
+    /// The panels of this process, for `/readyz` and `/v1/locations`, as the binary
+    /// injects them; `None` when the worker runs elsewhere.
+    pub panels: Option<Arc<dyn PanelStatus>>,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -108,13 +112,13 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::renew_key))
         .routes(routes!(keys::user_keys))
-        .routes(routes!(log::key_history))
-        .routes(routes!(log::events))
-        .routes(routes!(log::verify))
-        .routes(routes!(ops::locations))
-        .routes(routes!(ops::healthz))
-        .routes(routes!(ops::readyz))
-        .routes(routes!(ops::metrics))
+        .routes(routes!(audit::key_history))
+        .routes(routes!(audit::events))
+        .routes(routes!(audit::verify))
+        .routes(routes!(probes::locations))
+        .routes(routes!(probes::healthz))
+        .routes(routes!(probes::readyz))
+        .routes(routes!(probes::metrics))
 }
 
 /// The OpenAPI document of every route [`router`] serves.

@@ -18,6 +18,7 @@ mod identity;
 #[cfg(test)]
 mod lifecycle_tests;
 mod link;
+mod secret;
 mod state;
 
 pub use command::*;
@@ -27,4 +28,5 @@ pub use error::DomainError;
 pub use event::*;
 pub use identity::*;
 pub use link::{InboundLinkSettings, LinkError, render_vless_link};
+pub use secret::Secret;
 pub use state::{FailureNote, KeyDetails, KeyState, KeyStatus, Phase};

@@ -35,8 +35,8 @@ impl ConfigError {
     }
 }
 
-/// Secrets are the panel client's type: one redacting `Debug` for every password and token.
-pub use x3ui_worker::Secret;
+/// Secrets are the domain's type: one redacting `Debug` for every password and token.
+pub use domain::Secret;
 
 /// A connection URL that may carry a password; shown with the password masked.
 #[derive(Clone, PartialEq, Eq)]

@@ -1,11 +1,15 @@
-//! From the configuration's locations to the worker's panels.
+//! From the configuration's locations to the worker's panels, and those panels as the
+//! HTTP API sees them ([`PanelsStatus`], the [`api::PanelStatus`] this binary injects).
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
 use eventstore::EventStore;
 
-use x3ui_worker::{ApiKind, Credentials, PanelConfig, Panels, ResiliencePolicy};
+use x3ui_worker::{
+    ApiKind, BreakerState, Credentials, LocationHealth, PanelConfig, Panels, ResiliencePolicy,
+};
 
 use crate::config::{Config, PanelApi, PanelCredentials};
 
@@ -65,4 +69,50 @@ pub async fn reconcile(
         writeln!(out, "FAILED {failure}")?;
     }
     Ok(pass.failures.is_empty())
+}
+
+/// The worker's panels as the HTTP API sees them: the API does not depend on the panel
+/// client, so this adapter maps its probes and health into the API's own types.
+#[derive(Debug, Clone)]
+pub struct PanelsStatus(Arc<Panels>);
+
+impl PanelsStatus {
+    pub fn new(panels: Arc<Panels>) -> Self {
+        Self(panels)
+    }
+}
+
+impl api::PanelStatus for PanelsStatus {
+    fn probe(&self, timeout: Duration) -> api::BoxFuture<'_, Vec<api::PanelProbe>> {
+        Box::pin(async move {
+            self.0
+                .probe(timeout)
+                .await
+                .into_iter()
+                .map(|probe| api::PanelProbe {
+                    location: probe.location,
+                    // Panel errors name the location and the call, never the password.
+                    outcome: probe.outcome.map(|_| ()).map_err(|error| error.to_string()),
+                })
+                .collect()
+        })
+    }
+
+    fn health(&self, location: &str) -> Option<api::PanelHealth> {
+        self.0.get(location).map(|l| api_health(l.health()))
+    }
+}
+
+fn api_health(health: LocationHealth) -> api::PanelHealth {
+    api::PanelHealth {
+        breaker: match health.breaker {
+            BreakerState::Closed => api::Breaker::Closed,
+            BreakerState::Open => api::Breaker::Open,
+            BreakerState::HalfOpen => api::Breaker::HalfOpen,
+        },
+        last_success_at: health.last_success_at,
+        last_reconcile_at: health.last_reconcile_at,
+        drift_found_last_pass: health.drift_found_last_pass,
+        last_reconcile_error: health.last_reconcile_error,
+    }
 }

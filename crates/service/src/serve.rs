@@ -1,5 +1,6 @@
 //! `keyledger serve`: runs the selected roles in one process until SIGTERM or SIGINT.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventstore::{EventStore, KeyLedger};
@@ -182,10 +183,7 @@ fn bot_config(config: &Config, token: &crate::config::Secret) -> bot::BotConfig 
 }
 
 /// What the HTTP API needs from the configuration.
-fn api_config(
-    config: &Config,
-    panels: Option<std::sync::Arc<x3ui_worker::Panels>>,
-) -> api::ApiConfig {
+fn api_config(config: &Config, panels: Option<Arc<x3ui_worker::Panels>>) -> api::ApiConfig {
     api::ApiConfig {
         tokens: api::Tokens::new(
             config.admin_token.as_ref(),
@@ -201,7 +199,9 @@ fn api_config(
             })
             .collect(),
         amqp_url: Some(config.amqp_url.as_str().to_owned()),
-        panels,
+        panels: panels.map(|panels| {
+            Arc::new(crate::panels::PanelsStatus::new(panels)) as Arc<dyn api::PanelStatus>
+        }),
     }
 }
 

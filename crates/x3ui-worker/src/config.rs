@@ -1,29 +1,10 @@
-use std::fmt;
 use std::time::Duration;
 
 use url::Url;
 
-/// A password or API token. It only leaves this type through [`Secret::expose`], so a
-/// derived `Debug` on anything holding it cannot leak it into logs.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
+/// Secrets are the domain's type, one redacting `Debug` for every password and token;
+/// named here too so `crate::config::Secret` paths keep working.
+pub(crate) use domain::Secret;
 
 /// How we prove who we are to the panel.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,8 @@ mod resilience;
 mod session_lock;
 pub mod worker;
 
-pub use config::{ApiKind, Credentials, PanelConfig, Secret};
+pub use config::{ApiKind, Credentials, PanelConfig};
+pub use domain::Secret;
 pub use error::{LinkUnavailable, Operation, PanelError, Refusal};
 pub use model::{ClientSpec, FLOW_VISION, Inbound, InboundClients, PanelClient};
 pub use ops::{Absence, Ensured, Panel};

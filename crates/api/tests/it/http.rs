@@ -3,9 +3,13 @@
 //! document.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use api::{ApiConfig, ApiLocation, Secret, Tokens};
+use api::{
+    ApiConfig, ApiLocation, BoxFuture, Breaker, PanelHealth, PanelProbe, PanelStatus, Secret,
+    Tokens,
+};
 use domain::{ConfirmProvisioned, EventType, KeyCommand, KeyId, LocationId, UserId};
 use eventstore::{Actor, ActorKind, EventMetadata, KeyLedger};
 use reqwest::{Method, StatusCode};
@@ -37,6 +41,10 @@ impl Api {
     }
 
     async fn start_with(amqp_url: Option<String>) -> Self {
+        Self::start_full(amqp_url, None).await
+    }
+
+    async fn start_full(amqp_url: Option<String>, panels: Option<Arc<dyn PanelStatus>>) -> Self {
         let db = TestDatabase::create().await;
         let tokens = Tokens::new(
             Some(&Secret::new(ADMIN)),
@@ -54,7 +62,7 @@ impl Api {
             tokens,
             locations,
             amqp_url,
-            panels: None,
+            panels,
         };
         let router = api::router(db.store.clone(), config, api::metrics::recorder());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -588,6 +596,65 @@ async fn readiness_fails_when_the_broker_is_unreachable() {
     assert_eq!(body["checks"]["database"], json!("ok"));
     assert_ne!(body["checks"]["broker"], json!("ok"));
     assert!(!body.to_string().contains("guest:guest"), "{body}");
+}
+
+/// Panels as a test wants them: `ams` has an open breaker and a failing probe, `fra` is
+/// not served by this process.
+struct FakePanels;
+
+impl PanelStatus for FakePanels {
+    fn probe(&self, _timeout: Duration) -> BoxFuture<'_, Vec<PanelProbe>> {
+        Box::pin(async {
+            vec![PanelProbe {
+                location: "ams".to_owned(),
+                outcome: Err("ams: login refused".to_owned()),
+            }]
+        })
+    }
+
+    fn health(&self, location: &str) -> Option<PanelHealth> {
+        (location == "ams").then(|| PanelHealth {
+            breaker: Breaker::HalfOpen,
+            last_success_at: Some(time::macros::datetime!(2025-01-02 03:04:05 UTC)),
+            last_reconcile_at: None,
+            drift_found_last_pass: Some(2),
+            last_reconcile_error: Some("listing failed".to_owned()),
+        })
+    }
+}
+
+#[tokio::test]
+async fn injected_panel_status_shows_in_readiness_and_locations() {
+    let api = Api::start_full(None, Some(Arc::new(FakePanels))).await;
+    let (status, body) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["checks"]["database"], json!("ok"));
+    assert_eq!(
+        body["checks"]["panel:ams"],
+        json!("error: ams: login refused")
+    );
+
+    let (status, locations) = api.get("/v1/locations").await;
+    assert_eq!(status, StatusCode::OK, "{locations}");
+    let ams = &locations[0];
+    assert_eq!(ams["id"], json!("ams"));
+    assert_eq!(ams["breaker"], json!("half_open"));
+    assert_eq!(ams["panel_reachable"], json!(true));
+    assert_eq!(ams["last_success_at"], json!("2025-01-02T03:04:05Z"));
+    assert_eq!(ams["last_reconcile_at"], json!(null));
+    assert_eq!(ams["drift_found_last_pass"], json!(2));
+    assert_eq!(ams["last_reconcile_error"], json!("listing failed"));
+    let fra = &locations[1];
+    assert_eq!(fra["id"], json!("fra"));
+    assert_eq!(fra["breaker"], json!(null));
+    assert_eq!(fra["panel_reachable"], json!(null));
+}
+
+#[test]
+fn breaker_names() {
+    assert_eq!(Breaker::Closed.as_str(), "closed");
+    assert_eq!(Breaker::Open.as_str(), "open");
+    assert_eq!(Breaker::HalfOpen.as_str(), "half_open");
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! The auditor's routes: a key's history, the log paged in order, and verification.
+//! The audit routes, for auditors and admins: a key's history, the whole log paged in
+//! order, and verification of the log's hash chain.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};

@@ -1,4 +1,6 @@
-//! Probes, metrics and the locations' health.
+//! The operations routes: liveness and readiness probes, the Prometheus scrape, and
+//! `/v1/locations` with each location's panel health and drift record. What is known
+//! about panels comes through the injected [`PanelStatus`](crate::PanelStatus).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,14 +10,15 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
+use domain::EventType;
 use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
-use x3ui_worker::BreakerState;
 
 use crate::AppState;
 use crate::auth::{Caller, Readers};
 use crate::error::{ApiError, ErrorBody};
+use crate::panels::Breaker;
 
 /// How long one readiness check may take: a probe must answer before its caller gives up.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -55,7 +58,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<R
     if let Some(panels) = &state.config.panels {
         for probe in panels.probe(CHECK_TIMEOUT).await {
             let verdict = match probe.outcome {
-                Ok(_) => "ok".to_owned(),
+                Ok(()) => "ok".to_owned(),
                 // Panel errors name the location and the call, never the password.
                 Err(error) => format!("error: {error}"),
             };
@@ -161,15 +164,14 @@ pub(crate) async fn locations(
                 .config
                 .panels
                 .as_ref()
-                .and_then(|panels| panels.get(id))
-                .map(|l| l.health());
+                .and_then(|panels| panels.health(id));
             let breaker = health.as_ref().map(|h| h.breaker);
             let (detected, repaired, last) = drift.get(id).copied().unwrap_or((0, 0, None));
             LocationHealth {
                 id: id.to_owned(),
                 name: location.name.clone(),
-                panel_reachable: breaker.map(|b| b != BreakerState::Open),
-                breaker: breaker.map(breaker_name),
+                panel_reachable: breaker.map(|b| b != Breaker::Open),
+                breaker: breaker.map(Breaker::as_str),
                 last_success_at: health.as_ref().and_then(|h| h.last_success_at),
                 last_reconcile_at: health.as_ref().and_then(|h| h.last_reconcile_at),
                 drift_found_last_pass: health.as_ref().and_then(|h| h.drift_found_last_pass),
@@ -183,28 +185,22 @@ pub(crate) async fn locations(
     Ok(Json(shown))
 }
 
-fn breaker_name(state: BreakerState) -> &'static str {
-    match state {
-        BreakerState::Closed => "closed",
-        BreakerState::Open => "open",
-        BreakerState::HalfOpen => "half_open",
-    }
-}
-
 type DriftRecord = (i64, i64, Option<OffsetDateTime>);
 
 /// Drift events per location; a key's location is in its first event, `key.requested`.
 async fn drift_by_location(state: &AppState) -> Result<HashMap<String, DriftRecord>, ApiError> {
     let rows: Vec<(String, i64, i64, Option<OffsetDateTime>)> = sqlx::query_as(
         "SELECT r.data->>'location',
-                count(*) FILTER (WHERE d.type = 'key.drift_detected'),
-                count(*) FILTER (WHERE d.type = 'key.drift_repaired'),
+                count(*) FILTER (WHERE d.type = $1),
+                count(*) FILTER (WHERE d.type = $2),
                 max(d.recorded_at)
          FROM events d
          JOIN events r ON r.stream_id = d.stream_id AND r.version = 1
-         WHERE d.type IN ('key.drift_detected', 'key.drift_repaired')
+         WHERE d.type IN ($1, $2)
          GROUP BY 1",
     )
+    .bind(EventType::DriftDetected.as_str())
+    .bind(EventType::DriftRepaired.as_str())
     .fetch_all(state.store.pool())
     .await?;
     Ok(rows
