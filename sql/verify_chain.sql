@@ -3,9 +3,10 @@
 --
 --   psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -f sql/verify_chain.sql
 --
--- Formulas (README "Hash chain"); every hash is the lower-case hex SHA-256 of UTF-8 text,
--- parts joined by \n, prev_hash being the stored hash of the stream's previous version
--- ('' for version 1) and recorded_at_us the time as integer microseconds since the epoch.
+-- Formulas (docs/event-log.md#hash-chain); every hash is the lower-case hex SHA-256 of
+-- UTF-8 text, parts joined by \n, prev_hash being the stored hash of the stream's previous
+-- version ('' for version 1) and recorded_at_us the time as integer microseconds since the
+-- epoch.
 -- Events from chain_formulas' first position of formula 2 on (all of them in a log
 -- started after migration 0007):
 --   content = stream_id \n version \n event_id \n type \n data::text \n metadata::text

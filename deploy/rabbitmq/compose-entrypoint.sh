@@ -4,9 +4,10 @@
 # image's own entrypoint.
 #
 # Why: definitions.json in the repository holds no password (the user keyledger has an
-# empty hash, README "Operators: RabbitMQ"), the boot-time import resets that user at every
-# start, and a node that imports definitions on its first boot creates no default user. So
-# the passwords from deploy/.env are put in here, on every start, as salted hashes:
+# empty hash, docs/operations.md#rabbitmq-definitions-and-the-password), the boot-time
+# import resets that user at every start, and a node that imports definitions on its first
+# boot creates no default user. So the passwords from deploy/.env are put in here, on every
+# start, as salted hashes:
 #   - keyledger's own user (KEYLEDGER_AMQP_PASSWORD), with the committed permissions;
 #   - an operator user RABBITMQ_ADMIN_USER (tag administrator, all of vhost keyledger) for
 #     the management UI and the dead-letter runbook ("Move messages" needs a policymaker).

@@ -1,4 +1,4 @@
-//! Authentication (CONTRACT.md §2, §7): the configured bearer tokens, the [`Caller`]
+//! Authentication (docs/configuration.md, docs/http-api.md): the configured bearer tokens, the [`Caller`]
 //! extractor that turns a request's token into a [`Role`] allowed on its route (or a 401
 //! or 403 before any body is read), and the bearer scheme of the OpenAPI document.
 

@@ -1,4 +1,4 @@
-//! Every way a request can fail, and the one error shape of CONTRACT.md §7 they are
+//! Every way a request can fail, and the one error shape of docs/http-api.md they are
 //! answered with: `{"error": {"code", "message"}}` with a fitting status.
 
 use axum::Json;

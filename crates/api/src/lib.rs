@@ -1,4 +1,4 @@
-//! The HTTP API of CONTRACT.md §7: commands, queries and the audit trail in front of the
+//! The HTTP API of docs/http-api.md: commands, queries and the audit trail in front of the
 //! event log, plus the probes and metrics operators scrape.
 //!
 //! Commands go through [`eventstore::KeyLedger`] (load, decide, append) and answer once

@@ -1,4 +1,4 @@
-//! The roles a bearer token can grant (CONTRACT.md §2). Kept apart from [`auth`]
+//! The roles a bearer token can grant (docs/configuration.md). Kept apart from [`auth`]
 //! (which checks tokens) and [`error`] (which names a refused role), so both can use it
 //! without depending on each other.
 //!

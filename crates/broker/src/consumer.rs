@@ -6,7 +6,7 @@
 //! records the new progress in the handler's transaction, commits, and only then acks. So:
 //! - a duplicate delivery finds the version already applied and is acked unapplied;
 //! - an event that arrives ahead of a missing one brings the missing ones with it
-//!   (DESIGN.md §5 rule 2), and the late one is then a duplicate;
+//!   (docs/architecture.md, rule 2), and the late one is then a duplicate;
 //! - a consumer killed mid-message leaves the message unacked; the broker redelivers it
 //!   and the transaction that did not commit left nothing behind;
 //! - a message that names no event of the log, or a malformed one, changes nothing: it

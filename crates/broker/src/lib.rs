@@ -1,4 +1,4 @@
-//! RabbitMQ for keyledger: the topology of CONTRACT.md §6, the relay that carries every
+//! RabbitMQ for keyledger: the topology of docs/queues.md, the relay that carries every
 //! event of the log to the `keyledger.events` exchange with publisher confirms, and the
 //! consumer runtime that every consumer shares (manual acks, dedupe and ordering against
 //! the log, retries with backoff, dead letters with a reason, reconnects).

@@ -1,4 +1,4 @@
-//! An event as a RabbitMQ message (CONTRACT.md §6), and back.
+//! An event as a RabbitMQ message (docs/queues.md), and back.
 
 use eventstore::RecordedEvent;
 use lapin::BasicProperties;

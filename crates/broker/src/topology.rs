@@ -1,4 +1,4 @@
-//! The RabbitMQ names of CONTRACT.md §6 and their idempotent declaration.
+//! The RabbitMQ names of docs/queues.md and their idempotent declaration.
 //!
 //! Structure (queue type, bindings, where dead letters go) is declared by every role at
 //! start. The one tunable, the broker-side delivery limit, is a policy (see
@@ -19,7 +19,7 @@ pub const DEAD_LETTER_EXCHANGE: &str = "keyledger.dlx";
 /// runtime gives up earlier, with the reason in a header; this is the backstop.
 pub const BROKER_DELIVERY_LIMIT: i64 = 20;
 
-/// The queues of CONTRACT.md §6.
+/// The queues of docs/queues.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Queue {
     /// What the worker must apply to panels.

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use crate::identity::{LocationId, UserId};
 
-/// Everything that can happen to a key, exactly as CONTRACT.md §4 names it. The serialised
+/// Everything that can happen to a key, exactly as docs/events.md names it. The serialised
 /// form is `{"type": "...", "data": {...}}`, and the event store keeps `type` and `data` in
 /// columns of the same names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,7 +54,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    /// Every event type, in the order of CONTRACT.md §4.
+    /// Every event type, in the order of docs/events.md.
     pub const ALL: [EventType; 11] = [
         Self::Requested,
         Self::Provisioned,

@@ -32,7 +32,7 @@ impl Phase {
     }
 }
 
-/// The status shown to users and in key views (CONTRACT.md §7).
+/// The status shown to users and in key views (docs/http-api.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyStatus {

@@ -99,7 +99,7 @@ impl<'a> AppendRequest<'a> {
 }
 
 /// The request's metadata as it is bound, after pushing its events' content digests
-/// (README "Hash chain") onto `digests`. The writer computes them so that the database
+/// (docs/event-log.md, "Hash chain") onto `digests`. The writer computes them so that the database
 /// only links them into the chain: rendering and hashing every event in plpgsql cost
 /// about as much as inserting it.
 fn metadata_and_digests(request: &AppendRequest<'_>, digests: &mut Vec<String>) -> Value {

@@ -31,7 +31,7 @@ impl ChainReport {
     }
 }
 
-/// Which formula chains an event (README "Hash chain"). The log is immutable, so events
+/// Which formula chains an event (docs/event-log.md, "Hash chain"). The log is immutable, so events
 /// keep the formula they were written with; table `chain_formulas` says from which
 /// position each applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub struct ChainLink<'a> {
 }
 
 impl ChainLink<'_> {
-    /// The hash of this event given the previous event's hash (README "Hash chain"). The
+    /// The hash of this event given the previous event's hash (docs/event-log.md, "Hash chain"). The
     /// same formulas as the append functions (migrations 0002 and 0007) and
     /// `sql/verify_chain.sql`, written again so that each can check the others.
     pub fn hash(&self, prev_hash: &str, formula: ChainFormula) -> String {

@@ -27,7 +27,7 @@ impl NewEvent {
     }
 }
 
-/// Who caused an event (CONTRACT.md §4 `actor`).
+/// Who caused an event (docs/events.md `actor`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ActorKind {
@@ -78,7 +78,7 @@ impl EventMetadata {
     }
 }
 
-/// An event as the log holds it; serialises to the body of CONTRACT.md §4 and §6.
+/// An event as the log holds it; serialises to the body of docs/events.md and docs/queues.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecordedEvent {
     pub event_id: Uuid,

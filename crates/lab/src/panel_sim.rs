@@ -1,5 +1,5 @@
 //! `keyledger panel-sim`: the stand-in 3x-ui panel of the tests, served for demos and
-//! manual trials, with the quirks of the chosen panel version (x3ui-api.md). It holds its
+//! manual trials, with the quirks of the chosen panel version (docs/panel.md). It holds its
 //! data in memory only: a throwaway panel, gone when the process ends.
 
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! Read models kept from the log: the key views of CONTRACT.md §7.
+//! Read models kept from the log: the key views of docs/http-api.md.
 //!
 //! A view is a pure function of its key's events: [`view_of`] folds them with the domain's
 //! own `evolve`, so a view always says what a replay says. The live projector

@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-/// A key as users and services see it (CONTRACT.md §7 "Key view").
+/// A key as users and services see it (docs/http-api.md "Key view").
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct KeyView {
     pub key_id: Uuid,

@@ -1,5 +1,5 @@
 //! Configuration: an optional TOML file, overridden by environment variables
-//! (CONTRACT.md §2). Secrets are only ever read from the environment and never printed.
+//! (docs/configuration.md). Secrets are only ever read from the environment and never printed.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -79,7 +79,7 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Which of the panel's APIs a location speaks (x3ui-api.md "Versions that matter").
+/// Which of the panel's APIs a location speaks (docs/panel.md "Versions that matter").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PanelApi {

@@ -3,7 +3,7 @@
 //! Every role lives in a crate of its own (`api`, `broker`'s relay, `projector`,
 //! `x3ui-worker`, `bot`, `scheduler`); this crate reads the configuration (environment over
 //! an optional TOML file), opens the event store, and starts and stops any subset of the
-//! roles together ([`serve::start_roles`]). The binary (`crates/keyledger`) parses the
+//! roles together ([`pipeline::Pipeline`]). The binary (`crates/keyledger`) parses the
 //! command line and calls in here; the lab (`crates/lab`) and the test kit
 //! (`crates/testkit`) start the very same roles through the same function, which is why
 //! this is a library of its own and not part of the binary: a binary cannot be a
@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod panels;
+pub mod pipeline;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

@@ -1,5 +1,5 @@
 //! A stand-in 3x-ui panel: an HTTP server on 127.0.0.1 that answers like the real panel
-//! (x3ui-api.md), quirks included, for tests and for `keyledger demo`. Faults can be
+//! (docs/panel.md), quirks included, for tests and for `keyledger demo`. Faults can be
 //! switched on at run time, and a [`SimHandle`] reads and edits the panel's data
 //! directly, the way an admin clicking in the panel's UI would behind our back.
 

@@ -15,7 +15,7 @@ pub enum Credentials {
     ApiToken(Secret),
 }
 
-/// Which route family the panel speaks (x3ui-api.md "Versions that matter").
+/// Which route family the panel speaks (docs/panel.md "Versions that matter").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ApiKind {
     /// `/panel/api/inbounds/*`, panels v2.x to v3.0.

@@ -9,7 +9,7 @@
 //! location's panel (batching concurrent keys per location, see [`Panels`]) and records
 //! the acknowledgements. [`reconcile`] compares whole panels with the log, repairs drift
 //! and records it.
-//! x3ui-api.md in the shared docs describes the real panel this code is written against.
+//! docs/panel.md describes the real panel this code is written against.
 
 mod config;
 mod error;
@@ -31,4 +31,4 @@ pub use panel::{AnyPanelApi, PanelApi};
 pub use panels::{Location, LocationHealth, LocationProbe, Panels, SharedPanelError};
 pub use reconcile::{DEFAULT_IN_FLIGHT_GRACE, ReconcileReport, Reconciler, run_reconciler};
 pub use resilience::{BreakerState, CircuitBreaker, ResiliencePolicy};
-pub use worker::{Worker, WorkerConfig, run_worker};
+pub use worker::{Worker, WorkerConfig, consumer_config, run_worker, worker_consumer};

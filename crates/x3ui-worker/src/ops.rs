@@ -62,7 +62,7 @@ pub struct Panel<A = AnyPanelApi> {
     api: A,
     policy: ResiliencePolicy,
     breaker: CircuitBreaker,
-    /// The panel's read-modify-write of an inbound takes no lock (x3ui-api.md "Data"):
+    /// The panel's read-modify-write of an inbound takes no lock (docs/panel.md "Data"):
     /// two of our writes at once could lose one, so we never send two at once.
     writes: Mutex<()>,
     /// Other processes (scaled-out workers, a reconcile run) write to the same panel, and

@@ -415,6 +415,23 @@ pub fn consumer_config(amqp_url: impl Into<String>) -> ConsumerConfig {
     }
 }
 
+/// The worker role as a consumer of `keyledger.x3ui-worker` under `consumer` (see
+/// [`consumer_config`] for the production settings); its retry timing is the consumer's
+/// own, so the worker knows when a failed key will be tried again.
+pub fn worker_consumer(
+    store: EventStore,
+    consumer: ConsumerConfig,
+    panels: Arc<Panels>,
+) -> Consumer<Worker> {
+    let config = WorkerConfig {
+        retry_base: consumer.retry_base,
+        retry_max: consumer.retry_max,
+        ..WorkerConfig::default()
+    };
+    let worker = Worker::new(store.clone(), panels, config);
+    Consumer::new(store, consumer, worker)
+}
+
 /// Runs the worker role until `stop` is cancelled.
 pub async fn run_worker(
     store: EventStore,
@@ -422,12 +439,7 @@ pub async fn run_worker(
     panels: Arc<Panels>,
     stop: CancellationToken,
 ) {
-    let consumer = consumer_config(amqp_url);
-    let config = WorkerConfig {
-        retry_base: consumer.retry_base,
-        retry_max: consumer.retry_max,
-        ..WorkerConfig::default()
-    };
-    let worker = Worker::new(store.clone(), panels, config);
-    Consumer::new(store, consumer, worker).run(stop).await;
+    worker_consumer(store, consumer_config(amqp_url), panels)
+        .run(stop)
+        .await;
 }

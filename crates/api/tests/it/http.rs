@@ -158,7 +158,7 @@ async fn a_requested_key_answers_202_with_its_view_in_provisioning() {
     assert_eq!(api.event_count().await, 1);
 }
 
-/// Every route of CONTRACT.md §7 with the roles allowed on it.
+/// Every route of docs/http-api.md with the roles allowed on it.
 fn routes() -> Vec<(Method, String, Option<Value>, &'static [&'static str])> {
     let key = key_of(42);
     let writers: &'static [&'static str] = &["admin", "service"];
@@ -688,6 +688,14 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
     .map(str::to_owned)
     .collect();
     assert_eq!(documented, contract);
+    // The reference page users read names every operation exactly as the document does.
+    let page = include_str!("../../../../docs/http-api.md");
+    for operation in &documented {
+        assert!(
+            page.contains(&format!("`{operation}`")),
+            "docs/http-api.md does not document `{operation}`"
+        );
+    }
     // And every documented operation is really served: none falls through to 404/405.
     for operation in &documented {
         let (method, path) = operation.split_once(' ').expect("method and path");

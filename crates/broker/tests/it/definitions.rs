@@ -22,7 +22,7 @@ const VHOST: &str = "keyledger";
 const TOPOLOGY: [&str; 4] = ["exchanges", "queues", "bindings", "policies"];
 
 /// The whole file: the topology plus the vhost, the user (without a password: see the
-/// README's "Operators: RabbitMQ") and its permissions.
+/// docs/operations.md, "RabbitMQ definitions and the password") and its permissions.
 fn deploy_definitions() -> Value {
     let mut definitions = topology::definitions(VHOST);
     let object = definitions
@@ -63,6 +63,28 @@ fn print_deploy_definitions() {
         })
         .collect();
     println!("{{\n{}\n}}", sections.join(",\n"));
+}
+
+/// The reference page operators read names every exchange and queue of the topology.
+#[test]
+fn the_queues_page_names_every_exchange_and_queue() {
+    let page = include_str!("../../../../docs/queues.md");
+    let definitions = committed();
+    for kind in ["exchanges", "queues"] {
+        let names: Vec<&str> = definitions[kind]
+            .as_array()
+            .unwrap_or_else(|| panic!("definitions.json has no {kind}"))
+            .iter()
+            .filter_map(|item| item["name"].as_str())
+            .collect();
+        assert!(!names.is_empty(), "definitions.json has no {kind}");
+        for name in names {
+            assert!(
+                page.contains(&format!("`{name}`")),
+                "docs/queues.md does not name {kind} `{name}`"
+            );
+        }
+    }
 }
 
 fn committed() -> Value {

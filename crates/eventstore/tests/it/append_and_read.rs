@@ -177,7 +177,7 @@ async fn a_repeated_event_id_is_idempotent_in_its_stream_and_refused_elsewhere()
     assert_eq!(db.store.read_committed(0).await.expect("read").len(), 2);
 }
 
-/// DESIGN.md §5 rule 3: the first append takes the lower position but commits last; a
+/// docs/architecture.md, rule 3: the first append takes the lower position but commits last; a
 /// follower must not pass it.
 #[tokio::test]
 async fn a_follower_never_skips_an_event_that_commits_late() {

@@ -1,4 +1,4 @@
-//! Configuration per CONTRACT.md §2: file plus environment, precise errors, no leaked secrets.
+//! Configuration per docs/configuration.md: file plus environment, precise errors, no leaked secrets.
 
 use std::collections::HashMap;
 

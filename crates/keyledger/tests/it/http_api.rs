@@ -154,7 +154,7 @@ async fn a_key_requested_over_http_is_provisioned_rotated_and_revoked() {
         .await;
     assert_eq!(status, 202, "{revoking}");
     client.view_when(&key, "revoked").await;
-    // The panel cannot delete an inbound's last client (x3ui-api.md), so the worker
+    // The panel cannot delete an inbound's last client (docs/panel.md), so the worker
     // disables it instead: either way the key no longer works.
     let left = handle.client("tg42-ams");
     assert!(

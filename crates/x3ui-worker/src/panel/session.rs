@@ -1,5 +1,5 @@
 //! One cookie session with one panel: login, CSRF, Bearer, and the "log in again once"
-//! rule of x3ui-api.md.
+//! rule of docs/panel.md.
 
 use std::fmt;
 
@@ -102,7 +102,7 @@ impl Session {
 
     /// One API call with the re-login rule: lazily log in, and on a lost session log in
     /// again once and repeat the call once. A lost session right after a fresh login is
-    /// not a session problem (x3ui-api.md "Base path") and is reported as such.
+    /// not a session problem (docs/panel.md "Base path") and is reported as such.
     pub(crate) async fn call(
         &self,
         operation: Operation,

@@ -1,4 +1,4 @@
-//! The simulator itself, spoken to in raw HTTP: it must answer as x3ui-api.md says the
+//! The simulator itself, spoken to in raw HTTP: it must answer as docs/panel.md says the
 //! real panel does, or the client tests prove nothing.
 #![allow(clippy::unwrap_used)]
 

@@ -34,7 +34,7 @@ async fn a_requested_key_is_on_the_panel_with_its_uuid_and_acknowledged() {
 }
 
 /// The link the panel's "copy link" gives for a client of the simulator's inbound 1
-/// (remark `ams`, port 443, tcp + reality), written out by hand from x3ui-api.md so the
+/// (remark `ams`, port 443, tcp + reality), written out by hand from docs/panel.md so the
 /// test does not check the renderer against itself.
 fn panel_copy_link(client_id: &str, email: &str) -> String {
     format!(

@@ -4,19 +4,18 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bot::{BotConfig, BotLocation, BotToken};
-use broker::{Relay, RelayConfig};
 use domain::{KeyId, KeyState, LocationId, UserId};
 use eventstore::KeyLedger;
 use serde_json::{Map, Value};
+use service::Role;
+use service::pipeline::{Pipeline, RunningRoles};
 use telegram_fake::{FakeTelegram, Sent, TestUser};
 use testkit::TestBroker;
 use testkit::TestDatabase;
 pub use testkit::init_logs;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use x3ui_sim::{PanelSimulator, SimConfig};
 use x3ui_worker::{Location, Panel, Panels, ResiliencePolicy};
@@ -28,8 +27,7 @@ pub struct Harness {
     /// One simulated panel per location, in the order of `locations`.
     pub sims: Vec<(String, PanelSimulator)>,
     pub ledger: KeyLedger,
-    stop: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    running: RunningRoles,
 }
 
 impl Harness {
@@ -72,39 +70,19 @@ impl Harness {
         config.poll_timeout = Duration::from_secs(5);
         config.send_poll_every = Duration::from_millis(100);
         tune(&mut config);
-        let stop = CancellationToken::new();
-        let store = db.store.clone();
-        let url = broker.amqp_url.clone();
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(
-            Relay::new(store.clone(), RelayConfig::new(&url)).run(stop.clone()),
-        ));
-        {
-            let (store, url, stop) = (store.clone(), url.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                projector::run_projector(store, &url, stop).await
-            }));
-        }
-        tasks.push(tokio::spawn(x3ui_worker::run_worker(
-            store.clone(),
-            url.clone(),
-            Arc::new(panels),
-            stop.clone(),
-        )));
-        {
-            let (store, url, stop) = (store.clone(), url.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                bot::run_bot(store, &url, config, stop).await.unwrap()
-            }));
-        }
+        let running = Pipeline::new(db.store.clone(), broker.amqp_url.clone())
+            .with_panels(Arc::new(panels))
+            .with_bot(config)
+            .start(&[Role::Relay, Role::Projector, Role::Worker, Role::Bot])
+            .await
+            .expect("start the pipeline");
         Self {
             ledger: KeyLedger::new(db.store.clone()),
             db,
             broker,
             telegram,
             sims,
-            stop,
-            tasks,
+            running,
         }
     }
 
@@ -193,27 +171,19 @@ impl Harness {
             .await
     }
 
-    /// Waits until `condition` holds, failing after the deadline.
-    pub async fn until<F, Fut>(&self, what: &str, mut condition: F)
+    /// Waits until `condition` holds, failing after the fake Bot API's deadline.
+    pub async fn until<F, Fut>(&self, what: &str, condition: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let until = Instant::now() + telegram_fake::DEADLINE;
-        while !condition().await {
-            assert!(Instant::now() < until, "timed out waiting for: {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        testkit::wait_until(what, telegram_fake::DEADLINE, condition).await;
     }
 
     pub async fn stop(self) {
-        self.stop.cancel();
-        for task in self.tasks {
-            tokio::time::timeout(Duration::from_secs(30), task)
-                .await
-                .expect("every role stops")
-                .unwrap();
-        }
+        tokio::time::timeout(Duration::from_secs(30), self.running.stop())
+            .await
+            .expect("every role stops");
     }
 }
 

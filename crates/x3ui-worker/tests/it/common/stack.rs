@@ -5,18 +5,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker::{Consumer, ConsumerConfig, ConsumerStats, Queue, Relay, RelayConfig};
+use broker::ConsumerStats;
 use domain::{
     EventType, ExpireKey, KeyCommand, KeyId, KeyState, LocationId, RequestKey, RevokeKey,
     RotateKey, UserId,
 };
 use eventstore::{Actor, ActorKind, EventMetadata, KeyLedger, RecordedEvent};
 use serde_json::{Map, Value};
+use service::Role;
+use service::pipeline::{Pipeline, RunningRoles, WorkerRetry};
 use testkit::TestBroker;
 use testkit::TestDatabase;
 use time::OffsetDateTime;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use x3ui_sim::{PanelSimulator, SimConfig};
 use x3ui_worker::{Location, Panel, Panels, Worker, WorkerConfig};
@@ -194,13 +194,13 @@ async fn request_with(ledger: &KeyLedger, user: i64, location: &str) -> (KeyId, 
     (key, fresh)
 }
 
-/// [`Base`] plus RabbitMQ, the relay and the consumer running the worker.
+/// [`Base`] plus RabbitMQ, the relay and the worker role, started by the pipeline builder
+/// `serve` uses, with retries shortened to milliseconds.
 pub struct Stack {
     pub base: Base,
     pub broker: TestBroker,
     pub stats: Arc<ConsumerStats>,
-    stop: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    running: RunningRoles,
 }
 
 impl std::ops::Deref for Stack {
@@ -214,27 +214,22 @@ impl Stack {
     pub async fn start() -> Self {
         let base = Base::new().await;
         let broker = TestBroker::create().await;
-        let stop = CancellationToken::new();
-        let store = base.db.store.clone();
-        let config = ConsumerConfig {
-            retry_base: Duration::from_millis(20),
-            retry_max: Duration::from_millis(200),
-            max_deliveries: 100,
-            ..ConsumerConfig::new(&broker.amqp_url, Queue::X3uiWorker)
-        };
-        let consumer = Consumer::new(store.clone(), config, base.worker.clone());
-        let stats = consumer.stats();
-        let relay = Relay::new(store, RelayConfig::new(&broker.amqp_url));
-        let tasks = vec![
-            tokio::spawn(consumer.run(stop.clone())),
-            tokio::spawn(relay.run(stop.clone())),
-        ];
+        let running = Pipeline::new(base.db.store.clone(), broker.amqp_url.clone())
+            .with_panels(base.panels.clone())
+            .with_worker_retry(WorkerRetry {
+                base: Duration::from_millis(20),
+                max: Duration::from_millis(200),
+                max_deliveries: 100,
+            })
+            .start(&[Role::Relay, Role::Worker])
+            .await
+            .expect("start the pipeline");
+        let stats = running.worker_stats.clone().expect("the worker runs");
         Self {
             base,
             broker,
             stats,
-            stop,
-            tasks,
+            running,
         }
     }
 
@@ -246,9 +241,8 @@ impl Stack {
     }
 
     pub async fn stop(self) {
-        self.stop.cancel();
-        for task in self.tasks {
-            task.await.unwrap();
-        }
+        tokio::time::timeout(DEADLINE, self.running.stop())
+            .await
+            .expect("every role stops");
     }
 }
