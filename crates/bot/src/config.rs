@@ -1,3 +1,8 @@
+//! The bot role's settings: the token, the Bot API URL, the locations offered and the timings.
+//! `service` builds a [`BotConfig`] from its configuration; the type lives here because
+//! `service` depends on this crate, not the other way round. The token has a type of its own
+//! so that it cannot reach a log through `Debug` or an error message.
+
 use std::fmt;
 use std::time::Duration;
 

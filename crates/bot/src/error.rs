@@ -1,3 +1,7 @@
+//! [`BotError`]: what can stop the bot answering an update, or starting. Bot API failures are
+//! carried as text already scrubbed of the token rather than as the `reqwest` error, whose
+//! message holds the request URL and with it the token.
+
 use domain::KeyId;
 use eventstore::{ExecuteError, StoreError};
 

@@ -1,3 +1,7 @@
+//! [`KeyCommand`]: every request to change a key, from users, admins, the scheduler, the worker
+//! and the reconciler. Commands carry the current time and any fresh client UUID as data,
+//! chosen by the caller, so that `decide` stays pure and a decision can be reproduced exactly.
+
 use serde_json::Value;
 use time::OffsetDateTime;
 use uuid::Uuid;

@@ -1,3 +1,8 @@
+//! [`decide`] and [`evolve`], the two halves of the key lifecycle. `decide` judges a command
+//! against the key's current state and either refuses it or returns the events to record;
+//! `evolve` applies recorded events without judging them, because everything in the log was
+//! accepted when it was written, and a replay must never refuse history.
+
 use crate::command::*;
 use crate::error::DomainError;
 use crate::event::*;

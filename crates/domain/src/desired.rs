@@ -1,3 +1,8 @@
+//! What a panel should hold for a key ([`DesiredClient`]), computed from the key's state alone.
+//! The worker and the reconciler both work towards this target rather than replaying the
+//! events that led to it, so applying it again, after a redelivery or a restart, changes
+//! nothing, and both judge a panel by the same standard.
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

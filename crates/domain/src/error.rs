@@ -1,3 +1,7 @@
+//! [`DomainError`]: why `decide` refused a command. A refusal records nothing. Each reason is a
+//! variant of its own rather than a message, so that callers such as the API can map it to
+//! their own answer (an HTTP status and error code, docs/http-api.md "Errors").
+
 use time::OffsetDateTime;
 use uuid::Uuid;
 

@@ -1,3 +1,9 @@
+//! [`KeyEvent`]: everything that can happen to a key, with the names and payloads of
+//! docs/events.md. The names are shared with the log (column `type`) and the broker (routing
+//! keys), and stored events are never rewritten, so they are spelled in the serde renames and
+//! once more in [`EventType::as_str`], with tests tying the two together, and a field added
+//! later must still decode from events recorded without it.
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;

@@ -1,3 +1,9 @@
+//! Identifiers: Telegram user ids, location ids, key ids and the panel client's email. They are
+//! validated when made, so the rest of the code can trust them. A key id is derived from the
+//! user and the location (UUID v5), not drawn at random, so a repeated request names the same
+//! stream and "one key per user and location" follows from the data layout (docs/event-log.md,
+//! "Key identity").
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

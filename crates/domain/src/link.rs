@@ -1,3 +1,8 @@
+//! The `vless://` share link (docs/panel.md, "The vless:// link"), rendered from a client UUID
+//! and the inbound's settings. It reproduces the panel's own "copy link" parameter for
+//! parameter, so a user gets the same link from keyledger as from the panel; it lives in the
+//! domain because it is a pure function of key state and inbound settings.
+
 use std::fmt::Write as _;
 
 use serde::Deserialize;

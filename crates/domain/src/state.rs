@@ -1,3 +1,8 @@
+//! [`KeyState`], what `evolve` folds a key's events into, and the [`KeyStatus`] users see.
+//! The state holds what decisions need (phase, details, every client UUID ever used, the last
+//! failure); the status is derived from it on demand rather than stored beside it, so the two
+//! cannot disagree.
+
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};

@@ -1,3 +1,9 @@
+//! Appending to the log: the SQL calls behind [`EventStore::append`], and the turning of a
+//! refused append into its meaning (the same command or events already recorded, or a real
+//! version conflict). The writer computes each event's content digest before the call so that
+//! the database only links it into the chain, and a refusal is explained by reading back
+//! afterwards rather than checked before, so the usual append is a single statement.
+
 use std::borrow::Cow;
 
 use serde_json::Value;

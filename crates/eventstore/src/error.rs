@@ -1,3 +1,8 @@
+//! The store's two error types. [`StoreError`] is the store itself failing (connection, SQL, a
+//! stuck read horizon, an unreadable row); [`AppendError`] is an append that did not happen and
+//! wrote nothing. Keeping them apart lets a caller tell "decide again or give up" from "the
+//! database is in trouble".
+
 use uuid::Uuid;
 
 /// A failure of the store itself (connection, SQL, migration).

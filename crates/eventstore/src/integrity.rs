@@ -1,3 +1,9 @@
+//! The hash chain of docs/event-log.md ("Hash chain") computed in Rust, and the check behind
+//! `keyledger audit verify`: every stream's chain, and the append-only triggers. The formulas
+//! are written here a second time, beside the SQL of the migrations and `sql/verify_chain.sql`,
+//! so that each implementation checks the others; events keep the formula they were written
+//! with, since the log is never rewritten ([`ChainFormula`]).
+
 use futures::TryStreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};

@@ -16,7 +16,7 @@ mod error;
 mod group;
 mod integrity;
 mod jsonb_text;
-mod keys;
+mod ledger;
 mod model;
 mod read;
 
@@ -26,7 +26,7 @@ pub use integrity::{
     ChainBreak, ChainFormula, ChainLink, ChainReport, content_digest, link_hash, verify_chains,
 };
 pub use jsonb_text::jsonb_text;
-pub use keys::{CommandOutcome, ExecuteError, KeyLedger};
+pub use ledger::{CommandOutcome, ExecuteError, KeyLedger};
 pub use model::{Actor, ActorKind, EventMetadata, NewEvent, RecordedEvent};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

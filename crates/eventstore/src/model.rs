@@ -1,3 +1,9 @@
+//! Events at the store's edge: [`NewEvent`] going in, [`RecordedEvent`] coming out (the body of
+//! docs/events.md and docs/queues.md), and the [`EventMetadata`] stored with every append.
+//! Events are held as a `type` and JSON `data` rather than as `domain::KeyEvent`, so the store
+//! can keep and serve an event a given build cannot decode, and the reader decides what an
+//! unreadable event means.
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;

@@ -1,3 +1,8 @@
+//! Reading the log: one stream by version, or the whole log by global position. Positions come
+//! from a sequence, so position 9 may commit after position 10; reads by position therefore
+//! stop at the read horizon (docs/event-log.md, "No reader skips an event that commits late"),
+//! and the helpers that read everything committed wait for the horizon rather than stop short.
+
 use uuid::Uuid;
 
 use crate::EventStore;

@@ -1,3 +1,8 @@
+//! The live projector: the `keyledger.projector` consumer that keeps `key_views` current. On
+//! each event it reads the key's stream up to that event and recomputes the whole view rather
+//! than patching the stored one, so a redelivered or repeated message cannot leave a view that
+//! differs from a replay; the upsert only ever replaces a view with a newer version.
+
 use broker::{Consumer, ConsumerConfig, EventHandler, HandlerError, Queue};
 use eventstore::{EventStore, RecordedEvent};
 use sqlx::PgConnection;

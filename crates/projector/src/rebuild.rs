@@ -1,3 +1,8 @@
+//! `keyledger projections rebuild`: every key view recomputed from position 0 into a fresh
+//! table (`key_views_next`) that is swapped in at the end. Building beside the live table
+//! instead of truncating it means readers keep the old views until the new set is complete,
+//! and a rebuild that fails halfway leaves the old views as they were.
+
 use std::collections::HashMap;
 
 use eventstore::EventStore;

@@ -1,3 +1,8 @@
+//! The key view itself: its type, the fold that computes it from a key's events, and the SQL
+//! that stores, loads and verifies it. The live projector, the rebuild and `audit verify` all
+//! use the one `KeyFold`, so there is a single definition of what a view says, and it can only
+//! be what a replay of the log says.
+
 use std::collections::HashMap;
 
 use domain::{KeyEvent, KeyState, evolve};

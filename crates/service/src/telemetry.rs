@@ -1,3 +1,8 @@
+//! Logging for every role: `tracing` to stderr, filtered by `RUST_LOG`, as JSON unless stderr
+//! is a terminal or `log_format` says otherwise (docs/configuration.md). JSON is the default
+//! because in a deployment logs are read by machines; the pretty format is for a person
+//! running the binary by hand.
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;

@@ -121,12 +121,17 @@ async fn template_ready(admin: &mut PgConnection, template: &str) -> bool {
 
 async fn build_template(admin: &mut PgConnection, template: &str) {
     // A template a killed builder left half-built still accepts connections.
+    // Two statements: PostgreSQL runs neither inside a transaction block.
     sqlx::raw_sql(&format!(
-        r#"DROP DATABASE IF EXISTS "{template}" WITH (FORCE); CREATE DATABASE "{template}""#
+        r#"DROP DATABASE IF EXISTS "{template}" WITH (FORCE)"#
     ))
     .execute(&mut *admin)
     .await
-    .expect("create the template database");
+    .expect("drop a half-built template database");
+    sqlx::raw_sql(&format!(r#"CREATE DATABASE "{template}""#))
+        .execute(&mut *admin)
+        .await
+        .expect("create the template database");
     let url = with_database(&database_server_url(), template).expect("valid test server URL");
     let pool = PgPoolOptions::new()
         .max_connections(2)

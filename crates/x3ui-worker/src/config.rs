@@ -1,3 +1,8 @@
+//! What the client needs to talk to one panel: its URL, credentials, inbound, API family and
+//! timeouts. The type is this crate's own rather than the service's configuration so that the
+//! worker does not depend on the crate that wires it; `service` maps each configured location
+//! onto a [`PanelConfig`] (docs/configuration.md).
+
 use std::time::Duration;
 
 use url::Url;

@@ -1,3 +1,9 @@
+//! How a panel call fails, in terms a caller can act on: [`PanelError`] names the location,
+//! operation and client, and says whether another try may help ([`PanelError::is_transient`])
+//! and whether it counts against the panel's circuit breaker
+//! ([`PanelError::is_panel_failure`]). Refusals are classified from the bracketed English part
+//! of the panel's message, the only part it does not translate (docs/panel.md, "Refusals").
+
 use std::fmt;
 use std::time::Duration;
 

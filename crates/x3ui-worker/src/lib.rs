@@ -12,9 +12,9 @@
 //! docs/panel.md describes the real panel this code is written against.
 
 mod config;
+mod ensure;
 mod error;
 mod model;
-mod ops;
 pub mod panel;
 mod panels;
 pub mod reconcile;
@@ -24,9 +24,9 @@ pub mod worker;
 
 pub use config::{ApiKind, Credentials, PanelConfig};
 pub use domain::Secret;
+pub use ensure::{Absence, Ensured, Panel};
 pub use error::{LinkUnavailable, Operation, PanelError, Refusal};
 pub use model::{ClientSpec, FLOW_VISION, Inbound, InboundClients, PanelClient};
-pub use ops::{Absence, Ensured, Panel};
 pub use panel::{AnyPanelApi, PanelApi};
 pub use panels::{Location, LocationHealth, LocationProbe, Panels, SharedPanelError};
 pub use reconcile::{DEFAULT_IN_FLIGHT_GRACE, ReconcileReport, Reconciler, run_reconciler};

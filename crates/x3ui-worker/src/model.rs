@@ -1,3 +1,9 @@
+//! The panel's data as keyledger handles it: [`ClientSpec`], the fields of a client keyledger
+//! owns, and [`PanelClient`] and [`Inbound`], what the panel holds, in its own field names.
+//! Fields we do not own are carried through untouched because the panel's updates replace a
+//! client whole: dropping one would wipe it on the panel. Both wire shapes of an inbound are
+//! accepted (JSON strings on v2.x–v3.0, objects from v3.1 on).
+
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;

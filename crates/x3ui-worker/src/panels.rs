@@ -13,9 +13,9 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::config::PanelConfig;
+use crate::ensure::{Ensured, Panel};
 use crate::error::{LinkUnavailable, PanelError};
 use crate::model::ClientSpec;
-use crate::ops::{Ensured, Panel};
 use crate::resilience::{BreakerState, ResiliencePolicy};
 
 /// A panel error shared by every key of the batch it failed.

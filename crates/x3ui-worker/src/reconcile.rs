@@ -24,9 +24,9 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::ensure::{Absence, Ensured};
 use crate::error::PanelError;
 use crate::model::{ClientSpec, InboundClients, PanelClient};
-use crate::ops::{Absence, Ensured};
 use crate::panels::{Location, Panels};
 use crate::session_lock::SessionLock;
 use crate::worker::{Worker, WorkerConfig, command_id};

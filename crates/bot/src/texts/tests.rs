@@ -1,3 +1,9 @@
+//! Tests of the bot's texts: every locale file parses, has exactly the messages and attributes
+//! of English, and renders every text the bot says without a Fluent error. They are what makes
+//! adding a language safe, since a missing or broken message would otherwise only show as a
+//! wrong text in front of a user. Fluent errors are collected per test thread
+//! ([`fluent_error`]) so that a test can assert there were none.
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 

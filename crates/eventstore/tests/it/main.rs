@@ -3,4 +3,4 @@
 mod append_and_read;
 mod integrity;
 mod jsonb_text;
-mod keys;
+mod ledger;

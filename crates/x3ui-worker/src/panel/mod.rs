@@ -1,6 +1,6 @@
 //! Talking to a panel: one trait for what keyledger needs, one implementation per route
 //! family. These calls do exactly one thing each; idempotency, serialising, retries and
-//! the breaker live one level up, in [`crate::ops`].
+//! the breaker live one level up, in [`crate::ensure`].
 
 mod clients;
 mod legacy;

@@ -216,6 +216,7 @@ impl Stack {
         let broker = TestBroker::create().await;
         let running = Pipeline::new(base.db.store.clone(), broker.amqp_url.clone())
             .with_panels(base.panels.clone())
+            .without_periodic_reconcile()
             .with_worker_retry(WorkerRetry {
                 base: Duration::from_millis(20),
                 max: Duration::from_millis(200),

@@ -1,3 +1,9 @@
+//! [`KeyLedger`]: a domain command run against a key's stream: load and fold its events,
+//! `decide`, append at the version that was loaded. When another writer appended first, the
+//! append fails on the version and the command is decided again on the new state (a few times
+//! at most) instead of being appended blindly; a command id already in the log is answered
+//! from the log, so a retried command acts once.
+
 use domain::{DomainError, KeyCommand, KeyEvent, KeyId, KeyState, decide, evolve};
 use uuid::Uuid;
 
