@@ -17,6 +17,14 @@ async fn the_demo_tells_the_whole_story_and_cleans_up() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    // The story is told without a warning or an error in it (the demo logs warnings and
+    // errors only, so any log line at all is one).
+    for level in ["WARN", "ERROR", "\"level\":\"WARN", "\"level\":\"ERROR"] {
+        assert!(
+            !stdout.contains(level) && !stderr.contains(level),
+            "the demo logged {level}:\n{stderr}"
+        );
+    }
 
     for step in [
         "1. user 123456789 asks for a key",
