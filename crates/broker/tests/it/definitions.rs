@@ -2,7 +2,7 @@
 //! real RabbitMQ reports once the roles have declared it.
 //!
 //! To regenerate the file after changing `topology.rs`:
-//! `cargo test -p broker --test definitions -- --ignored --nocapture print_deploy_definitions`
+//! `cargo test -p broker --test it -- --ignored --nocapture print_deploy_definitions`
 //! and paste the printed JSON into `deploy/rabbitmq/definitions.json`.
 
 use std::collections::BTreeMap;
