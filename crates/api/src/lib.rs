@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use domain::LocationId;
+use domain::Location;
 use eventstore::{EventStore, KeyLedger};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,18 +42,10 @@ pub use role::Role;
 /// Largest request body accepted; every body of this API is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
-/// A location as the API shows it.
-#[derive(Debug, Clone)]
-pub struct ApiLocation {
-    pub id: LocationId,
-    /// The name users see, e.g. "Amsterdam 🇳🇱".
-    pub name: String,
-}
-
 /// What the API needs to serve.
 pub struct ApiConfig {
     pub tokens: Tokens,
-    pub locations: Vec<ApiLocation>,
+    pub locations: Vec<Location>,
     /// The broker `/readyz` checks; `None` when this process does not use one.
     pub amqp_url: Option<String>,
     /// The panels of this process, for `/readyz` and `/v1/locations`, as the binary
@@ -81,7 +73,7 @@ pub(crate) struct ApiState {
 }
 
 impl ApiState {
-    pub(crate) fn location(&self, id: &str) -> Option<&ApiLocation> {
+    pub(crate) fn location(&self, id: &str) -> Option<&Location> {
         self.config.locations.iter().find(|l| l.id.as_str() == id)
     }
 }

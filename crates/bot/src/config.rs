@@ -1,59 +1,23 @@
 //! The bot role's settings: the token, the Bot API URL, the locations offered and the timings.
 //! `service` builds a [`BotConfig`] from its configuration; the type lives here because
-//! `service` depends on this crate, not the other way round. The token has a type of its own
-//! so that it cannot reach a log through `Debug` or an error message.
+//! `service` depends on this crate, not the other way round. The token is a
+//! `domain::Secret`, so it cannot reach a log through `Debug`, and errors quoting it are
+//! scrubbed.
 
-use std::fmt;
 use std::time::Duration;
 
-use domain::LocationId;
+use domain::{Location, Secret};
 use url::Url;
-
-/// The bot's token. It is the bot's whole identity to Telegram, so it is never shown:
-/// `Debug` and `Display` print a placeholder, and errors are scrubbed of it before logging.
-#[derive(Clone, PartialEq, Eq)]
-pub struct BotToken(String);
-
-impl BotToken {
-    pub fn new(token: impl Into<String>) -> Self {
-        Self(token.into())
-    }
-
-    /// The token itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// `text` with every occurrence of the token replaced, for logs and error messages.
-    pub fn scrub(&self, text: &str) -> String {
-        if self.0.is_empty() {
-            return text.to_owned();
-        }
-        text.replace(&self.0, "[token]")
-    }
-}
-
-impl fmt::Debug for BotToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BotToken([redacted])")
-    }
-}
-
-/// A location users can choose, as they see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BotLocation {
-    pub id: LocationId,
-    pub name: String,
-}
 
 /// Everything the bot role needs besides the event store and the broker.
 #[derive(Debug, Clone)]
 pub struct BotConfig {
-    pub token: BotToken,
+    /// The bot's whole identity to Telegram: never shown, and scrubbed from errors.
+    pub token: Secret,
     /// The Bot API base URL (`https://api.telegram.org`, or a fake one in tests).
     pub api_url: Url,
     /// The locations offered, in the order they are shown.
-    pub locations: Vec<BotLocation>,
+    pub locations: Vec<Location>,
     /// How long a key requested through the bot lasts; `None`: no end date.
     pub key_lifetime: Option<Duration>,
     /// How long before a key's expiry the user is warned.
@@ -69,7 +33,7 @@ pub struct BotConfig {
 impl BotConfig {
     /// A configuration with the defaults for everything but the token, the API URL and
     /// the locations.
-    pub fn new(token: BotToken, api_url: Url, locations: Vec<BotLocation>) -> Self {
+    pub fn new(token: Secret, api_url: Url, locations: Vec<Location>) -> Self {
         Self {
             token,
             api_url,
@@ -82,7 +46,7 @@ impl BotConfig {
         }
     }
 
-    pub fn location(&self, id: &str) -> Option<&BotLocation> {
+    pub fn location(&self, id: &str) -> Option<&Location> {
         self.locations.iter().find(|l| l.id.as_str() == id)
     }
 
@@ -100,7 +64,7 @@ mod tests {
 
     #[test]
     fn the_token_never_shows() {
-        let token = BotToken::new("123456:ABC-secret");
+        let token = Secret::new("123456:ABC-secret");
         let config = BotConfig::new(
             token.clone(),
             Url::parse("http://127.0.0.1:1").expect("url"),
@@ -109,7 +73,7 @@ mod tests {
         assert!(!format!("{config:?}").contains("ABC-secret"));
         assert_eq!(
             token.scrub("error sending request for url (http://x/bot123456:ABC-secret/getMe)"),
-            "error sending request for url (http://x/bot[token]/getMe)"
+            "error sending request for url (http://x/bot[redacted]/getMe)"
         );
     }
 }

@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use callback::{Action, KeyRef};
-pub use config::{BotConfig, BotLocation, BotToken};
+pub use config::BotConfig;
 pub use error::BotError;
 pub use notify::NotifyHandler;
 pub use qr::{QrError, png as qr_png};

@@ -17,7 +17,7 @@ use teloxide::{ApiError, Bot, RequestError};
 use url::Url;
 
 use crate::callback::Action;
-use crate::config::BotToken;
+use domain::Secret;
 
 /// Rows of inline buttons, each a label and what pressing it asks for.
 pub type Keyboard = Vec<Vec<(String, Action)>>;
@@ -45,7 +45,7 @@ pub enum SendError {
 #[derive(Clone)]
 pub struct Telegram {
     bot: Bot,
-    token: BotToken,
+    token: Secret,
 }
 
 impl fmt::Debug for Telegram {
@@ -65,7 +65,7 @@ const MAX_CONVERSATION_WAIT: Duration = Duration::from_secs(60);
 impl Telegram {
     /// `request_timeout` must exceed the long-polling timeout of `getUpdates`.
     pub fn new(
-        token: &BotToken,
+        token: &Secret,
         api_url: &Url,
         request_timeout: Duration,
     ) -> Result<Self, reqwest::Error> {

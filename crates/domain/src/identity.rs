@@ -61,6 +61,14 @@ impl fmt::Display for UserId {
     }
 }
 
+/// A location as users see it: its id and the name shown to them (e.g. "Amsterdam 🇳🇱").
+/// The API and the bot both list locations by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub id: LocationId,
+    pub name: String,
+}
+
 /// A location's short, stable id (one 3x-ui panel). It is part of every key's identity and
 /// of the panel client's email, so it is restricted to characters that are safe in both.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

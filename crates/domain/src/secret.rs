@@ -24,6 +24,15 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// `text` with every occurrence of the secret replaced, for logs and error messages
+    /// that quote something which may contain it (a URL with the Bot API token in it).
+    pub fn scrub(&self, text: &str) -> String {
+        if self.0.is_empty() {
+            return text.to_owned();
+        }
+        text.replace(&self.0, "[redacted]")
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -35,6 +44,16 @@ impl fmt::Debug for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrub_removes_every_occurrence() {
+        let secret = Secret::new("123:abc");
+        assert_eq!(
+            secret.scrub("https://api/bot123:abc/getMe and 123:abc"),
+            "https://api/bot[redacted]/getMe and [redacted]"
+        );
+        assert_eq!(Secret::new("").scrub("text"), "text");
+    }
 
     #[test]
     fn debug_is_redacted_and_expose_returns_the_value() {

@@ -20,6 +20,21 @@ pub enum StoreError {
     CorruptEvent { position: i64, reason: String },
 }
 
+impl StoreError {
+    /// Whether PostgreSQL gave up waiting for a lock ([`crate::LOCK_TIMEOUT`]): the same
+    /// work may succeed once whoever held or queued for the lock is done.
+    pub fn is_lock_timeout(&self) -> bool {
+        match self {
+            Self::Database(error) => crate::is_lock_timeout(error),
+            Self::Migration(sqlx::migrate::MigrateError::Execute(error))
+            | Self::Migration(sqlx::migrate::MigrateError::ExecuteMigration(error, _)) => {
+                crate::is_lock_timeout(error)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Why an append did not happen. Nothing was written in any of these cases.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {

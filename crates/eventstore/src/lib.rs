@@ -37,6 +37,16 @@ use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How long any statement of the service waits for a lock before it fails and is retried.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(3);
+const LOCK_TIMEOUT_SETTING: &str = "3s";
+
+/// Whether `error` is PostgreSQL giving up on a lock wait ([`LOCK_TIMEOUT`]): worth
+/// retrying once whoever held or queued for the lock is done.
+pub fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03"))
+}
+
 /// The event log in one PostgreSQL database.
 #[derive(Clone, Debug)]
 pub struct EventStore {
@@ -53,9 +63,17 @@ impl EventStore {
     }
 
     /// Connects a pool of `max_connections` to `database_url`.
+    ///
+    /// Every session bounds its lock waits ([`LOCK_TIMEOUT`]): an outside request for a
+    /// strong lock on a table (a `TRUNCATE`, an `ALTER TABLE`, a migration of a newer
+    /// release) queues every later request behind it, so a keyledger transaction that
+    /// waits for another of its own connections while holding a weak lock would wait
+    /// forever. With the bound, the waiting statement fails with SQLSTATE 55P03, the
+    /// work is retried, the locks are let go, and the outside request gets its turn.
     pub async fn connect(database_url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(database_url)
             .map_err(StoreError::Database)?
+            .options([("lock_timeout", LOCK_TIMEOUT_SETTING)])
             .log_statements(tracing::log::LevelFilter::Trace);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)

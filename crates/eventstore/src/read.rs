@@ -50,23 +50,30 @@ impl EventStore {
 
     /// Up to `limit` events after `after_position`, in log order.
     ///
-    /// Only events whose transaction is older than every transaction still running are
-    /// returned, so an event that commits late is never passed over: a reader that got
-    /// position p will later get every position below p that ever commits. The price is
-    /// that one long-running writing transaction holds every reader back until it ends.
+    /// Only events below the read horizon are returned: the oldest transaction among
+    /// keyledger's own appends still running (migration 0008), so an event that commits
+    /// late is never passed over — a reader that got position p will later get every
+    /// position below p that ever commits — while nothing else on the server (another
+    /// database's long transaction, an idle session) holds readers back. The horizon is
+    /// taken in a statement of its own, before the one that reads: the read's snapshot
+    /// then holds every append that ended below it.
     pub async fn read_all(
         &self,
         after_position: i64,
         limit: i64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let horizon: String = sqlx::query_scalar("SELECT keyledger_read_horizon()::text")
+            .fetch_one(&self.pool)
+            .await?;
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events
-             WHERE position > $1 AND tx < pg_snapshot_xmin(pg_current_snapshot())
+             WHERE position > $1 AND tx < $3::xid8
              ORDER BY position LIMIT $2"
         );
         let rows = sqlx::query(&sql)
             .bind(after_position)
             .bind(limit.clamp(1, 10_000))
+            .bind(horizon)
             .fetch_all(&self.pool)
             .await?;
         Ok(decode_rows(&rows)?)
@@ -91,7 +98,7 @@ impl EventStore {
     }
 
     /// Every event after `after_position` that had committed when the call began, in log
-    /// order. Transactions still running elsewhere on the server hold the gap-free reader
+    /// order. Appends still running (of other keyledger processes) hold the gap-free reader
     /// back for a moment; this waits for them (up to 30 s) rather than returning short.
     pub async fn read_committed(
         &self,

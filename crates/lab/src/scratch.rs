@@ -11,7 +11,8 @@ use url::Url;
 use uuid::Uuid;
 use x3ui_sim::SimConfig;
 
-use service::config::{Config, Location, PanelApi, PanelCredentials, Secret, ServiceUrl};
+use service::config::{Config, LocationConfig, Secret, ServiceUrl};
+use x3ui_worker::{ApiKind, Credentials};
 
 /// A fresh name for scratch resources, e.g. `keyledger_demo_<uuid>`.
 pub(crate) fn scratch_name(purpose: &str) -> String {
@@ -125,18 +126,18 @@ impl Scratch {
         scratch.database_url = ServiceUrl::new(Url::parse(&self.database.url)?);
         scratch.amqp_url = ServiceUrl::new(Url::parse(&self.vhost.amqp_url)?);
         let sim = SimConfig::v2_9();
-        scratch.locations = vec![Location {
+        scratch.locations = vec![LocationConfig {
             id: LocationId::new(location)?,
             name: format!("{location} (simulated panel)"),
             panel_url,
-            credentials: PanelCredentials::Password {
+            credentials: Credentials::Password {
                 username: sim.username,
                 password: Secret::new(sim.password),
             },
             inbound_id: 1,
             public_host: format!("vpn.{location}.example"),
             accept_invalid_certs: false,
-            api: PanelApi::Legacy,
+            api: ApiKind::Legacy,
         }];
         Ok(scratch)
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use domain::LocationId;
 use serde::Deserialize;
 use url::Url;
+use x3ui_worker::{ApiKind, Credentials};
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/keyledger";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -79,35 +80,18 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Which of the panel's APIs a location speaks (docs/panel.md "Versions that matter").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PanelApi {
-    /// `/panel/api/inbounds/*`, panels v2.x to v3.0.
-    #[default]
-    Legacy,
-    /// `/panel/api/clients/*`, panels v3.1 and later.
-    Clients,
-}
-
+/// One location's entry in the configuration: its 3x-ui panel and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PanelCredentials {
-    Password { username: String, password: Secret },
-    ApiToken(Secret),
-}
-
-/// One 3x-ui panel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
+pub struct LocationConfig {
     pub id: LocationId,
     pub name: String,
     /// The panel's base URL including its web base path, always ending in `/`.
     pub panel_url: Url,
-    pub credentials: PanelCredentials,
+    pub credentials: Credentials,
     pub inbound_id: i64,
     pub public_host: String,
     pub accept_invalid_certs: bool,
-    pub api: PanelApi,
+    pub api: ApiKind,
 }
 
 /// The resolved configuration every role runs with.
@@ -124,7 +108,7 @@ pub struct Config {
     pub log_filter: String,
     /// `None`: pretty on a terminal, JSON otherwise.
     pub log_format: Option<LogFormat>,
-    pub locations: Vec<Location>,
+    pub locations: Vec<LocationConfig>,
     pub reconcile: ReconcileSettings,
 }
 
@@ -182,7 +166,7 @@ struct FileLocation {
     #[serde(default)]
     accept_invalid_certs: bool,
     #[serde(default)]
-    api: PanelApi,
+    api: ApiKind,
     api_token_env: Option<String>,
 }
 
@@ -360,7 +344,7 @@ fn resolve_location(
     index: usize,
     raw: FileLocation,
     env: &impl Fn(&str) -> Option<String>,
-) -> Result<Location, ConfigError> {
+) -> Result<LocationConfig, ConfigError> {
     let field = |name: &str| format!("locations[{index}].{name}");
     let id = LocationId::new(raw.id).map_err(|e| ConfigError::new(field("id"), e.to_string()))?;
     if raw.name.trim().is_empty() {
@@ -390,10 +374,10 @@ fn resolve_location(
     }
     let credentials = match (raw.api_token_env, raw.username, raw.password_env) {
         (Some(variable), _, _) => {
-            PanelCredentials::ApiToken(secret_from_env(env, field("api_token_env"), &variable)?)
+            Credentials::ApiToken(secret_from_env(env, field("api_token_env"), &variable)?)
         }
         (None, Some(username), Some(variable)) if !username.trim().is_empty() => {
-            PanelCredentials::Password {
+            Credentials::Password {
                 username,
                 password: secret_from_env(env, field("password_env"), &variable)?,
             }
@@ -411,7 +395,7 @@ fn resolve_location(
             ));
         }
     };
-    Ok(Location {
+    Ok(LocationConfig {
         id,
         name: raw.name,
         panel_url,
@@ -423,7 +407,7 @@ fn resolve_location(
     })
 }
 
-fn ensure_unique_ids(locations: &[Location]) -> Result<(), ConfigError> {
+fn ensure_unique_ids(locations: &[LocationConfig]) -> Result<(), ConfigError> {
     let mut seen = HashSet::new();
     for (index, location) in locations.iter().enumerate() {
         if !seen.insert(location.id.clone()) {

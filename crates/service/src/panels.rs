@@ -7,11 +7,9 @@ use std::time::Duration;
 
 use eventstore::EventStore;
 
-use x3ui_worker::{
-    ApiKind, BreakerState, Credentials, LocationHealth, PanelConfig, Panels, ResiliencePolicy,
-};
+use x3ui_worker::{BreakerState, LocationHealth, PanelConfig, Panels, ResiliencePolicy};
 
-use crate::config::{Config, PanelApi, PanelCredentials};
+use crate::config::Config;
 
 /// One panel configuration per configured location.
 pub fn panel_configs(config: &Config) -> Vec<PanelConfig> {
@@ -19,23 +17,13 @@ pub fn panel_configs(config: &Config) -> Vec<PanelConfig> {
         .locations
         .iter()
         .map(|location| {
-            let credentials = match &location.credentials {
-                PanelCredentials::Password { username, password } => Credentials::Password {
-                    username: username.clone(),
-                    password: password.clone(),
-                },
-                PanelCredentials::ApiToken(token) => Credentials::ApiToken(token.clone()),
-            };
             let mut panel = PanelConfig::new(
                 location.id.as_str(),
                 location.panel_url.clone(),
-                credentials,
+                location.credentials.clone(),
                 location.inbound_id,
             )
-            .with_api(match location.api {
-                PanelApi::Legacy => ApiKind::Legacy,
-                PanelApi::Clients => ApiKind::Clients,
-            });
+            .with_api(location.api);
             panel.accept_invalid_certs = location.accept_invalid_certs;
             panel.public_host = Some(location.public_host.clone());
             panel

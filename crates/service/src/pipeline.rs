@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use broker::management::vhost_of;
 use broker::{ConsumerConfig, ConsumerStats, Management, Relay, RelayConfig};
-use domain::LocationId;
+use domain::Location;
 use eventstore::{EventStore, KeyLedger};
 use scheduler::Scheduler;
 use tokio_util::sync::CancellationToken;
@@ -25,13 +25,6 @@ use crate::config::{Config, ReconcileSettings};
 
 /// How often the scheduler looks for keys whose time has passed.
 const SCHEDULER_TICK: Duration = Duration::from_secs(5);
-
-/// A location by the name users see, for the API and the bot.
-#[derive(Debug, Clone)]
-pub struct NamedLocation {
-    pub id: LocationId,
-    pub name: String,
-}
 
 /// What the `api` role needs beyond the store: where to listen and whom to admit.
 pub struct ApiSettings {
@@ -52,7 +45,7 @@ pub struct WorkerRetry {
 pub struct Pipeline {
     store: EventStore,
     amqp_url: String,
-    locations: Vec<NamedLocation>,
+    locations: Vec<Location>,
     panels: Option<Arc<Panels>>,
     api: Option<ApiSettings>,
     bot: Option<bot::BotConfig>,
@@ -87,7 +80,7 @@ impl Pipeline {
         let locations = config
             .locations
             .iter()
-            .map(|location| NamedLocation {
+            .map(|location| Location {
                 id: location.id.clone(),
                 name: location.name.clone(),
             })
@@ -109,16 +102,16 @@ impl Pipeline {
         }
         if let Some(token) = &config.telegram_bot_token {
             let bot = bot::BotConfig::new(
-                bot::BotToken::new(token.expose()),
+                token.clone(),
                 config.telegram_api_url.clone(),
-                pipeline.bot_locations(),
+                pipeline.locations.clone(),
             );
             pipeline = pipeline.with_bot(bot);
         }
         Ok(pipeline)
     }
 
-    pub fn with_locations(mut self, locations: Vec<NamedLocation>) -> Self {
+    pub fn with_locations(mut self, locations: Vec<Location>) -> Self {
         self.locations = locations;
         self
     }
@@ -167,17 +160,6 @@ impl Pipeline {
     pub fn with_broker_policies(mut self) -> Self {
         self.broker_policies = true;
         self
-    }
-
-    /// The configured locations as the bot offers them.
-    pub fn bot_locations(&self) -> Vec<bot::BotLocation> {
-        self.locations
-            .iter()
-            .map(|location| bot::BotLocation {
-                id: location.id.clone(),
-                name: location.name.clone(),
-            })
-            .collect()
     }
 
     /// Starts `roles` in this process.
@@ -239,14 +221,7 @@ impl Pipeline {
         running.http_addr = listener.local_addr().ok();
         let config = api::ApiConfig {
             tokens: settings.tokens.clone(),
-            locations: self
-                .locations
-                .iter()
-                .map(|location| api::ApiLocation {
-                    id: location.id.clone(),
-                    name: location.name.clone(),
-                })
-                .collect(),
+            locations: self.locations.clone(),
             amqp_url: Some(self.amqp_url.clone()),
             panels: self.panels.clone().map(|panels| {
                 Arc::new(crate::panels::PanelsStatus::new(panels)) as Arc<dyn api::PanelStatus>

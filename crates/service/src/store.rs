@@ -19,9 +19,31 @@ pub async fn migrate(config: &Config) -> anyhow::Result<EventStore> {
         tracing::info!(database = %config.database_url, "created database");
     }
     let store = open_store(config).await?;
-    store.migrate().await.context("migrations failed")?;
+    apply_migrations(&store).await?;
     tracing::info!(database = %config.database_url, "migrations applied");
     Ok(store)
+}
+
+/// How long `migrate` keeps trying when its locks are not to be had.
+const MIGRATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Applies the migrations, each in its own transaction with lock waits bounded by the
+/// session's lock timeout: during a rolling upgrade the replicas still serving hold weak
+/// locks on the tables a migration alters, and a migration that queued for its strong lock
+/// without bound would stall them all behind it. Instead it gives up after the timeout,
+/// lets them through, and tries again, until it gets its turn.
+async fn apply_migrations(store: &EventStore) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + MIGRATION_PATIENCE;
+    loop {
+        match store.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(error) if error.is_lock_timeout() && std::time::Instant::now() < deadline => {
+                tracing::info!(%error, "a migration could not take its locks yet; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(error) => return Err(anyhow::Error::new(error).context("migrations failed")),
+        }
+    }
 }
 
 /// Connections per process. Every consumer delivery in hand (up to 8 per queue) holds one

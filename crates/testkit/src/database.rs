@@ -49,16 +49,11 @@ impl TestDatabase {
         .expect("clone the template database");
         let _ = admin.close().await;
         let url = with_database(&database_server_url(), &name).expect("valid test server URL");
-        let pool = PgPoolOptions::new()
-            .max_connections(20)
-            .connect(&url)
+        // Connected as the service connects, lock timeout included.
+        let store = EventStore::connect(&url, 20)
             .await
             .expect("connect test database");
-        Self {
-            name,
-            url,
-            store: EventStore::new(pool),
-        }
+        Self { name, url, store }
     }
 
     pub fn pool(&self) -> &PgPool {

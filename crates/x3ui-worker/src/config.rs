@@ -20,8 +20,10 @@ pub enum Credentials {
     ApiToken(Secret),
 }
 
-/// Which route family the panel speaks (docs/panel.md "Versions that matter").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which route family the panel speaks (docs/panel.md "Versions that matter"); a
+/// location's `api` setting in the configuration file (`legacy` or `clients`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ApiKind {
     /// `/panel/api/inbounds/*`, panels v2.x to v3.0.
     #[default]

@@ -28,7 +28,7 @@ pub use ensure::{Absence, Ensured, Panel};
 pub use error::{LinkUnavailable, Operation, PanelError, Refusal};
 pub use model::{ClientSpec, FLOW_VISION, Inbound, InboundClients, PanelClient};
 pub use panel::{AnyPanelApi, PanelApi};
-pub use panels::{Location, LocationHealth, LocationProbe, Panels, SharedPanelError};
+pub use panels::{LocationHealth, LocationProbe, PanelLocation, Panels, SharedPanelError};
 pub use reconcile::{DEFAULT_IN_FLIGHT_GRACE, ReconcileReport, Reconciler, run_reconciler};
 pub use resilience::{BreakerState, CircuitBreaker, ResiliencePolicy};
 pub use worker::{Worker, WorkerConfig, consumer_config, run_worker, worker_consumer};

@@ -23,7 +23,7 @@ pub type SharedPanelError = Arc<PanelError>;
 
 /// One location: its panel and how its clients look.
 #[derive(Debug)]
-pub struct Location {
+pub struct PanelLocation {
     id: String,
     panel: Panel,
     inbound_id: i64,
@@ -76,7 +76,7 @@ pub struct LocationProbe {
 /// Default [`Location::with_batch_window`]: short next to a panel's own answer times.
 pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(10);
 
-impl Location {
+impl PanelLocation {
     pub fn new(id: impl Into<String>, panel: Panel, inbound_id: i64) -> Self {
         Self {
             id: id.into(),
@@ -351,7 +351,7 @@ impl Batcher {
 /// Every location this process serves, by location id.
 #[derive(Debug, Default)]
 pub struct Panels {
-    locations: BTreeMap<String, Location>,
+    locations: BTreeMap<String, PanelLocation>,
 }
 
 impl Panels {
@@ -365,7 +365,7 @@ impl Panels {
             let (id, inbound_id) = (config.location.clone(), config.inbound_id);
             let public_host = config.public_host.clone();
             let panel = Panel::connect(config, policy.clone())?;
-            let mut location = Location::new(id, panel, inbound_id);
+            let mut location = PanelLocation::new(id, panel, inbound_id);
             location.public_host = public_host;
             panels.insert(location);
         }
@@ -373,15 +373,15 @@ impl Panels {
     }
 
     /// Adds (or replaces) a location.
-    pub fn insert(&mut self, location: Location) {
+    pub fn insert(&mut self, location: PanelLocation) {
         self.locations.insert(location.id.clone(), location);
     }
 
-    pub fn get(&self, location: &str) -> Option<&Location> {
+    pub fn get(&self, location: &str) -> Option<&PanelLocation> {
         self.locations.get(location)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Location> {
+    pub fn iter(&self) -> impl Iterator<Item = &PanelLocation> {
         self.locations.values()
     }
 
@@ -392,7 +392,7 @@ impl Panels {
     /// Every location's health, by location id; cheap (no panel call), for
     /// `GET /v1/locations`.
     pub fn health(&self) -> Vec<LocationHealth> {
-        self.iter().map(Location::health).collect()
+        self.iter().map(PanelLocation::health).collect()
     }
 
     /// Probes every location's panel at once ([`Panel::probe`]), each bounded by

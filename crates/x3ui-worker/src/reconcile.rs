@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::ensure::{Absence, Ensured};
 use crate::error::PanelError;
 use crate::model::{ClientSpec, InboundClients, PanelClient};
-use crate::panels::{Location, Panels};
+use crate::panels::{PanelLocation, Panels};
 use crate::session_lock::SessionLock;
 use crate::worker::{Worker, WorkerConfig, command_id};
 
@@ -209,7 +209,7 @@ impl Reconciler {
         only: Option<&str>,
         dry_run: bool,
     ) -> Result<PassReport, ReconcileError> {
-        let locations: Vec<&Location> = match only {
+        let locations: Vec<&PanelLocation> = match only {
             Some(id) => vec![
                 self.panels
                     .get(id)
@@ -329,7 +329,12 @@ impl Reconciler {
     }
 
     /// Repairs the findings and records them; returns how many were repaired.
-    async fn repair(&self, location: &Location, pass_id: Uuid, findings: &mut [Finding]) -> usize {
+    async fn repair(
+        &self,
+        location: &PanelLocation,
+        pass_id: Uuid,
+        findings: &mut [Finding],
+    ) -> usize {
         // Clients to add or update go to the panel together, one addClient for all.
         let mut to_ensure: Vec<(usize, ClientSpec)> = Vec::new();
         let mut repaired = 0;
@@ -385,7 +390,7 @@ impl Reconciler {
     /// the key was brought in line.
     async fn repair_stuck(
         &self,
-        location: &Location,
+        location: &PanelLocation,
         pass_id: Uuid,
         finding: &mut Finding,
     ) -> bool {
@@ -434,7 +439,11 @@ impl Reconciler {
 
     /// The spec to write for a missing or differing client, if the key still wants it
     /// after a fresh look at the log.
-    async fn still_wanted(&self, location: &Location, finding: &Finding) -> Option<ClientSpec> {
+    async fn still_wanted(
+        &self,
+        location: &PanelLocation,
+        finding: &Finding,
+    ) -> Option<ClientSpec> {
         let key_id = finding.key_id?;
         let (state, _) = self
             .ledger
@@ -464,7 +473,7 @@ impl Reconciler {
     }
 
     /// Records a finding's drift (and its repair); true if it was repaired.
-    async fn record(&self, location: &Location, pass_id: Uuid, finding: &Finding) -> bool {
+    async fn record(&self, location: &PanelLocation, pass_id: Uuid, finding: &Finding) -> bool {
         let (Some(kind), Some(key_id)) = (finding.kind.drift(), finding.key_id) else {
             if finding.kind != FindingKind::Foreign {
                 // An email of ours with no key in the log (an older system's client):
@@ -535,7 +544,7 @@ impl Reconciler {
 
 /// The findings for one location, and how many keys were left to the worker.
 fn compare(
-    location: &Location,
+    location: &PanelLocation,
     listed: &InboundClients,
     keys: &[LoggedKey],
     stuck_before: OffsetDateTime,
@@ -637,7 +646,7 @@ fn compare(
 }
 
 /// The pass's metrics and the location's health record.
-fn publish(location: &Location, report: &ReconcileReport) {
+fn publish(location: &PanelLocation, report: &ReconcileReport) {
     let now = OffsetDateTime::now_utc();
     for finding in report.drift() {
         let Some(kind) = finding.kind.drift() else {

@@ -14,13 +14,21 @@ pub(crate) struct SessionLock {
 }
 
 impl SessionLock {
-    /// Waits for the lock named `key`.
+    /// Waits for the lock named `key`, however long another process holds it: each wait
+    /// is bounded by the session's lock timeout, and begun again when it runs out.
     pub(crate) async fn acquire(pool: &PgPool, key: String) -> Result<Self, sqlx::Error> {
         let mut session = pool.acquire().await?;
-        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
-            .bind(&key)
-            .execute(&mut *session)
-            .await?;
+        loop {
+            let locked = sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+                .bind(&key)
+                .execute(&mut *session)
+                .await;
+            match locked {
+                Ok(_) => break,
+                Err(error) if eventstore::is_lock_timeout(&error) => continue,
+                Err(error) => return Err(error),
+            }
+        }
         Ok(Self {
             session: Some(session),
             key,

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::error::PanelError;
-use crate::panels::{Location, Panels, SharedPanelError};
+use crate::panels::{PanelLocation, Panels, SharedPanelError};
 
 /// Namespace of the worker's deterministic command ids.
 const COMMAND_NAMESPACE: Uuid = Uuid::from_u128(0x6b65_796c_6564_6765_8000_0000_0000_0003);
@@ -211,7 +211,7 @@ impl Worker {
         key_id: KeyId,
         state: &KeyState,
         events: &[RecordedEvent],
-        location: &Location,
+        location: &PanelLocation,
         cause: Option<&RecordedEvent>,
     ) -> Result<Option<&'static str>, SyncError> {
         let Some(details) = &state.details else {
@@ -367,7 +367,7 @@ impl EventHandler for Worker {
 /// The link to record with an acknowledgement. Without one the key is still acknowledged
 /// (the panel does hold the client); the log line names the key and the cause, which is
 /// a configuration matter (public_host, the inbound's stream settings).
-async fn link(key_id: KeyId, location: &Location, details: &KeyDetails) -> Option<String> {
+async fn link(key_id: KeyId, location: &PanelLocation, details: &KeyDetails) -> Option<String> {
     location
         .link_for(details.client_uuid, &details.email)
         .await

@@ -6,10 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::{
-    ApiConfig, ApiLocation, BoxFuture, Breaker, PanelHealth, PanelProbe, PanelStatus, Secret,
-    Tokens,
-};
+use api::{ApiConfig, BoxFuture, Breaker, PanelHealth, PanelProbe, PanelStatus, Secret, Tokens};
 use domain::{ConfirmProvisioned, EventType, KeyCommand, KeyId, LocationId, UserId};
 use eventstore::{Actor, ActorKind, EventMetadata, KeyLedger};
 use reqwest::{Method, StatusCode};
@@ -53,7 +50,7 @@ impl Api {
         );
         let locations = [("ams", "Amsterdam"), ("fra", "Frankfurt")]
             .into_iter()
-            .map(|(id, name)| ApiLocation {
+            .map(|(id, name)| domain::Location {
                 id: LocationId::new(id).expect("valid id"),
                 name: name.to_owned(),
             })

@@ -212,6 +212,68 @@ async fn a_follower_never_skips_an_event_that_commits_late() {
     assert_eq!(streams, vec![early, late]);
 }
 
+/// Only keyledger's own appends hold readers back: a writing transaction left open in
+/// another database on the same server, and one in this database that writes something
+/// else, change nothing for a follower (on a shared server they once held every key for as
+/// long as they lived).
+#[tokio::test]
+async fn transactions_that_are_not_appends_do_not_hold_readers_back() {
+    let db = TestDatabase::create().await;
+    let neighbour = TestDatabase::create().await;
+    // A write transaction in another database, held open across the whole test.
+    let mut elsewhere = neighbour.pool().begin().await.expect("begin elsewhere");
+    sqlx::raw_sql("CREATE TABLE etl_batch (n int); INSERT INTO etl_batch VALUES (1)")
+        .execute(&mut *elsewhere)
+        .await
+        .expect("write elsewhere");
+    // A transaction in this database that wrote to another table and sits idle.
+    let mut idle = db.pool().begin().await.expect("begin idle");
+    sqlx::query("CREATE TABLE idle_note (n int)")
+        .execute(&mut *idle)
+        .await
+        .expect("write here");
+
+    let stream = Uuid::new_v4();
+    db.store
+        .append(stream, 0, &events(2), &metadata(None))
+        .await
+        .expect("append");
+    let seen = db.store.read_all(0, 100).await.expect("read");
+    assert_eq!(
+        seen.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2],
+        "a follower was held back by transactions that do not append"
+    );
+    let exported = tokio::time::timeout(Duration::from_secs(5), db.store.read_committed(0))
+        .await
+        .expect("read_committed does not wait for the other transactions")
+        .expect("read");
+    assert_eq!(exported.len(), 2);
+
+    // An append still running does hold readers back, and only until it ends.
+    let mut appending = db.pool().begin().await.expect("begin append");
+    db.store
+        .append_on(
+            &mut appending,
+            Uuid::new_v4(),
+            0,
+            &events(1),
+            &metadata(None),
+        )
+        .await
+        .expect("append in flight");
+    db.store
+        .append(stream, 2, &events(1), &metadata(None))
+        .await
+        .expect("append after it");
+    assert_eq!(db.store.read_all(0, 100).await.expect("read").len(), 2);
+    appending.commit().await.expect("commit");
+    assert_eq!(db.store.read_all(0, 100).await.expect("read").len(), 4);
+
+    idle.rollback().await.expect("rollback idle");
+    elsewhere.rollback().await.expect("rollback elsewhere");
+}
+
 #[tokio::test]
 async fn a_follower_sees_every_event_once_in_order_under_concurrent_writers() {
     let db = TestDatabase::create().await;

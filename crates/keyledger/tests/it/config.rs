@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use service::config::{Config, PanelApi, PanelCredentials};
+use service::config::Config;
+use x3ui_worker::{ApiKind, Credentials};
 
 const PASSWORD: &str = "correct-horse-battery-staple";
 const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
@@ -90,15 +91,15 @@ fn the_file_is_read_and_the_environment_takes_precedence() {
         ams.panel_url.as_str(),
         "https://panel.example.com:2053/secretpath/"
     );
-    assert_eq!(ams.api, PanelApi::Legacy);
+    assert_eq!(ams.api, ApiKind::Legacy);
     assert!(matches!(
         &ams.credentials,
-        PanelCredentials::Password { username, password } if username == "admin" && password.expose() == PASSWORD
+        Credentials::Password { username, password } if username == "admin" && password.expose() == PASSWORD
     ));
     let fra = &config.locations[1];
-    assert_eq!(fra.api, PanelApi::Clients);
+    assert_eq!(fra.api, ApiKind::Clients);
     assert!(fra.accept_invalid_certs);
-    assert!(matches!(fra.credentials, PanelCredentials::ApiToken(_)));
+    assert!(matches!(fra.credentials, Credentials::ApiToken(_)));
 }
 
 #[test]

@@ -85,7 +85,7 @@ async fn without_a_public_host_the_key_is_acknowledged_without_a_link() {
         x3ui_worker::Panel::connect(base.sim.panel_config("ams", 1), common::fast_policy())
             .unwrap();
     let mut panels = x3ui_worker::Panels::default();
-    panels.insert(x3ui_worker::Location::new("ams", sim_panel, 1));
+    panels.insert(x3ui_worker::PanelLocation::new("ams", sim_panel, 1));
     let worker = x3ui_worker::Worker::new(
         base.db.store.clone(),
         std::sync::Arc::new(panels),

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bot::{BotConfig, BotLocation, BotToken};
+use bot::BotConfig;
 use domain::{KeyId, KeyState, LocationId, UserId};
+use domain::{Location, Secret};
 use eventstore::KeyLedger;
 use serde_json::{Map, Value};
 use service::Role;
@@ -18,7 +19,7 @@ use testkit::TestDatabase;
 pub use testkit::init_logs;
 use uuid::Uuid;
 use x3ui_sim::{PanelSimulator, SimConfig};
-use x3ui_worker::{Location, Panel, Panels, ResiliencePolicy};
+use x3ui_worker::{Panel, PanelLocation, Panels, ResiliencePolicy};
 
 pub struct Harness {
     pub db: TestDatabase,
@@ -52,16 +53,17 @@ impl Harness {
                 ..ResiliencePolicy::default()
             };
             let panel = Panel::connect(sim.panel_config(id, 1), policy).unwrap();
-            panels
-                .insert(Location::new(*id, panel, 1).with_public_host(format!("{id}.example.com")));
+            panels.insert(
+                PanelLocation::new(*id, panel, 1).with_public_host(format!("{id}.example.com")),
+            );
             sims.push(((*id).to_owned(), sim));
         }
         let mut config = BotConfig::new(
-            BotToken::new(telegram.token()),
+            Secret::new(telegram.token()),
             telegram.api_url(),
             locations
                 .iter()
-                .map(|(id, name)| BotLocation {
+                .map(|(id, name)| Location {
                     id: LocationId::new(*id).unwrap(),
                     name: (*name).to_owned(),
                 })

@@ -19,7 +19,7 @@ use testkit::TestDatabase;
 use time::OffsetDateTime;
 use uuid::Uuid;
 use x3ui_sim::{PanelSimulator, SimConfig};
-use x3ui_worker::{Location, Panel, Panels, Worker, WorkerConfig};
+use x3ui_worker::{Panel, PanelLocation, Panels, Worker, WorkerConfig};
 
 pub use testkit::{eventually, init_logs};
 
@@ -50,7 +50,7 @@ impl Base {
         let sim = PanelSimulator::start(config).await.unwrap();
         let panel = Panel::connect(sim.panel_config("ams", 1), fast_policy()).unwrap();
         let mut panels = Panels::default();
-        panels.insert(Location::new("ams", panel, 1).with_public_host(PUBLIC_HOST));
+        panels.insert(PanelLocation::new("ams", panel, 1).with_public_host(PUBLIC_HOST));
         let panels = Arc::new(panels);
         let worker_config = WorkerConfig {
             retry_base: Duration::from_millis(20),
