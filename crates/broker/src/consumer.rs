@@ -410,7 +410,7 @@ impl<H: EventHandler> Inner<H> {
             tx.commit().await?;
             return Ok(Disposition::Duplicate);
         }
-        let pending = self.pending_from_log(&mut tx, event, applied).await?;
+        let pending = self.pending_from_log(event, applied).await?;
         for pending_event in &pending {
             self.handler.handle(pending_event, &mut tx).await?;
         }
@@ -430,16 +430,26 @@ impl<H: EventHandler> Inner<H> {
 
     /// The log's events of the stream after `applied` up to the delivered one, which the
     /// log must hold exactly as delivered.
+    ///
+    /// Read on a connection of its own, not in the consumer's transaction: that
+    /// transaction stays open while the handler works (a panel call may take seconds), and
+    /// had it read `events` it would hold a lock on the table all that time, so an outside
+    /// `TRUNCATE` or `ALTER TABLE` queued behind it would hold up every later reader.
     async fn pending_from_log(
         &self,
-        tx: &mut PgConnection,
         event: &RecordedEvent,
         applied: i32,
     ) -> Result<Vec<RecordedEvent>, HandlerError> {
+        let mut conn = self
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| HandlerError::Retry(format!("reading the log: {e}")))?;
         let pending = self
             .store
             .read_stream_after_on(
-                tx,
+                &mut conn,
                 event.stream_id,
                 applied.max(0) as u32,
                 event.version as u32,

@@ -4,6 +4,7 @@ mod common;
 mod ensure;
 mod faults;
 mod health;
+mod outside_locks;
 mod reconcile;
 mod session;
 mod simulator;

@@ -1,0 +1,112 @@
+//! Somebody else asks for a strong lock on `events` while keys flow: an operator's
+//! `TRUNCATE` (refused by the trigger, but only once it holds the lock), an `ALTER TABLE`,
+//! a `LOCK TABLE … ACCESS EXCLUSIVE`. Each must get its turn within seconds — keyledger's
+//! sessions give up their lock waits and retry instead of queueing behind it for ever —
+//! and no key may be lost on the way.
+
+use std::time::{Duration, Instant};
+
+use domain::{EventType, KeyCommand, KeyId, LocationId, RequestKey, UserId};
+use eventstore::{Actor, ActorKind, EventMetadata, KeyLedger};
+use sqlx::{Connection, PgConnection};
+use time::OffsetDateTime;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::common::stack::Stack;
+
+/// How long an outside statement may wait for its lock.
+const OUTSIDE_TURN: Duration = Duration::from_secs(10);
+
+/// Requests a key as a client would: an attempt that fails (its lock wait ran out while
+/// the outside statement queued) is sent again under the same command id, so it counts
+/// once however often it is tried.
+async fn request_until_recorded(ledger: KeyLedger, user: i64) -> KeyId {
+    let user = UserId::new(user).expect("user");
+    let location = LocationId::new("ams").expect("location");
+    let key = KeyId::for_user_at(user, &location);
+    let command = KeyCommand::Request(RequestKey {
+        user_id: user,
+        location,
+        fresh_client_uuid: Uuid::new_v4(),
+        expires_at: None,
+        traffic_limit_bytes: 0,
+        now: OffsetDateTime::now_utc(),
+    });
+    let metadata = EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Admin, "t"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match ledger.execute(key, &command, &metadata).await {
+            Ok(_) => return key,
+            Err(error) => assert!(Instant::now() < deadline, "{key}: {error}"),
+        }
+    }
+}
+
+/// Runs `statement` from an outside session, holding what it took for a moment before
+/// rolling back; returns how long it waited and its outcome.
+async fn outside(url: &str, statement: &str) -> (Duration, Result<(), String>) {
+    let mut session = PgConnection::connect(url).await.expect("outside session");
+    let started = Instant::now();
+    let mut transaction = session.begin().await.expect("begin");
+    let outcome = sqlx::raw_sql(statement)
+        .execute(&mut *transaction)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let waited = started.elapsed();
+    if outcome.is_ok() {
+        // Hold the lock as an operator would while they work, then undo the change.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = transaction.rollback().await;
+    (waited, outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn outside_lock_requests_get_their_turn_and_no_key_is_lost() {
+    let stack = Stack::start().await;
+    let mut keys = Vec::new();
+    let statements = [
+        ("TRUNCATE events", false),
+        ("ALTER TABLE events ADD COLUMN x int", true),
+        ("LOCK TABLE events IN ACCESS EXCLUSIVE MODE", true),
+    ];
+    for (round, (statement, succeeds)) in statements.into_iter().enumerate() {
+        // Keys keep flowing while the outside statement waits for its turn.
+        let mut requests = JoinSet::new();
+        for n in 0..40 {
+            let user = 1_000 + (round as i64) * 100 + n;
+            requests.spawn(request_until_recorded(stack.ledger.clone(), user));
+        }
+        let (waited, outcome) = tokio::time::timeout(
+            OUTSIDE_TURN + Duration::from_secs(5),
+            outside(&stack.db.url, statement),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{statement:?} still waiting for its lock"));
+        assert!(
+            waited < OUTSIDE_TURN,
+            "{statement:?} waited {waited:?} for its lock"
+        );
+        match (succeeds, outcome) {
+            (true, Ok(())) => {}
+            (false, Err(error)) => assert!(error.contains("append-only"), "{error}"),
+            (expected, outcome) => {
+                panic!("{statement:?}: {outcome:?}, expected success {expected}")
+            }
+        }
+        while let Some(key) = requests.join_next().await {
+            keys.push(key.expect("request task"));
+        }
+    }
+    assert_eq!(keys.len(), 120);
+    for key in keys {
+        stack
+            .wait_for(key, EventType::Provisioned.as_str(), 1)
+            .await;
+    }
+    let clients = stack.clients();
+    assert_eq!(clients.len(), 120, "one client per key on the panel");
+    stack.stop().await;
+}
