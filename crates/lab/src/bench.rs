@@ -8,7 +8,7 @@ use domain::EventType;
 use eventstore::{Actor, ActorKind, EventMetadata, EventStore, NewEvent};
 use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use uuid::Uuid;
 
 use crate::AppendBenchArgs;
@@ -41,14 +41,20 @@ pub async fn append(
 ) -> anyhow::Result<()> {
     let scratch = ScratchDatabase::create(config, &scratch_name("bench"), 20).await?;
     let result = run_append_cases(&scratch.pool, args).await;
+    let elsewhere = match &result {
+        Ok(_) => Some(long_transaction_elsewhere(config, &scratch.pool, args).await),
+        Err(_) => None,
+    };
     scratch.drop().await?;
     let cases = result?;
+    let elsewhere = elsewhere.transpose()?;
     let report = json!({
         "benchmark": "append",
         "seconds_per_measurement": args.seconds,
         "rounds": args.rounds,
         "baseline": "bare INSERT of rows of the same shape and indexes, same pool and concurrency",
         "cases": cases,
+        "long_transaction_elsewhere": elsewhere,
     });
     writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     Ok(())
@@ -113,6 +119,96 @@ async fn run_append_cases(
         });
     }
     Ok(cases)
+}
+
+/// With a long transaction open elsewhere the store must keep this fraction of its rate.
+const ELSEWHERE_TARGET_RATIO: f64 = 0.9;
+
+#[derive(Debug, Serialize)]
+struct ElsewhereCase {
+    case: &'static str,
+    /// The same store and case with nothing else running: the baseline.
+    quiet_events_per_s: f64,
+    /// While another database of the server holds a write transaction open.
+    with_long_transaction_events_per_s: f64,
+    ratio: f64,
+    target_ratio: f64,
+    meets_target: bool,
+    /// How long a follower took to see an event appended during that transaction, worst of
+    /// the samples; before readers ignored other databases it waited for the transaction.
+    follower_sees_new_event_ms_max: f64,
+}
+
+/// `single_c16` with and without a write transaction held open in another database of the
+/// same server (an ETL job, a session left idle in transaction), alternating; and how soon
+/// a follower of the log sees what was appended meanwhile.
+async fn long_transaction_elsewhere(
+    config: &Config,
+    pool: &PgPool,
+    args: &AppendBenchArgs,
+) -> anyhow::Result<ElsewhereCase> {
+    let store = EventStore::new(pool.clone());
+    let measurement = Duration::from_secs_f64(args.seconds.max(0.1));
+    let other_url = eventstore::with_database(config.database_url.as_str(), "postgres")?;
+    let (mut quiet, mut quiet_time, mut busy, mut busy_time) =
+        (0u64, Duration::ZERO, 0u64, Duration::ZERO);
+    let mut worst_follow = Duration::ZERO;
+    for _ in 0..args.rounds.max(1) {
+        let (n, t) = drive(16, measurement, |_| StoreAppender::new(store.clone(), 1)).await?;
+        quiet += n;
+        quiet_time += t;
+        let mut other = sqlx::PgConnection::connect(&other_url).await?;
+        let mut long = other.begin().await?;
+        sqlx::query("SELECT pg_current_xact_id()")
+            .execute(&mut *long)
+            .await?;
+        let (n, t) = drive(16, measurement, |_| StoreAppender::new(store.clone(), 1)).await?;
+        busy += n;
+        busy_time += t;
+        worst_follow = worst_follow.max(follow_once(&store).await?);
+        long.rollback().await?;
+    }
+    let quiet_rate = quiet as f64 / quiet_time.as_secs_f64();
+    let busy_rate = busy as f64 / busy_time.as_secs_f64();
+    let ratio = busy_rate / quiet_rate;
+    Ok(ElsewhereCase {
+        case: "single_c16",
+        quiet_events_per_s: quiet_rate.round(),
+        with_long_transaction_events_per_s: busy_rate.round(),
+        ratio: (ratio * 1000.0).round() / 1000.0,
+        target_ratio: ELSEWHERE_TARGET_RATIO,
+        meets_target: ratio >= ELSEWHERE_TARGET_RATIO,
+        follower_sees_new_event_ms_max: (worst_follow.as_secs_f64() * 1e5).round() / 100.0,
+    })
+}
+
+/// Appends one event and returns how long the gap-free reader took to return it (at most
+/// 10 s, the bound of this measurement).
+async fn follow_once(store: &EventStore) -> anyhow::Result<Duration> {
+    let appended = store
+        .append(
+            Uuid::new_v4(),
+            0,
+            &[NewEvent::new(
+                EventType::DriftDetected.as_str(),
+                sample_data(0),
+            )],
+            &sample_metadata(),
+        )
+        .await?
+        .range();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let page = store.read_all(appended.first_position - 1, 1).await?;
+        if page
+            .first()
+            .is_some_and(|e| e.position == appended.first_position)
+        {
+            return Ok(started.elapsed());
+        }
+        tokio::task::yield_now().await;
+    }
+    Ok(started.elapsed())
 }
 
 /// One writer of a benchmark: performs one unit of work and says how many rows it wrote.
