@@ -1,8 +1,10 @@
-//! Somebody else asks for a strong lock on `events` while keys flow: an operator's
-//! `TRUNCATE` (refused by the trigger, but only once it holds the lock), an `ALTER TABLE`,
-//! a `LOCK TABLE … ACCESS EXCLUSIVE`. Each must get its turn within seconds — keyledger's
-//! sessions give up their lock waits and retry instead of queueing behind it for ever —
-//! and no key may be lost on the way.
+//! keyledger on a PostgreSQL server other services share. A long write transaction in
+//! another database must not hold keys back (readers wait only for keyledger's own
+//! appends). And when somebody else asks for a strong lock on `events` while keys flow —
+//! an operator's `TRUNCATE` (refused by the trigger, but only once it holds the lock), an
+//! `ALTER TABLE`, a `LOCK TABLE … ACCESS EXCLUSIVE` — each gets its turn within seconds
+//! (keyledger's sessions give up their lock waits and retry instead of queueing behind it
+//! for ever) and no key is lost on the way.
 
 use std::time::{Duration, Instant};
 
@@ -108,5 +110,51 @@ async fn outside_lock_requests_get_their_turn_and_no_key_is_lost() {
     }
     let clients = stack.clients();
     assert_eq!(clients.len(), 120, "one client per key on the panel");
+    stack.stop().await;
+}
+
+/// How long the whole batch of keys may take while another database's transaction is open
+/// (about 1.5 s on this machine when nothing else runs).
+const KEYS_WHILE_ELSEWHERE_BUSY: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_transaction_in_another_database_holds_no_key_back() {
+    let stack = Stack::start().await;
+    let neighbour = testkit::TestDatabase::create().await;
+    let mut other = PgConnection::connect(&neighbour.url)
+        .await
+        .expect("neighbour session");
+    let mut long = other.begin().await.expect("begin");
+    sqlx::raw_sql("CREATE TABLE etl (n int); INSERT INTO etl VALUES (1)")
+        .execute(&mut *long)
+        .await
+        .expect("a write elsewhere");
+    let started = Instant::now();
+    let mut requests = JoinSet::new();
+    for user in 1..=200 {
+        requests.spawn(request_until_recorded(stack.ledger.clone(), user));
+    }
+    let mut keys = Vec::new();
+    while let Some(key) = requests.join_next().await {
+        keys.push(key.expect("request task"));
+    }
+    for key in &keys {
+        stack
+            .wait_for(*key, EventType::Provisioned.as_str(), 1)
+            .await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took < KEYS_WHILE_ELSEWHERE_BUSY,
+        "200 keys took {took:?} while another database's transaction was open"
+    );
+    // The other transaction was open throughout: it still runs now.
+    let still_open: bool =
+        sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
+            .fetch_one(&mut *long)
+            .await
+            .expect("the long transaction answers");
+    assert!(still_open);
+    long.rollback().await.expect("rollback");
     stack.stop().await;
 }
