@@ -37,7 +37,7 @@ $$;
 --   sequences except event_position_seq: USAGE, SELECT;
 --   tables and sequences the owner creates later in this schema (a projection rebuild's
 --     fresh table): the same DML by default, until the next migrate sets them exactly.
-CREATE FUNCTION keyledger_grant_runtime(runtime_role name) RETURNS void
+CREATE OR REPLACE FUNCTION keyledger_grant_runtime(runtime_role name) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
 DECLARE
     rel record;
