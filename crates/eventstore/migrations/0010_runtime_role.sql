@@ -7,7 +7,8 @@
 -- never stand in for the ones they use. Without INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER
 -- or ownership of `events`, the runtime cannot rewrite an event, disable the append-only
 -- trigger or recompute hashes; without CREATE on the schema it cannot shadow a function
--- the append functions call.
+-- the append functions call, and pg_temp, named last, cannot shadow their tables (unnamed,
+-- PostgreSQL would search the caller's temporary tables first).
 
 DO $$
 DECLARE
@@ -19,7 +20,7 @@ BEGIN
           AND p.proname IN ('keyledger_append', 'keyledger_append_batch',
                             'keyledger_reserve_positions')
     LOOP
-        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, public', f);
+        EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, public, pg_temp', f);
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
     END LOOP;
 END
@@ -38,7 +39,7 @@ $$;
 --   tables and sequences the owner creates later in this schema (a projection rebuild's
 --     fresh table): the same DML by default, until the next migrate sets them exactly.
 CREATE OR REPLACE FUNCTION keyledger_grant_runtime(runtime_role name) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, public, pg_temp AS $$
 DECLARE
     rel record;
     f regprocedure;

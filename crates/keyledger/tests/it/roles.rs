@@ -382,3 +382,54 @@ async fn a_rebuild_runs_as_the_owner_and_leaves_the_views_writable_by_the_runtim
         .await
         .expect("the runtime writes the rebuilt views");
 }
+
+#[tokio::test]
+async fn a_temporary_table_of_the_runtime_role_does_not_capture_appends() {
+    let roles = TwoRoles::create().await;
+    let mut conn = roles.runtime_connection().await;
+    sqlx::raw_sql("CREATE TEMP TABLE events (LIKE public.events INCLUDING ALL)")
+        .execute(&mut conn)
+        .await
+        .expect("a temporary table named events");
+    let position: Option<i64> = sqlx::query_scalar(
+        "SELECT keyledger_append(gen_random_uuid(), 0, '{}'::jsonb, NULL::uuid,
+                                 ARRAY[gen_random_uuid()], ARRAY['Requested'],
+                                 ARRAY['{}'::jsonb], ARRAY[repeat('a', 64)])",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("append through the function");
+    assert!(position.is_some());
+    let shadowed: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_temp.events")
+        .fetch_one(&mut conn)
+        .await
+        .expect("count the temporary table");
+    assert_eq!(shadowed, 0);
+    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(roles.db.pool())
+        .await
+        .expect("count the log");
+    assert_eq!(logged, 1);
+}
+
+#[test]
+fn the_owner_url_defaults_to_the_database_url_and_is_shown_masked() {
+    let runtime = "postgres://keyledger:runtime-secret@db:5432/keyledger";
+    let one = config(runtime, None);
+    assert_eq!(one.database_owner_url, one.database_url);
+    let two = config(
+        runtime,
+        Some("postgres://keyledger_owner:owner-secret@db:5432/keyledger"),
+    );
+    let shown = format!("{two:?} {}", two.database_owner_url);
+    assert!(!shown.contains("owner-secret"), "{shown}");
+    assert!(shown.contains("keyledger_owner:***@db"), "{shown}");
+    let elsewhere = Config::from_sources(None, |name| match name {
+        "DATABASE_URL" => Some(runtime.to_owned()),
+        "DATABASE_OWNER_URL" => Some("postgres://keyledger_owner@db:5432/other".to_owned()),
+        _ => None,
+    })
+    .expect_err("another database");
+    assert_eq!(elsewhere.field, "DATABASE_OWNER_URL");
+    assert!(!elsewhere.to_string().contains("secret"));
+}
