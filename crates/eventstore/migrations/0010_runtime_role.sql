@@ -49,6 +49,9 @@ BEGIN
             USING ERRCODE = 'KL004';
     END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA public TO %I', runtime_role);
+    -- No one but the owner creates objects where the append functions look (PostgreSQL
+    -- before 15 let PUBLIC create in schema public).
+    REVOKE CREATE ON SCHEMA public FROM PUBLIC;
     EXECUTE format('REVOKE CREATE ON SCHEMA public FROM %I', runtime_role);
     FOR rel IN
         SELECT c.relname, c.relkind FROM pg_class c

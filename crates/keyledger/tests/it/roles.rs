@@ -244,6 +244,7 @@ async fn the_runtime_role_cannot_rewrite_the_log() {
         "DELETE FROM _sqlx_migrations",
         "DELETE FROM chain_formulas",
         "CREATE TABLE shadow (x int)",
+        "CREATE FUNCTION convert_to(text, text) RETURNS bytea LANGUAGE sql AS 'SELECT NULL::bytea'",
         "SELECT keyledger_grant_runtime(current_user)",
     ] {
         match sqlx::raw_sql(statement).execute(&mut conn).await {
