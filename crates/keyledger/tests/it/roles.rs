@@ -252,6 +252,15 @@ async fn the_runtime_role_cannot_rewrite_the_log() {
             other => panic!("{statement}: expected a permission error, got {other:?}"),
         }
     }
+    let held: Vec<String> = sqlx::query_scalar(
+        "SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
+                                    'REFERENCES', 'TRIGGER']) AS p
+         WHERE has_table_privilege(current_user, 'events', p)",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .expect("privileges on events");
+    assert_eq!(held, ["SELECT"]);
     let forged: i64 =
         sqlx::query_scalar("SELECT count(*) FROM events WHERE type = 'Forged' OR position = 1000")
             .fetch_one(roles.db.pool())
@@ -433,4 +442,46 @@ fn the_owner_url_defaults_to_the_database_url_and_is_shown_masked() {
     .expect_err("another database");
     assert_eq!(elsewhere.field, "DATABASE_OWNER_URL");
     assert!(!elsewhere.to_string().contains("secret"));
+}
+
+#[tokio::test]
+async fn every_migrate_covers_tables_added_later() {
+    let roles = TwoRoles::create().await;
+    // As a later migration would: a table of the service's own, and the notary's
+    // checkpoints, which are only ever added to.
+    sqlx::raw_sql(
+        "CREATE TABLE later_table (id int PRIMARY KEY, note text);
+         CREATE TABLE checkpoints (position bigint PRIMARY KEY, signature text NOT NULL);",
+    )
+    .execute(roles.db.pool())
+    .await
+    .expect("tables added later");
+    // Only the next migrate grants them exactly; until then the owner's default
+    // privileges let the runtime write them.
+    service::store::migrate(&roles.config)
+        .await
+        .expect("migrate again");
+    let mut conn = roles.runtime_connection().await;
+    for statement in [
+        "INSERT INTO later_table VALUES (1, 'a')",
+        "UPDATE later_table SET note = 'b'",
+        "DELETE FROM later_table",
+        "INSERT INTO checkpoints VALUES (1, 'signed')",
+        "SELECT count(*) FROM checkpoints",
+    ] {
+        sqlx::raw_sql(statement)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+    for statement in [
+        "UPDATE checkpoints SET signature = 'forged'",
+        "DELETE FROM checkpoints",
+        "TRUNCATE later_table",
+    ] {
+        match sqlx::raw_sql(statement).execute(&mut conn).await {
+            Err(error) if is_permission_denied(&error) => {}
+            other => panic!("{statement}: expected a permission error, got {other:?}"),
+        }
+    }
 }
