@@ -18,6 +18,7 @@ mod integrity;
 mod jsonb_text;
 mod ledger;
 mod model;
+mod privileges;
 mod read;
 
 pub use append::{AppendOutcome, AppendedRange};
@@ -28,6 +29,7 @@ pub use integrity::{
 pub use jsonb_text::jsonb_text;
 pub use ledger::{CommandOutcome, ExecuteError, KeyLedger};
 pub use model::{Actor, ActorKind, EventMetadata, NewEvent, RecordedEvent};
+pub use privileges::{is_permission_denied, login_role};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};

@@ -75,7 +75,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             })
         }
         Command::Reconcile { location, dry_run } => {
-            let store = store::migrate(&config).await?;
+            let store = service::privileges::store_for_runtime(&config).await?;
             let clean =
                 service::panels::reconcile(&config, store, location.as_deref(), dry_run, &mut out)
                     .await?;
@@ -86,7 +86,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             })
         }
         Command::Projections { command } => {
-            let store = store::migrate(&config).await?;
+            // The rebuild replaces the view table: the owner's work (docs/operations.md).
+            store::migrate(&config).await?;
+            let store = service::privileges::open_owner_store(&config).await?;
             match command {
                 ProjectionsCommand::Rebuild => audit::rebuild_projections(&store, &mut out).await?,
             }

@@ -124,6 +124,7 @@ impl Scratch {
     ) -> anyhow::Result<Config> {
         let mut scratch = config.clone();
         scratch.database_url = ServiceUrl::new(Url::parse(&self.database.url)?);
+        scratch.database_owner_url = scratch.database_url.clone();
         scratch.amqp_url = ServiceUrl::new(Url::parse(&self.vhost.amqp_url)?);
         let sim = SimConfig::v2_9();
         scratch.locations = vec![LocationConfig {

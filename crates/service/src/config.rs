@@ -98,6 +98,9 @@ pub struct LocationConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub database_url: ServiceUrl,
+    /// The owner role's URL (`DATABASE_OWNER_URL`, environment only: it carries the
+    /// owner's password), used to migrate; `database_url` when not set.
+    pub database_owner_url: ServiceUrl,
     pub amqp_url: ServiceUrl,
     pub http_addr: SocketAddr,
     pub admin_token: Option<Secret>,
@@ -203,6 +206,10 @@ impl Config {
             DEFAULT_DATABASE_URL,
             &["postgres", "postgresql"],
         )?;
+        let database_owner_url = match env("DATABASE_OWNER_URL") {
+            Some(raw) => owner_url(raw, &database_url)?,
+            None => database_url.clone(),
+        };
         let amqp_url = service_url(
             "AMQP_URL",
             env("AMQP_URL").or(file.amqp_url),
@@ -246,6 +253,7 @@ impl Config {
 
         Ok(Self {
             database_url,
+            database_owner_url,
             amqp_url,
             http_addr,
             admin_token: token(&env, "KEYLEDGER_ADMIN_TOKEN")?,
@@ -303,6 +311,28 @@ fn service_url(
         ));
     }
     Ok(ServiceUrl(url))
+}
+
+/// `DATABASE_OWNER_URL`: a PostgreSQL URL naming the same database as `DATABASE_URL`.
+fn owner_url(raw: String, database_url: &ServiceUrl) -> Result<ServiceUrl, ConfigError> {
+    const FIELD: &str = "DATABASE_OWNER_URL";
+    let url = service_url(
+        FIELD,
+        Some(raw),
+        DEFAULT_DATABASE_URL,
+        &["postgres", "postgresql"],
+    )?;
+    if url.url().path() != database_url.url().path() {
+        return Err(ConfigError::new(
+            FIELD,
+            format!(
+                "names database {:?}, DATABASE_URL names {:?}",
+                url.url().path(),
+                database_url.url().path()
+            ),
+        ));
+    }
+    Ok(url)
 }
 
 fn http_url(field: &str, raw: &str) -> Result<Url, ConfigError> {

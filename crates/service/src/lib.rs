@@ -12,6 +12,7 @@
 pub mod config;
 pub mod panels;
 pub mod pipeline;
+pub mod privileges;
 pub mod serve;
 pub mod store;
 pub mod telemetry;

@@ -24,7 +24,7 @@ pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Fail
             "role {missing:?} is not available in this build; available: {AVAILABLE_ROLES:?}"
         )));
     }
-    let store = crate::store::migrate(config).await?;
+    let store = crate::privileges::store_for_runtime(config).await?;
     let running = start_roles(config, &store, &roles).await?;
     // Listen for signals before saying we serve: a SIGTERM right after that line must
     // shut down cleanly, not hit the default handler.

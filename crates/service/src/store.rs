@@ -6,22 +6,31 @@ use eventstore::{EventStore, create_database_if_missing};
 
 use crate::config::Config;
 
-/// Creates the database if missing and applies migrations.
+/// Creates the database if missing and applies migrations, as the owner login
+/// (`DATABASE_OWNER_URL`); then grants the runtime login its privileges when it is
+/// another role (crate::privileges). Returns the store as the runtime login.
 pub async fn migrate(config: &Config) -> anyhow::Result<EventStore> {
-    let url = config.database_url.as_str();
-    let created = create_database_if_missing(url).await.with_context(|| {
-        format!(
-            "cannot reach or create the database at {}",
-            config.database_url
-        )
-    })?;
+    let owner_url = &config.database_owner_url;
+    let created = create_database_if_missing(owner_url.as_str())
+        .await
+        .with_context(|| format!("cannot reach or create the database at {owner_url}"))?;
     if created {
-        tracing::info!(database = %config.database_url, "created database");
+        tracing::info!(database = %owner_url, "created database");
     }
-    let store = open_store(config).await?;
-    apply_migrations(&store).await?;
-    tracing::info!(database = %config.database_url, "migrations applied");
-    Ok(store)
+    let one_login = owner_url == &config.database_url;
+    let owner_store = if one_login {
+        open_store(config).await?
+    } else {
+        crate::privileges::open_owner_store(config).await?
+    };
+    apply_migrations(&owner_store).await?;
+    crate::privileges::grant_runtime(config, &owner_store).await?;
+    tracing::info!(database = %owner_url, "migrations applied");
+    if one_login {
+        return Ok(owner_store);
+    }
+    owner_store.pool().close().await;
+    open_store(config).await
 }
 
 /// How long `migrate` keeps trying when its locks are not to be had.

@@ -10,3 +10,4 @@ mod demo;
 mod faults;
 mod http_api;
 mod panel_sim;
+mod roles;
