@@ -260,9 +260,7 @@ const CHECKPOINT_COLUMNS: &str = "position, log_hash, signed_at, public_key, sig
 
 type CheckpointRow = (i64, String, OffsetDateTime, String, String);
 
-fn from_row(
-    (position, log_hash, signed_at, public_key, signature): CheckpointRow,
-) -> Checkpoint {
+fn from_row((position, log_hash, signed_at, public_key, signature): CheckpointRow) -> Checkpoint {
     Checkpoint {
         position,
         log_hash,
@@ -397,7 +395,10 @@ mod tests {
         let checkpoint = notary.sign(&log, signed_at).expect("sign");
         assert_eq!(
             checkpoint.message().expect("message"),
-            format!("keyledger checkpoint v1\n42\n{}\n2026-11-30T07:00:00Z", "c".repeat(64))
+            format!(
+                "keyledger checkpoint v1\n42\n{}\n2026-11-30T07:00:00Z",
+                "c".repeat(64)
+            )
         );
         let pinned = PublicKey::from_base64(&notary.public_key().to_base64()).expect("public");
         assert_eq!(checkpoint.verify_signature(&pinned), Ok(()));
@@ -412,7 +413,10 @@ mod tests {
             Err(CheckpointError::SignatureMismatch)
         );
         let line = serde_json::to_string(&checkpoint).expect("json");
-        assert!(line.contains("\"signed_at\":\"2026-11-30T07:00:00Z\""), "{line}");
+        assert!(
+            line.contains("\"signed_at\":\"2026-11-30T07:00:00Z\""),
+            "{line}"
+        );
         let back: Checkpoint = serde_json::from_str(&line).expect("parse");
         assert_eq!(back, checkpoint);
     }

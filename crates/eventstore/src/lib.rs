@@ -23,8 +23,8 @@ mod read;
 
 pub use append::{AppendOutcome, AppendedRange};
 pub use checkpoint::{
-    Checkpoint, CheckpointError, CheckpointVerdict, LogHash, NotaryKey, PublicKey,
-    log_hash_up_to, next_log_hash, signed_message,
+    Checkpoint, CheckpointError, CheckpointVerdict, LogHash, NotaryKey, PublicKey, log_hash_up_to,
+    next_log_hash, signed_message,
 };
 pub use error::{AppendError, StoreError};
 pub use integrity::{

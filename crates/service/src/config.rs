@@ -28,7 +28,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -110,6 +110,9 @@ pub struct Config {
     pub log_format: Option<LogFormat>,
     pub locations: Vec<LocationConfig>,
     pub reconcile: ReconcileSettings,
+    /// `KEYLEDGER_NOTARY_KEY`: base64 of the notary's 32-byte Ed25519 seed (checked).
+    pub notary_key: Option<Secret>,
+    pub notary: crate::notary::NotarySettings,
 }
 
 /// When the worker role's reconciler runs (file section `[reconcile]`).
@@ -151,6 +154,8 @@ struct FileConfig {
     locations: Vec<FileLocation>,
     #[serde(default)]
     reconcile: FileReconcile,
+    #[serde(default)]
+    notary: crate::notary::FileNotary,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,6 +262,8 @@ impl Config {
             log_format,
             locations,
             reconcile,
+            notary_key: crate::notary::notary_key(&env)?,
+            notary: crate::notary::notary_settings(&file.notary)?,
         })
     }
 }
