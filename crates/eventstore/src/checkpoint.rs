@@ -400,6 +400,12 @@ mod tests {
                 "c".repeat(64)
             )
         );
+        // Ed25519 is deterministic: the same signature as `openssl pkeyutl -sign -rawin`
+        // over the same message with the same seed (docs/checkpoints.md).
+        assert_eq!(
+            checkpoint.signature,
+            "VwB8SP4XEexg+Gz662afWkSQJDcYPCimFmw2NXLo70e9ByIwKjFis0PG4AOgj+em6rqDXSHdeZx9FhL3BImTBw=="
+        );
         let pinned = PublicKey::from_base64(&notary.public_key().to_base64()).expect("public");
         assert_eq!(checkpoint.verify_signature(&pinned), Ok(()));
         assert_eq!(

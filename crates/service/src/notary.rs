@@ -237,3 +237,37 @@ impl Notary {
         writeln!(file, "{line}").map_err(file_error)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_defaults_to_a_minute_and_is_bounded() {
+        let settings = notary_settings(&FileNotary::default()).expect("defaults");
+        assert_eq!(settings, NotarySettings::default());
+        assert_eq!(settings.interval, Duration::from_secs(60));
+        let error = notary_settings(&FileNotary {
+            interval_seconds: Some(4),
+            file: None,
+        })
+        .expect_err("too short");
+        assert_eq!(error.field, "notary.interval_seconds");
+    }
+
+    #[test]
+    fn the_key_must_be_base64_of_32_bytes_and_is_never_echoed() {
+        let env = |value: &'static str| {
+            move |name: &str| (name == NOTARY_KEY_VARIABLE).then(|| value.to_owned())
+        };
+        assert_eq!(notary_key(&|_: &str| None).expect("unset"), None);
+        let error = notary_key(&env("c2hvcnQ=")).expect_err("5 bytes");
+        assert_eq!(error.field, NOTARY_KEY_VARIABLE);
+        assert!(!error.to_string().contains("c2hvcnQ="), "{error}");
+        let seed = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+        assert_eq!(
+            notary_key(&env(seed)).expect("valid"),
+            Some(Secret::new(seed))
+        );
+    }
+}
