@@ -203,3 +203,80 @@ async fn checkpoint_commands_without_a_key_exit_with_2() {
     assert_eq!(listed.status.code(), Some(0));
     assert!(stdout(&listed).is_empty());
 }
+
+#[tokio::test]
+async fn the_notary_continues_its_checkpoints_as_from_scratch_and_refuses_an_altered_log() {
+    use service::notary::{Notary, NotaryError};
+    let db = TestDatabase::create().await;
+    let key = seeded(&db).await;
+    let notary = Notary::new(
+        db.store.clone(),
+        notary_key(),
+        Duration::from_secs(60),
+        None,
+    );
+    let from_scratch = |position: i64| {
+        let pool = db.pool().clone();
+        async move {
+            eventstore::log_hash_up_to(&pool, eventstore::LogHash::start(), position)
+                .await
+                .expect("hash")
+        }
+    };
+    let mut running = None;
+    let first = notary
+        .pass(&mut running)
+        .await
+        .expect("pass")
+        .expect("a first checkpoint");
+    assert_eq!(first.log(), from_scratch(first.position).await);
+    assert!(
+        notary.pass(&mut running).await.expect("pass").is_none(),
+        "nothing new, nothing signed"
+    );
+
+    let more = NewEvent::new(EventType::Expired.as_str(), json!({}));
+    db.store
+        .append(Uuid::new_v4(), 0, &[more], &testkit::metadata())
+        .await
+        .expect("append");
+    let second = notary
+        .pass(&mut running)
+        .await
+        .expect("pass")
+        .expect("a second checkpoint");
+    assert!(second.position > first.position);
+    assert_eq!(second.log(), from_scratch(second.position).await);
+    // A restarted notary resumes from the stored checkpoint and agrees.
+    let more = NewEvent::new(EventType::Expired.as_str(), json!({}));
+    db.store
+        .append(Uuid::new_v4(), 0, &[more], &testkit::metadata())
+        .await
+        .expect("append");
+    let third = notary
+        .pass(&mut None)
+        .await
+        .expect("pass")
+        .expect("a third checkpoint");
+    assert_eq!(third.log(), from_scratch(third.position).await);
+    assert_eq!(
+        db.store.checkpoints_after(0, 10).await.expect("list"),
+        vec![first, second, third]
+    );
+
+    sqlx::raw_sql(&format!(
+        "ALTER TABLE events DISABLE TRIGGER USER;
+         UPDATE events SET data = jsonb_set(data, '{{reason}}', '\"nothing\"')
+             WHERE stream_id = '{key}' AND version = 2;
+         {RECHAIN}
+         ALTER TABLE events ENABLE TRIGGER USER;"
+    ))
+    .execute(db.pool())
+    .await
+    .expect("superuser tampers and rechains");
+    let refused = notary.pass(&mut None).await;
+    assert!(
+        matches!(refused, Err(NotaryError::Altered { .. })),
+        "{refused:?}"
+    );
+}
