@@ -93,7 +93,7 @@ pub(crate) async fn events(
     Ok(Json(EventPage { events, next_after }))
 }
 
-fn number(
+pub(crate) fn number(
     raw: Option<&str>,
     name: &str,
     default: i64,

@@ -12,6 +12,7 @@
 mod audit;
 mod auth;
 mod body;
+mod checkpoints;
 mod error;
 mod idempotency;
 mod keys;
@@ -107,6 +108,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::key_history))
         .routes(routes!(audit::events))
         .routes(routes!(audit::verify))
+        .routes(routes!(checkpoints::checkpoints))
         .routes(routes!(probes::locations))
         .routes(routes!(probes::healthz))
         .routes(routes!(probes::readyz))

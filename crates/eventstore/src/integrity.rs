@@ -205,12 +205,19 @@ pub async fn verify_chains(pool: &PgPool) -> Result<ChainReport, StoreError> {
 
 async fn disabled_guards(pool: &PgPool) -> Result<Vec<String>, StoreError> {
     let mut missing = Vec::new();
-    for trigger in ["events_append_only", "events_no_truncate"] {
+    // The signed checkpoints (migration 0009) are guarded the same way as the events.
+    for (table, trigger) in [
+        ("events", "events_append_only"),
+        ("events", "events_no_truncate"),
+        ("checkpoints", "checkpoints_append_only"),
+        ("checkpoints", "checkpoints_no_truncate"),
+    ] {
         let enabled: Option<String> = sqlx::query_scalar(
             "SELECT tgenabled::text FROM pg_trigger
-             WHERE tgrelid = 'events'::regclass AND tgname = $1",
+             WHERE tgrelid = to_regclass($2) AND tgname = $1",
         )
         .bind(trigger)
+        .bind(table)
         .fetch_optional(pool)
         .await?;
         match enabled.as_deref() {

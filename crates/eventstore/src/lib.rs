@@ -12,6 +12,7 @@
 //! copy of every event kept in step with the first, for nothing.
 
 mod append;
+mod checkpoint;
 mod error;
 mod group;
 mod integrity;
@@ -22,6 +23,10 @@ mod privileges;
 mod read;
 
 pub use append::{AppendOutcome, AppendedRange};
+pub use checkpoint::{
+    Checkpoint, CheckpointError, CheckpointVerdict, LogHash, NotaryKey, PublicKey, log_hash_up_to,
+    next_log_hash, signed_message,
+};
 pub use error::{AppendError, StoreError};
 pub use integrity::{
     ChainBreak, ChainFormula, ChainLink, ChainReport, content_digest, link_hash, verify_chains,

@@ -72,13 +72,34 @@ pub enum AuditCommand {
         json: bool,
     },
     /// Check every stream's hash chain and the log's append-only guards; exit 1 on a break.
-    Verify,
+    Verify {
+        /// Also check every signed checkpoint in this file (JSON lines) against the log.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// The notary's public key to trust, base64 (else the key of KEYLEDGER_NOTARY_KEY).
+        #[arg(long, value_name = "B64", env = "KEYLEDGER_NOTARY_PUBLIC_KEY")]
+        public_key: Option<String>,
+    },
+    /// The signed checkpoints stored in the database, as JSON lines, oldest first.
+    Checkpoints {
+        #[command(subcommand)]
+        command: Option<CheckpointsCommand>,
+        /// Only checkpoints above this log position.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+    },
     /// Every event as JSON lines, in log order.
     Export {
         /// Start after this log position.
         #[arg(long, default_value_t = 0)]
         after: i64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckpointsCommand {
+    /// The notary's public key (base64), derived from KEYLEDGER_NOTARY_KEY.
+    PublicKey,
 }
 
 #[derive(Debug, Subcommand)]

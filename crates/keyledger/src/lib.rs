@@ -8,6 +8,7 @@
 //! service alone, with no simulator or fake inside.
 
 pub mod audit;
+pub mod checkpoints;
 pub mod cli;
 
 use std::process::ExitCode;
@@ -17,7 +18,7 @@ use clap::Parser;
 use service::config::Config;
 use service::{serve, store, telemetry};
 
-use crate::cli::{AuditCommand, Cli, Command, ProjectionsCommand};
+use crate::cli::{AuditCommand, CheckpointsCommand, Cli, Command, ProjectionsCommand};
 
 pub use service::Failure;
 
@@ -59,13 +60,36 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             store::migrate(&config).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit {
+            command:
+                AuditCommand::Checkpoints {
+                    command: Some(CheckpointsCommand::PublicKey),
+                    ..
+                },
+        } => {
+            checkpoints::print_public_key(&config, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit { command } => {
             let store = store::open_store(&config).await?;
             let held = match command {
                 AuditCommand::History { key_id, json } => {
                     audit::history(&store, key_id, json, &mut out).await?
                 }
-                AuditCommand::Verify => audit::verify(&store, &mut out).await?,
+                AuditCommand::Verify {
+                    checkpoint: None, ..
+                } => audit::verify(&store, &mut out).await?,
+                AuditCommand::Verify {
+                    checkpoint: Some(file),
+                    public_key,
+                } => {
+                    let key = checkpoints::pinned_key(&config, public_key.as_deref())?;
+                    let log_holds = audit::verify(&store, &mut out).await?;
+                    checkpoints::verify_file(&store, &file, &key, &mut out).await? && log_holds
+                }
+                AuditCommand::Checkpoints { after, .. } => {
+                    checkpoints::print(&store, after, &mut out).await?
+                }
                 AuditCommand::Export { after } => audit::export(&store, after, &mut out).await?,
             };
             Ok(if held {

@@ -28,7 +28,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -113,6 +113,9 @@ pub struct Config {
     pub log_format: Option<LogFormat>,
     pub locations: Vec<LocationConfig>,
     pub reconcile: ReconcileSettings,
+    /// `KEYLEDGER_NOTARY_KEY`: base64 of the notary's 32-byte Ed25519 seed (checked).
+    pub notary_key: Option<Secret>,
+    pub notary: crate::notary::NotarySettings,
 }
 
 /// When the worker role's reconciler runs (file section `[reconcile]`).
@@ -154,6 +157,8 @@ struct FileConfig {
     locations: Vec<FileLocation>,
     #[serde(default)]
     reconcile: FileReconcile,
+    #[serde(default)]
+    notary: crate::notary::FileNotary,
 }
 
 #[derive(Debug, Deserialize)]
@@ -265,6 +270,8 @@ impl Config {
             log_format,
             locations,
             reconcile,
+            notary_key: crate::notary::notary_key(&env)?,
+            notary: crate::notary::notary_settings(&file.notary)?,
         })
     }
 }

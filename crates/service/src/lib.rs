@@ -10,6 +10,7 @@
 //! dependency of the lab it runs.
 
 pub mod config;
+pub mod notary;
 pub mod panels;
 pub mod pipeline;
 pub mod privileges;
@@ -49,6 +50,8 @@ pub enum Role {
     Worker,
     Bot,
     Scheduler,
+    /// Signs checkpoints of the log (docs/checkpoints.md); needs `KEYLEDGER_NOTARY_KEY`.
+    Notary,
 }
 
 impl Role {

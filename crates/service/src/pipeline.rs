@@ -54,6 +54,7 @@ pub struct Pipeline {
     worker_retry: Option<WorkerRetry>,
     scheduler_tick: Duration,
     broker_policies: bool,
+    notary: Option<crate::notary::Notary>,
 }
 
 impl Pipeline {
@@ -72,6 +73,7 @@ impl Pipeline {
             worker_retry: None,
             scheduler_tick: SCHEDULER_TICK,
             broker_policies: false,
+            notary: None,
         }
     }
 
@@ -99,6 +101,10 @@ impl Pipeline {
             .with_broker_policies();
         if !config.locations.is_empty() {
             pipeline = pipeline.with_panels(crate::panels::panels(config)?);
+        }
+        if let Some(key) = crate::notary::key_from_config(config)? {
+            let settings = &config.notary;
+            pipeline = pipeline.with_notary(key, settings.interval, settings.file.clone());
         }
         if let Some(token) = &config.telegram_bot_token {
             let bot = bot::BotConfig::new(
@@ -156,6 +162,23 @@ impl Pipeline {
         self
     }
 
+    /// The notary role signs checkpoints with `key` every `interval` (and at start),
+    /// appending each to `file` too when one is named.
+    pub fn with_notary(
+        mut self,
+        key: eventstore::NotaryKey,
+        interval: Duration,
+        file: Option<std::path::PathBuf>,
+    ) -> Self {
+        self.notary = Some(crate::notary::Notary::new(
+            self.store.clone(),
+            key,
+            interval,
+            file,
+        ));
+        self
+    }
+
     /// Sets the broker's policies through its management API before starting.
     pub fn with_broker_policies(mut self) -> Self {
         self.broker_policies = true;
@@ -196,6 +219,12 @@ impl Pipeline {
                         Scheduler::new(KeyLedger::new(self.store.clone()), self.scheduler_tick);
                     running.tasks.spawn(scheduler.run(running.stop.clone()));
                 }
+                Role::Notary => match self.notary.clone() {
+                    Some(notary) => {
+                        running.tasks.spawn(notary.run(running.stop.clone()));
+                    }
+                    None => tracing::info!("notary role off: KEYLEDGER_NOTARY_KEY not set"),
+                },
             }
         }
         Ok(running)

@@ -8,13 +8,14 @@ use crate::config::Config;
 use crate::pipeline::{Pipeline, RunningRoles};
 
 /// Roles this build can run: every role of docs/cli.md.
-pub const AVAILABLE_ROLES: [Role; 6] = [
+pub const AVAILABLE_ROLES: [Role; 7] = [
     Role::Api,
     Role::Relay,
     Role::Projector,
     Role::Worker,
     Role::Bot,
     Role::Scheduler,
+    Role::Notary,
 ];
 
 pub async fn serve(config: &Config, roles: Option<Vec<Role>>) -> Result<(), Failure> {

@@ -201,6 +201,12 @@ fn routes() -> Vec<(Method, String, Option<Value>, &'static [&'static str])> {
             auditors,
         ),
         (Method::GET, "/v1/audit/verify".into(), None, auditors),
+        (
+            Method::GET,
+            "/v1/audit/checkpoints?after=0&limit=10".into(),
+            None,
+            auditors,
+        ),
         (Method::GET, "/v1/locations".into(), None, readers),
     ]
 }
@@ -676,6 +682,7 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         "GET /v1/keys/{key_id}/history",
         "GET /v1/events",
         "GET /v1/audit/verify",
+        "GET /v1/audit/checkpoints",
         "GET /v1/locations",
         "GET /healthz",
         "GET /readyz",

@@ -3,6 +3,7 @@
 mod architecture;
 mod bench_e2e;
 mod bot;
+mod checkpoints;
 mod cli;
 mod common;
 mod config;
