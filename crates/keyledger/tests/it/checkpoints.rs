@@ -5,12 +5,11 @@
 
 use crate::common;
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{eventually, keyledger, stdout};
+use common::{eventually, keyledger, keyledger_with, seeded_key, stdout};
 use domain::{EventType, Secret};
-use eventstore::{Actor, ActorKind, EventMetadata, NewEvent, NotaryKey};
+use eventstore::{NewEvent, NotaryKey};
 use serde_json::json;
 use service::Role;
 use service::pipeline::Pipeline;
@@ -44,49 +43,10 @@ fn notary_key() -> NotaryKey {
     NotaryKey::from_base64(&Secret::new(SEED)).expect("key")
 }
 
-fn keyledger_with(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keyledger"))
-        .args(args)
-        .env_clear()
-        .env("DATABASE_URL", database_url)
-        .env("KEYLEDGER_LOG_FORMAT", "json")
-        .envs(env.iter().copied())
-        .output()
-        .expect("binary runs")
-}
-
-async fn seeded(db: &TestDatabase) -> Uuid {
-    let key = Uuid::new_v4();
-    let meta =
-        EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::TelegramUser, "42"));
-    let events = [
-        NewEvent::new(
-            EventType::Requested.as_str(),
-            json!({"user_id": 42, "location": "ams", "client_uuid": Uuid::new_v4(),
-                   "email": "tg42-ams", "expires_at": null, "traffic_limit_bytes": 0}),
-        ),
-        NewEvent::new(
-            EventType::RevocationRequested.as_str(),
-            json!({"reason": "lost phone"}),
-        ),
-    ];
-    db.store.append(key, 0, &events, &meta).await.expect("seed");
-    db.store
-        .append(
-            Uuid::new_v4(),
-            0,
-            &[NewEvent::new(EventType::Expired.as_str(), json!({}))],
-            &EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Scheduler, "s")),
-        )
-        .await
-        .expect("seed other");
-    key
-}
-
 #[tokio::test]
 async fn the_notary_role_signs_a_checkpoint_that_verify_checks_against_the_log() {
     let db = TestDatabase::create().await;
-    let key = seeded(&db).await;
+    let key = seeded_key(&db).await;
     let last = db.store.last_position().await.expect("last");
     let file = std::env::temp_dir().join(format!("keyledger-checkpoints-{}", Uuid::new_v4()));
     let running = Pipeline::new(db.store.clone(), "amqp://127.0.0.1:1/unused")
@@ -208,7 +168,7 @@ async fn checkpoint_commands_without_a_key_exit_with_2() {
 async fn the_notary_continues_its_checkpoints_as_from_scratch_and_refuses_an_altered_log() {
     use service::notary::{Notary, NotaryError};
     let db = TestDatabase::create().await;
-    let key = seeded(&db).await;
+    let key = seeded_key(&db).await;
     let notary = Notary::new(
         db.store.clone(),
         notary_key(),

@@ -4,41 +4,13 @@ use crate::common;
 
 use std::process::Command;
 
-use common::{Serving, ams_config_file, eventually, keyledger, stdout};
+use common::{Serving, ams_config_file, eventually, keyledger, seeded_key, stdout};
 
 use domain::EventType;
-use eventstore::{Actor, ActorKind, EventMetadata, NewEvent};
-use serde_json::{Value, json};
+use eventstore::{Actor, ActorKind, EventMetadata};
+use serde_json::Value;
 use testkit::{TestDatabase, database_server_url as server_url};
 use uuid::Uuid;
-
-async fn seeded_key(db: &TestDatabase) -> Uuid {
-    let key = Uuid::new_v4();
-    let meta =
-        EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::TelegramUser, "42"));
-    let events = [
-        NewEvent::new(
-            EventType::Requested.as_str(),
-            json!({"user_id": 42, "location": "ams", "client_uuid": Uuid::new_v4(),
-                   "email": "tg42-ams", "expires_at": null, "traffic_limit_bytes": 0}),
-        ),
-        NewEvent::new(
-            EventType::RevocationRequested.as_str(),
-            json!({"reason": "lost phone"}),
-        ),
-    ];
-    db.store.append(key, 0, &events, &meta).await.expect("seed");
-    db.store
-        .append(
-            Uuid::new_v4(),
-            0,
-            &[NewEvent::new(EventType::Expired.as_str(), json!({}))],
-            &EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Scheduler, "s")),
-        )
-        .await
-        .expect("seed other");
-    key
-}
 
 #[tokio::test]
 async fn migrate_creates_a_missing_database_and_is_repeatable() {

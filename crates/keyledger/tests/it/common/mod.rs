@@ -15,13 +15,52 @@ where
 }
 
 pub fn keyledger(database_url: &str, args: &[&str]) -> Output {
+    keyledger_with(database_url, args, &[])
+}
+
+/// The binary with a clean environment: `DATABASE_URL`, JSON logs and `env`.
+pub fn keyledger_with(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_keyledger"))
         .args(args)
         .env_clear()
         .env("DATABASE_URL", database_url)
         .env("KEYLEDGER_LOG_FORMAT", "json")
+        .envs(env.iter().copied())
         .output()
         .expect("binary runs")
+}
+
+/// Two streams in the log: a key requested and being revoked (returned), and another
+/// stream's `key.expired`.
+pub async fn seeded_key(db: &testkit::TestDatabase) -> Uuid {
+    use domain::EventType;
+    use eventstore::{Actor, ActorKind, EventMetadata, NewEvent};
+    use serde_json::json;
+    let key = Uuid::new_v4();
+    let meta =
+        EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::TelegramUser, "42"));
+    let events = [
+        NewEvent::new(
+            EventType::Requested.as_str(),
+            json!({"user_id": 42, "location": "ams", "client_uuid": Uuid::new_v4(),
+                   "email": "tg42-ams", "expires_at": null, "traffic_limit_bytes": 0}),
+        ),
+        NewEvent::new(
+            EventType::RevocationRequested.as_str(),
+            json!({"reason": "lost phone"}),
+        ),
+    ];
+    db.store.append(key, 0, &events, &meta).await.expect("seed");
+    db.store
+        .append(
+            Uuid::new_v4(),
+            0,
+            &[NewEvent::new(EventType::Expired.as_str(), json!({}))],
+            &EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Scheduler, "s")),
+        )
+        .await
+        .expect("seed other");
+    key
 }
 
 pub fn stdout(output: &Output) -> String {
