@@ -441,7 +441,7 @@ async fn one_pass_over_ten_thousand_clients_is_one_list_call_and_well_under_a_se
 /// release:
 ///
 /// ```sh
-/// cargo test --release -p x3ui-worker --test it -- --ignored --nocapture bench_
+/// cargo test --release -p x3ui-sim --test it -- --ignored --nocapture bench_
 /// ```
 ///
 /// Per round: one full pass over 10,000 clients and keys (dry run, so every round sees
