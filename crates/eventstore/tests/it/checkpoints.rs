@@ -14,32 +14,6 @@ use uuid::Uuid;
 
 const CHECKPOINT_SCRIPT: &str = include_str!("../../../../sql/checkpoint_hash.sql");
 
-/// Recomputes every stream's hashes with the published formula (docs/event-log.md), as
-/// someone who knows it and may write to the table would.
-const RECHAIN: &str = r#"
-DO $$
-DECLARE r record; prev text := ''; prev_stream uuid := NULL; h text;
-BEGIN
-  FOR r IN SELECT * FROM events ORDER BY stream_id, version LOOP
-    IF prev_stream IS DISTINCT FROM r.stream_id THEN prev := ''; END IF;
-    h := encode(sha256(convert_to(
-           prev || E'\n' || r.position::text || E'\n'
-           || ((extract(epoch FROM r.recorded_at) * 1000000)::bigint)::text || E'\n'
-           || encode(sha256(convert_to(
-                r.stream_id::text || E'\n' || r.version::text || E'\n' || r.event_id::text
-                || E'\n' || r.type || E'\n' || r.data::text || E'\n' || r.metadata::text,
-                'UTF8')), 'hex'), 'UTF8')), 'hex');
-    UPDATE events SET hash = h WHERE position = r.position;
-    prev := h; prev_stream := r.stream_id;
-  END LOOP;
-END $$;
-"#;
-
-fn notary() -> NotaryKey {
-    let seed = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
-    NotaryKey::from_base64(&Secret::new(seed)).expect("key")
-}
-
 /// Two streams of three events each, interleaved in the log, and a checkpoint over all.
 async fn checkpointed() -> (TestDatabase, Vec<Uuid>, Checkpoint) {
     let db = TestDatabase::create().await;
@@ -61,7 +35,7 @@ async fn checkpointed() -> (TestDatabase, Vec<Uuid>, Checkpoint) {
         .await
         .expect("hash");
     assert_eq!(log.position, last);
-    let checkpoint = notary().sign_now(&log).expect("sign");
+    let checkpoint = testkit::notary_key().sign_now(&log).expect("sign");
     assert!(
         db.store
             .insert_checkpoint(&checkpoint)
@@ -73,22 +47,18 @@ async fn checkpointed() -> (TestDatabase, Vec<Uuid>, Checkpoint) {
 
 async fn verdict(db: &TestDatabase, checkpoint: &Checkpoint) -> CheckpointVerdict {
     db.store
-        .verify_checkpoint(checkpoint, &notary().public_key(), LogHash::start())
+        .verify_checkpoint(
+            checkpoint,
+            &testkit::notary_key().public_key(),
+            LogHash::start(),
+        )
         .await
         .expect("verify")
         .0
 }
 
 async fn tamper(db: &TestDatabase, sql: &str) {
-    sqlx::raw_sql(&format!(
-        "ALTER TABLE events DISABLE TRIGGER USER;
-         {sql}
-         {RECHAIN}
-         ALTER TABLE events ENABLE TRIGGER USER;"
-    ))
-    .execute(db.pool())
-    .await
-    .expect("superuser tampers");
+    testkit::rewrite_history(db.pool(), sql).await;
 }
 
 async fn chains_hold(db: &TestDatabase) -> bool {

@@ -16,33 +16,6 @@ use service::pipeline::Pipeline;
 use testkit::TestDatabase;
 use uuid::Uuid;
 
-/// Base64 of the 32-byte seed `[42; 32]`.
-const SEED: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
-
-/// Recomputes every stream's hashes with the published formula (docs/event-log.md).
-const RECHAIN: &str = r#"
-DO $$
-DECLARE r record; prev text := ''; prev_stream uuid := NULL; h text;
-BEGIN
-  FOR r IN SELECT * FROM events ORDER BY stream_id, version LOOP
-    IF prev_stream IS DISTINCT FROM r.stream_id THEN prev := ''; END IF;
-    h := encode(sha256(convert_to(
-           prev || E'\n' || r.position::text || E'\n'
-           || ((extract(epoch FROM r.recorded_at) * 1000000)::bigint)::text || E'\n'
-           || encode(sha256(convert_to(
-                r.stream_id::text || E'\n' || r.version::text || E'\n' || r.event_id::text
-                || E'\n' || r.type || E'\n' || r.data::text || E'\n' || r.metadata::text,
-                'UTF8')), 'hex'), 'UTF8')), 'hex');
-    UPDATE events SET hash = h WHERE position = r.position;
-    prev := h; prev_stream := r.stream_id;
-  END LOOP;
-END $$;
-"#;
-
-fn notary_key() -> NotaryKey {
-    NotaryKey::from_base64(&Secret::new(SEED)).expect("key")
-}
-
 #[tokio::test]
 async fn the_notary_role_signs_a_checkpoint_that_verify_checks_against_the_log() {
     let db = TestDatabase::create().await;
@@ -50,7 +23,11 @@ async fn the_notary_role_signs_a_checkpoint_that_verify_checks_against_the_log()
     let last = db.store.last_position().await.expect("last");
     let file = std::env::temp_dir().join(format!("keyledger-checkpoints-{}", Uuid::new_v4()));
     let running = Pipeline::new(db.store.clone(), "amqp://127.0.0.1:1/unused")
-        .with_notary(notary_key(), Duration::from_secs(5), Some(file.clone()))
+        .with_notary(
+            testkit::notary_key(),
+            Duration::from_secs(5),
+            Some(file.clone()),
+        )
         .start(&[Role::Notary])
         .await
         .expect("start the notary");
@@ -72,11 +49,11 @@ async fn the_notary_role_signs_a_checkpoint_that_verify_checks_against_the_log()
     let public = keyledger_with(
         &db.url,
         &["audit", "checkpoints", "public-key"],
-        &[("KEYLEDGER_NOTARY_KEY", SEED)],
+        &[("KEYLEDGER_NOTARY_KEY", testkit::NOTARY_SEED)],
     );
     assert_eq!(public.status.code(), Some(0));
     let public = stdout(&public).trim().to_owned();
-    assert_eq!(public, notary_key().public_key().to_base64());
+    assert_eq!(public, testkit::notary_key().public_key().to_base64());
     assert_eq!(stored.public_key, public);
 
     let path = file.to_str().expect("utf-8 path");
@@ -119,16 +96,14 @@ async fn the_notary_role_signs_a_checkpoint_that_verify_checks_against_the_log()
     assert_eq!(foreign.status.code(), Some(1), "{}", stdout(&foreign));
     assert!(stdout(&foreign).contains("bad signature"));
 
-    sqlx::raw_sql(&format!(
-        "ALTER TABLE events DISABLE TRIGGER USER;
-         UPDATE events SET data = jsonb_set(data, '{{reason}}', '\"nothing\"')
-             WHERE stream_id = '{key}' AND version = 2;
-         {RECHAIN}
-         ALTER TABLE events ENABLE TRIGGER USER;"
-    ))
-    .execute(db.pool())
-    .await
-    .expect("superuser tampers and rechains");
+    testkit::rewrite_history(
+        db.pool(),
+        &format!(
+            "UPDATE events SET data = jsonb_set(data, '{{reason}}', '\"nothing\"')
+             WHERE stream_id = '{key}' AND version = 2;"
+        ),
+    )
+    .await;
     let tampered = keyledger_with(
         &db.url,
         &["audit", "verify", "--checkpoint", path],
@@ -171,7 +146,7 @@ async fn the_notary_continues_its_checkpoints_as_from_scratch_and_refuses_an_alt
     let key = seeded_key(&db).await;
     let notary = Notary::new(
         db.store.clone(),
-        notary_key(),
+        testkit::notary_key(),
         Duration::from_secs(60),
         None,
     );
@@ -224,16 +199,14 @@ async fn the_notary_continues_its_checkpoints_as_from_scratch_and_refuses_an_alt
         vec![first, second, third]
     );
 
-    sqlx::raw_sql(&format!(
-        "ALTER TABLE events DISABLE TRIGGER USER;
-         UPDATE events SET data = jsonb_set(data, '{{reason}}', '\"nothing\"')
-             WHERE stream_id = '{key}' AND version = 2;
-         {RECHAIN}
-         ALTER TABLE events ENABLE TRIGGER USER;"
-    ))
-    .execute(db.pool())
-    .await
-    .expect("superuser tampers and rechains");
+    testkit::rewrite_history(
+        db.pool(),
+        &format!(
+            "UPDATE events SET data = jsonb_set(data, '{{reason}}', '\"nothing\"')
+             WHERE stream_id = '{key}' AND version = 2;"
+        ),
+    )
+    .await;
     let refused = notary.pass(&mut None).await;
     assert!(
         matches!(refused, Err(NotaryError::Altered { .. })),

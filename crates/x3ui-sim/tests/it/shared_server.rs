@@ -8,14 +8,13 @@
 
 use std::time::{Duration, Instant};
 
-use domain::{EventType, KeyCommand, KeyId, LocationId, RequestKey, UserId};
+use domain::{EventType, KeyId};
 use eventstore::{Actor, ActorKind, EventMetadata, KeyLedger};
 use sqlx::{Connection, PgConnection};
-use time::OffsetDateTime;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::common::stack::Stack;
+use crate::common::stack::{Stack, request_command};
 
 /// How long an outside statement may wait for its lock.
 const OUTSIDE_TURN: Duration = Duration::from_secs(10);
@@ -24,17 +23,7 @@ const OUTSIDE_TURN: Duration = Duration::from_secs(10);
 /// the outside statement queued) is sent again under the same command id, so it counts
 /// once however often it is tried.
 async fn request_until_recorded(ledger: KeyLedger, user: i64) -> KeyId {
-    let user = UserId::new(user).expect("user");
-    let location = LocationId::new("ams").expect("location");
-    let key = KeyId::for_user_at(user, &location);
-    let command = KeyCommand::Request(RequestKey {
-        user_id: user,
-        location,
-        fresh_client_uuid: Uuid::new_v4(),
-        expires_at: None,
-        traffic_limit_bytes: 0,
-        now: OffsetDateTime::now_utc(),
-    });
+    let (key, _, command) = request_command(user, "ams");
     let metadata = EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Admin, "t"));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

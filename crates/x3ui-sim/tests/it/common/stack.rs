@@ -172,7 +172,9 @@ impl Base {
     }
 }
 
-async fn request_with(ledger: &KeyLedger, user: i64, location: &str) -> (KeyId, Uuid) {
+/// The command a user's first key request is: key `user` at `location`, its fresh client
+/// UUID, 30 days and 50 GiB.
+pub fn request_command(user: i64, location: &str) -> (KeyId, Uuid, KeyCommand) {
     let user = UserId::new(user).unwrap();
     let location = LocationId::new(location).unwrap();
     let key = KeyId::for_user_at(user, &location);
@@ -186,6 +188,11 @@ async fn request_with(ledger: &KeyLedger, user: i64, location: &str) -> (KeyId, 
         traffic_limit_bytes: 50 << 30,
         now,
     });
+    (key, fresh, command)
+}
+
+async fn request_with(ledger: &KeyLedger, user: i64, location: &str) -> (KeyId, Uuid) {
+    let (key, fresh, command) = request_command(user, location);
     let metadata = EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Admin, "test"));
     ledger
         .execute(key, &command, &metadata)
