@@ -48,14 +48,28 @@ pub(crate) async fn key_history(
     Ok(Json(KeyHistory { key_id, events }))
 }
 
+/// A page of something kept in log order: the events, the notary's checkpoints.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub(crate) struct EventsQuery {
-    /// Events after this position (0 = from the start).
+pub(crate) struct PageQuery {
+    /// Items after this log position (0 = from the start).
     after: Option<String>,
-    /// At most this many events, 1 to 1000 (default 100).
+    /// At most this many items, 1 to 1000 (default 100).
     limit: Option<String>,
+}
+
+impl PageQuery {
+    /// `after` and `limit`, checked, or a 400 naming the bad one.
+    pub(crate) fn bounds(
+        query: Result<Query<Self>, axum::extract::rejection::QueryRejection>,
+    ) -> Result<(i64, i64), ApiError> {
+        let Query(query) =
+            query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+        let after = number(query.after.as_deref(), "after", 0, 0..=i64::MAX)?;
+        let limit = number(query.limit.as_deref(), "limit", DEFAULT_PAGE, 1..=MAX_PAGE)?;
+        Ok((after, limit))
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -69,7 +83,7 @@ pub struct EventPage {
 /// The log in order, a page at a time.
 #[utoipa::path(
     get, path = "/v1/events", tag = "audit",
-    params(EventsQuery),
+    params(PageQuery),
     responses(
         (status = 200, body = EventPage),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -80,11 +94,9 @@ pub struct EventPage {
 pub(crate) async fn events(
     _caller: Caller<Auditors>,
     State(state): State<AppState>,
-    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let after = number(query.after.as_deref(), "after", 0, 0..=i64::MAX)?;
-    let limit = number(query.limit.as_deref(), "limit", DEFAULT_PAGE, 1..=MAX_PAGE)?;
+    let (after, limit) = PageQuery::bounds(query)?;
     // Only what had committed when the page was asked for, and never past an event that
     // may still commit below it: the store's gap-free read.
     let target = state.store.last_position().await?;
@@ -93,7 +105,7 @@ pub(crate) async fn events(
     Ok(Json(EventPage { events, next_after }))
 }
 
-pub(crate) fn number(
+fn number(
     raw: Option<&str>,
     name: &str,
     default: i64,

@@ -8,26 +8,13 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use eventstore::Checkpoint;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::audit::number;
+use crate::audit::PageQuery;
 use crate::auth::{Auditors, Caller};
 use crate::error::{ApiError, ErrorBody};
-
-const DEFAULT_PAGE: i64 = 100;
-const MAX_PAGE: i64 = 1000;
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct CheckpointsQuery {
-    /// Checkpoints above this log position (0 = from the start).
-    after: Option<String>,
-    /// At most this many checkpoints, 1 to 1000 (default 100).
-    limit: Option<String>,
-}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CheckpointPage {
@@ -40,7 +27,7 @@ pub struct CheckpointPage {
 /// The stored signed checkpoints, a page at a time, oldest first.
 #[utoipa::path(
     get, path = "/v1/audit/checkpoints", tag = "audit",
-    params(CheckpointsQuery),
+    params(PageQuery),
     responses(
         (status = 200, body = CheckpointPage),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -51,11 +38,9 @@ pub struct CheckpointPage {
 pub(crate) async fn checkpoints(
     _caller: Caller<Auditors>,
     State(state): State<AppState>,
-    query: Result<Query<CheckpointsQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<CheckpointPage>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let after = number(query.after.as_deref(), "after", 0, 0..=i64::MAX)?;
-    let limit = number(query.limit.as_deref(), "limit", DEFAULT_PAGE, 1..=MAX_PAGE)?;
+    let (after, limit) = PageQuery::bounds(query)?;
     let checkpoints = state.store.checkpoints_after(after, limit).await?;
     let next_after = checkpoints.last().map_or(after, |c| c.position);
     Ok(Json(CheckpointPage {
