@@ -121,6 +121,9 @@ fn refusal_code(refusal: &DomainError) -> &'static str {
         DomainError::InvalidReason { .. } => "invalid_reason",
         DomainError::InvalidFailure => "invalid_failure",
         DomainError::WrongPhase(_) => "wrong_phase",
+        DomainError::KeyDepleted => "key_depleted",
+        DomainError::QuotaStillUsedUp { .. } => "quota_still_used_up",
+        DomainError::SubscriptionNotFound => "subscription_not_found",
     }
 }
 

@@ -74,6 +74,7 @@ key-card =
     .revoking = ⏳ Your key for { $location } is being switched off.
     .revoked = Your key for { $location } is revoked. Press «{ button.get-key }» to get a new one.
     .expired = Your key for { $location } has expired. Press «{ button.get-key }» to get a new one.
+    .depleted = 📉 Your key for { $location } has used up its traffic and is paused until the limit is raised or reset.
     .failed = ⚠️ The server for { $location } is not answering. We keep trying and will message you when your key is ready.
 
 key-requested = ⏳ Setting up your key for { $location }. I will message you with the link and QR code as soon as the server confirms it.

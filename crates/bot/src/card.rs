@@ -20,6 +20,7 @@ pub fn card_state(state: &KeyState) -> Option<CardState> {
         KeyStatus::Revoking => CardState::Revoking,
         KeyStatus::Revoked => CardState::Revoked,
         KeyStatus::Expired => CardState::Expired,
+        KeyStatus::Depleted => CardState::Depleted,
         KeyStatus::Failed => CardState::Failed,
     })
 }
@@ -120,7 +121,11 @@ pub fn milestone(event_type: &str) -> Option<Milestone> {
         EventType::ProvisioningFailed => Milestone::Failed,
         EventType::RotationRequested
         | EventType::RevocationRequested
-        | EventType::DriftDetected => return None,
+        | EventType::DriftDetected
+        | EventType::Depleted
+        | EventType::QuotaChanged
+        | EventType::SubscriptionIssued
+        | EventType::SubscriptionLinkRotated => return None,
     })
 }
 

@@ -57,10 +57,11 @@ impl Queue {
                         EventType::RevocationRequested.as_str(),
                         EventType::Expired.as_str(),
                         EventType::Renewed.as_str(),
+                        EventType::QuotaChanged.as_str(),
                     ]
                 }
             }
-            Queue::Projector => &["key.#"],
+            Queue::Projector => &["key.#", "subscription.#"],
             // What a user hears about.
             Queue::BotNotify => {
                 const {
@@ -71,6 +72,8 @@ impl Queue {
                         EventType::Expired.as_str(),
                         EventType::Renewed.as_str(),
                         EventType::ProvisioningFailed.as_str(),
+                        EventType::Depleted.as_str(),
+                        EventType::QuotaChanged.as_str(),
                     ]
                 }
             }

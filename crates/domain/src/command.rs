@@ -24,6 +24,8 @@ pub enum KeyCommand {
     RecordProvisioningFailure(RecordProvisioningFailure),
     RecordDrift(RecordDrift),
     RecordDriftRepaired(RecordDriftRepaired),
+    RecordDepletion(RecordDepletion),
+    ChangeQuota(ChangeQuota),
 }
 
 /// A user (or an admin on their behalf) asks for a key at a location.
@@ -103,4 +105,23 @@ pub struct RecordDrift {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordDriftRepaired {
     pub kind: DriftKind,
+}
+
+/// The worker or the reconciler saw that the panel disabled the client for a used-up
+/// traffic limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordDepletion {
+    pub used_bytes: u64,
+    pub limit_bytes: u64,
+}
+
+/// An admin or the service sets a new traffic limit, optionally resetting the usage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeQuota {
+    /// 0 means no limit.
+    pub traffic_limit_bytes: u64,
+    pub reset_usage: bool,
+    /// The usage the panel last reported (0 when unknown), so that a depleted key is not
+    /// "brought back" under a limit it has already used up.
+    pub used_bytes: u64,
 }

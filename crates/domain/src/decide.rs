@@ -31,6 +31,8 @@ pub fn decide(state: &KeyState, command: &KeyCommand) -> Result<Vec<KeyEvent>, D
         KeyCommand::RecordProvisioningFailure(cmd) => record_failure(state, cmd),
         KeyCommand::RecordDrift(cmd) => record_drift(state, cmd),
         KeyCommand::RecordDriftRepaired(cmd) => record_drift_repaired(state, cmd),
+        KeyCommand::RecordDepletion(cmd) => record_depletion(state, cmd),
+        KeyCommand::ChangeQuota(cmd) => change_quota(state, cmd),
     }
 }
 
@@ -110,6 +112,17 @@ pub fn evolve(mut state: KeyState, event: &KeyEvent) -> KeyState {
             });
         }
         KeyEvent::DriftDetected(_) | KeyEvent::DriftRepaired(_) => {}
+        KeyEvent::Depleted(_) => {
+            state.phase = Phase::Depleted;
+        }
+        KeyEvent::QuotaChanged(e) => {
+            if let Some(details) = state.details.as_mut() {
+                details.traffic_limit_bytes = e.traffic_limit_bytes;
+            }
+            if state.phase == Phase::Depleted {
+                state.phase = Phase::Active;
+            }
+        }
     }
     state
 }
@@ -154,6 +167,7 @@ fn rotate(state: &KeyState, cmd: &RotateKey) -> Result<Vec<KeyEvent>, DomainErro
         Phase::Rotating => return Err(DomainError::RotationInProgress),
         Phase::Provisioning => return Err(DomainError::NotYetProvisioned),
         Phase::Expired => return Err(DomainError::KeyExpired),
+        Phase::Depleted => return Err(DomainError::KeyDepleted),
         Phase::Revoking | Phase::Revoked => return Err(DomainError::KeyRevoked),
         Phase::Absent => return Err(DomainError::KeyNotFound),
     }
@@ -289,6 +303,40 @@ fn record_drift_repaired(
     details(state)?;
     Ok(vec![KeyEvent::DriftRepaired(KeyDriftRepaired {
         kind: cmd.kind,
+    })])
+}
+
+/// Recorded once: the panel's decision is learnt, not fought. Only an active key can be
+/// depleted; while a change of ours is on its way to the panel, the next pass judges again.
+fn record_depletion(state: &KeyState, cmd: &RecordDepletion) -> Result<Vec<KeyEvent>, DomainError> {
+    details(state)?;
+    if state.phase != Phase::Active {
+        return Ok(vec![]);
+    }
+    Ok(vec![KeyEvent::Depleted(KeyDepleted {
+        used_bytes: cmd.used_bytes,
+        limit_bytes: cmd.limit_bytes,
+    })])
+}
+
+fn change_quota(state: &KeyState, cmd: &ChangeQuota) -> Result<Vec<KeyEvent>, DomainError> {
+    let details = details(state)?;
+    if matches!(state.phase, Phase::Revoking | Phase::Revoked) {
+        return Err(DomainError::KeyRevoked);
+    }
+    let limit = cmd.traffic_limit_bytes;
+    if state.phase == Phase::Depleted && !cmd.reset_usage && limit != 0 && limit <= cmd.used_bytes {
+        return Err(DomainError::QuotaStillUsedUp {
+            used_bytes: cmd.used_bytes,
+            limit_bytes: limit,
+        });
+    }
+    if !cmd.reset_usage && limit == details.traffic_limit_bytes && state.phase != Phase::Depleted {
+        return Ok(vec![]);
+    }
+    Ok(vec![KeyEvent::QuotaChanged(KeyQuotaChanged {
+        traffic_limit_bytes: limit,
+        reset_usage: cmd.reset_usage,
     })])
 }
 

@@ -13,7 +13,8 @@ use crate::state::{KeyState, Phase};
 pub struct DesiredClient {
     pub client_uuid: Uuid,
     pub email: String,
-    /// An expired key keeps its client, disabled, so that a renewal can bring it back.
+    /// An expired key keeps its client, disabled, so that a renewal can bring it back; so
+    /// does a depleted one, whose client the panel itself disabled.
     pub enable: bool,
     /// Unix milliseconds, 0 = never (the panel's `expiryTime`).
     pub expiry_time_ms: i64,
@@ -28,7 +29,7 @@ impl KeyState {
         let details = self.details.as_ref()?;
         let enable = match self.phase {
             Phase::Provisioning | Phase::Active | Phase::Rotating => true,
-            Phase::Expired => false,
+            Phase::Expired | Phase::Depleted => false,
             Phase::Absent | Phase::Revoking | Phase::Revoked => return None,
         };
         let expiry_time_ms = details

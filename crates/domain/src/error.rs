@@ -35,6 +35,14 @@ pub enum DomainError {
     InvalidReason { max: usize },
     #[error("a failure record needs an error text and an attempt number of at least 1")]
     InvalidFailure,
+    #[error("the key's traffic limit is used up; raise the limit or reset the usage")]
+    KeyDepleted,
+    #[error(
+        "a limit of {limit_bytes} bytes is already used up ({used_bytes} bytes used); raise it further or reset the usage"
+    )]
+    QuotaStillUsedUp { used_bytes: u64, limit_bytes: u64 },
+    #[error("no subscription has been issued in this stream")]
+    SubscriptionNotFound,
     #[error("command does not apply to a key in phase {0:?}")]
     WrongPhase(Phase),
 }

@@ -39,11 +39,15 @@ pub enum KeyEvent {
     DriftDetected(KeyDriftDetected),
     #[serde(rename = "key.drift_repaired")]
     DriftRepaired(KeyDriftRepaired),
+    #[serde(rename = "key.depleted")]
+    Depleted(KeyDepleted),
+    #[serde(rename = "key.quota_changed")]
+    QuotaChanged(KeyQuotaChanged),
 }
 
-/// The `type` of a key event, as stored in the event store and used as the routing key on
-/// the broker. [`EventType::as_str`] is the one place outside the serde renames of
-/// [`KeyEvent`] where the names are spelled; a unit test ties the two together.
+/// The `type` of an event, as stored in the event store and used as the routing key on the
+/// broker. [`EventType::as_str`] is the one place outside the serde renames of [`KeyEvent`]
+/// and [`crate::SubscriptionEvent`] where the names are spelled; unit tests tie them together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
     Requested,
@@ -57,11 +61,22 @@ pub enum EventType {
     ProvisioningFailed,
     DriftDetected,
     DriftRepaired,
+    Depleted,
+    QuotaChanged,
+    SubscriptionIssued,
+    SubscriptionLinkRotated,
+}
+
+/// What kind of stream an event belongs to: a key's or a subscription's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    Key,
+    Subscription,
 }
 
 impl EventType {
     /// Every event type, in the order of docs/events.md.
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 15] = [
         Self::Requested,
         Self::Provisioned,
         Self::RotationRequested,
@@ -73,7 +88,26 @@ impl EventType {
         Self::ProvisioningFailed,
         Self::DriftDetected,
         Self::DriftRepaired,
+        Self::Depleted,
+        Self::QuotaChanged,
+        Self::SubscriptionIssued,
+        Self::SubscriptionLinkRotated,
     ];
+
+    /// The event types of key streams.
+    pub fn key_types() -> impl Iterator<Item = EventType> {
+        Self::ALL
+            .into_iter()
+            .filter(|kind| kind.stream_kind() == StreamKind::Key)
+    }
+
+    /// Which kind of stream events of this type are recorded in.
+    pub const fn stream_kind(self) -> StreamKind {
+        match self {
+            Self::SubscriptionIssued | Self::SubscriptionLinkRotated => StreamKind::Subscription,
+            _ => StreamKind::Key,
+        }
+    }
 
     /// The name as stored and published, e.g. `key.rotated`.
     pub const fn as_str(self) -> &'static str {
@@ -89,6 +123,10 @@ impl EventType {
             Self::ProvisioningFailed => "key.provisioning_failed",
             Self::DriftDetected => "key.drift_detected",
             Self::DriftRepaired => "key.drift_repaired",
+            Self::Depleted => "key.depleted",
+            Self::QuotaChanged => "key.quota_changed",
+            Self::SubscriptionIssued => "subscription.issued",
+            Self::SubscriptionLinkRotated => "subscription.link_rotated",
         }
     }
 
@@ -200,7 +238,25 @@ pub struct KeyDriftRepaired {
     pub kind: DriftKind,
 }
 
-/// A stored `type`/`data` pair that is not a valid key event.
+/// The panel disabled the client because its traffic limit was used up: the panel's
+/// decision, learnt by the worker or the reconciler from the panel's counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyDepleted {
+    pub used_bytes: u64,
+    pub limit_bytes: u64,
+}
+
+/// An admin or the service set a new traffic limit, and may have reset the usage counted so
+/// far: the way a depleted key comes back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyQuotaChanged {
+    /// The new limit; 0 means no limit.
+    pub traffic_limit_bytes: u64,
+    /// The panel's counters of the client are to be set back to zero.
+    pub reset_usage: bool,
+}
+
+/// A stored `type`/`data` pair that is not a valid event of its stream's kind.
 #[derive(Debug, thiserror::Error)]
 #[error("event of type {event_type:?} cannot be decoded: {source}")]
 pub struct EventDecodeError {
@@ -224,6 +280,8 @@ impl KeyEvent {
             Self::ProvisioningFailed(_) => EventType::ProvisioningFailed,
             Self::DriftDetected(_) => EventType::DriftDetected,
             Self::DriftRepaired(_) => EventType::DriftRepaired,
+            Self::Depleted(_) => EventType::Depleted,
+            Self::QuotaChanged(_) => EventType::QuotaChanged,
         }
     }
 
@@ -328,14 +386,22 @@ mod tests {
             KeyEvent::DriftRepaired(KeyDriftRepaired {
                 kind: DriftKind::UnknownOnPanel,
             }),
+            KeyEvent::Depleted(KeyDepleted {
+                used_bytes: 1_100,
+                limit_bytes: 1_000,
+            }),
+            KeyEvent::QuotaChanged(KeyQuotaChanged {
+                traffic_limit_bytes: 5_000,
+                reset_usage: true,
+            }),
         ]
     }
 
     #[test]
     fn every_type_name_matches_its_variant() {
         let samples = one_of_each();
-        assert_eq!(samples.len(), EventType::ALL.len());
-        for (event, kind) in samples.into_iter().zip(EventType::ALL) {
+        assert_eq!(samples.len(), EventType::key_types().count());
+        for (event, kind) in samples.into_iter().zip(EventType::key_types()) {
             assert_eq!(event.kind(), kind);
             let tagged = serde_json::to_value(&event).expect("serialises");
             assert_eq!(tagged["type"], kind.as_str(), "serde rename of {kind:?}");
@@ -348,12 +414,16 @@ mod tests {
     }
 
     #[test]
-    fn event_types_are_eleven_distinct_key_names_that_parse_back() {
+    fn event_types_are_fifteen_distinct_names_that_parse_back() {
         let names: std::collections::HashSet<&str> =
             EventType::ALL.iter().map(|kind| kind.as_str()).collect();
-        assert_eq!(names.len(), 11);
+        assert_eq!(names.len(), 15);
         for kind in EventType::ALL {
-            assert!(kind.as_str().starts_with("key."), "{kind}");
+            let prefix = match kind.stream_kind() {
+                StreamKind::Key => "key.",
+                StreamKind::Subscription => "subscription.",
+            };
+            assert!(kind.as_str().starts_with(prefix), "{kind}");
             assert_eq!(EventType::parse(kind.as_str()), Some(kind));
             assert_eq!(kind.as_str().parse::<EventType>(), Ok(kind));
             assert_eq!(kind.to_string(), kind.as_str());

@@ -9,6 +9,7 @@
 //! is rendered here too, because it is a deterministic function of key state and inbound
 //! settings.
 
+mod aggregate;
 mod command;
 mod decide;
 mod desired;
@@ -20,7 +21,9 @@ mod lifecycle_tests;
 mod link;
 mod secret;
 mod state;
+mod subscription;
 
+pub use aggregate::{Aggregate, Key, Subscription};
 pub use command::*;
 pub use decide::{MAX_REASON_CHARS, decide, evolve, replay};
 pub use desired::DesiredClient;
@@ -30,3 +33,9 @@ pub use identity::*;
 pub use link::{InboundLinkSettings, LinkError, render_vless_link};
 pub use secret::Secret;
 pub use state::{FailureNote, KeyDetails, KeyState, KeyStatus, Phase};
+pub use subscription::{
+    MIN_SUBSCRIPTION_SECRET_BYTES, SubscriptionCommand, SubscriptionEvent, SubscriptionId,
+    SubscriptionIssued, SubscriptionLinkRotated, SubscriptionState, SubscriptionUrlError,
+    SubscriptionUrls, decide_subscription, evolve_subscription, is_token_shaped,
+    subscription_token,
+};

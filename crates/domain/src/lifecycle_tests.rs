@@ -599,3 +599,126 @@ fn desired_state_follows_the_phase() {
     assert_eq!(desired.telegram_id, 4242);
     assert_eq!(replay(&[]).desired_client(), None);
 }
+
+fn depleted(used: u64, limit: u64) -> KeyEvent {
+    KeyEvent::Depleted(KeyDepleted {
+        used_bytes: used,
+        limit_bytes: limit,
+    })
+}
+
+fn depletion_cmd(used: u64, limit: u64) -> KeyCommand {
+    KeyCommand::RecordDepletion(RecordDepletion {
+        used_bytes: used,
+        limit_bytes: limit,
+    })
+}
+
+fn quota_cmd(limit: u64, reset_usage: bool, used: u64) -> KeyCommand {
+    KeyCommand::ChangeQuota(ChangeQuota {
+        traffic_limit_bytes: limit,
+        reset_usage,
+        used_bytes: used,
+    })
+}
+
+fn depleted_key() -> Vec<KeyEvent> {
+    let mut events = active_key();
+    events.push(depleted(1_100, 1_000));
+    events
+}
+
+#[test]
+fn the_panels_depletion_is_recorded_once_and_keeps_the_client_disabled() {
+    let state = given(&active_key())
+        .when(depletion_cmd(1_100, 1_000))
+        .then(&[depleted(1_100, 1_000)]);
+    assert_eq!(state.status(), Some(KeyStatus::Depleted));
+    let desired = state
+        .desired_client()
+        .expect("the client stays on the panel");
+    assert!(!desired.enable, "the panel's decision is the desired state");
+    assert!(
+        state
+            .details
+            .as_ref()
+            .and_then(|d| d.link.clone())
+            .is_some()
+    );
+    given(&depleted_key())
+        .when(depletion_cmd(1_200, 1_000))
+        .then_nothing();
+}
+
+#[test]
+fn depletion_seen_while_a_change_is_on_its_way_records_nothing() {
+    let mut provisioning = vec![requested(1)];
+    given(&provisioning)
+        .when(depletion_cmd(5, 1))
+        .then_nothing();
+    provisioning.extend([provisioned(1), rotation(1, 2)]);
+    given(&provisioning)
+        .when(depletion_cmd(5, 1))
+        .then_nothing();
+}
+
+#[test]
+fn a_depleted_key_is_still_held_and_cannot_be_rotated_or_requested_anew() {
+    given(&depleted_key())
+        .when(rotate_cmd(9))
+        .then_refused(DomainError::KeyDepleted);
+    given(&depleted_key())
+        .when(request_cmd(9, None))
+        .then_nothing();
+}
+
+#[test]
+fn a_new_limit_above_the_usage_or_a_reset_brings_a_depleted_key_back() {
+    let state = given(&depleted_key())
+        .when(quota_cmd(5_000, false, 1_100))
+        .then(&[KeyEvent::QuotaChanged(KeyQuotaChanged {
+            traffic_limit_bytes: 5_000,
+            reset_usage: false,
+        })]);
+    assert_eq!(state.status(), Some(KeyStatus::Active));
+    let desired = state.desired_client().expect("client");
+    assert!(desired.enable);
+    assert_eq!(desired.total_bytes, 5_000);
+
+    let state = given(&depleted_key())
+        .when(quota_cmd(1_000, true, 1_100))
+        .then(&[KeyEvent::QuotaChanged(KeyQuotaChanged {
+            traffic_limit_bytes: 1_000,
+            reset_usage: true,
+        })]);
+    assert_eq!(state.status(), Some(KeyStatus::Active));
+}
+
+#[test]
+fn a_limit_already_used_up_does_not_bring_a_depleted_key_back() {
+    given(&depleted_key())
+        .when(quota_cmd(1_050, false, 1_100))
+        .then_refused(DomainError::QuotaStillUsedUp {
+            used_bytes: 1_100,
+            limit_bytes: 1_050,
+        });
+    // No limit at all always brings it back.
+    given(&depleted_key())
+        .when(quota_cmd(0, false, 1_100))
+        .then(&[KeyEvent::QuotaChanged(KeyQuotaChanged {
+            traffic_limit_bytes: 0,
+            reset_usage: false,
+        })]);
+}
+
+#[test]
+fn an_unchanged_limit_without_a_reset_records_nothing_and_revoked_keys_refuse() {
+    given(&active_key())
+        .when(quota_cmd(0, false, 0))
+        .then_nothing();
+    let mut revoked_key = active_key();
+    revoked_key.extend([revocation("lost"), revoked()]);
+    given(&revoked_key)
+        .when(quota_cmd(10, true, 0))
+        .then_refused(DomainError::KeyRevoked);
+}

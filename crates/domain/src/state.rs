@@ -23,12 +23,19 @@ pub enum Phase {
     Revoking,
     Revoked,
     Expired,
+    /// The panel disabled the client because its traffic limit was used up; a new limit or
+    /// a reset of the usage brings it back.
+    Depleted,
 }
 
 impl Phase {
     /// A live key is one the user holds: the one-live-key-per-location rule counts these.
+    /// A depleted key is still held, so that asking for a new key does not bypass its limit.
     pub fn is_live(self) -> bool {
-        matches!(self, Self::Provisioning | Self::Active | Self::Rotating)
+        matches!(
+            self,
+            Self::Provisioning | Self::Active | Self::Rotating | Self::Depleted
+        )
     }
 
     /// Phases that end once the worker acknowledges the panel's change.
@@ -47,6 +54,7 @@ pub enum KeyStatus {
     Revoking,
     Revoked,
     Expired,
+    Depleted,
     Failed,
 }
 
@@ -59,6 +67,7 @@ impl KeyStatus {
             Self::Revoking => "revoking",
             Self::Revoked => "revoked",
             Self::Expired => "expired",
+            Self::Depleted => "depleted",
             Self::Failed => "failed",
         }
     }
@@ -128,6 +137,7 @@ impl KeyState {
             Phase::Revoking => KeyStatus::Revoking,
             Phase::Revoked => KeyStatus::Revoked,
             Phase::Expired => KeyStatus::Expired,
+            Phase::Depleted => KeyStatus::Depleted,
         };
         Some(status)
     }

@@ -3,8 +3,9 @@
 //! Appends are atomic per command, optimistic on the stream's version and idempotent on the
 //! command id; readers follow the log by global position without ever skipping an event
 //! that commits late; the table refuses UPDATE, DELETE and TRUNCATE; every stream is a hash
-//! chain an auditor can check with plain SQL. [`KeyLedger`] runs a domain command against a
-//! key's stream: load, `decide`, append, retrying on a concurrent writer.
+//! chain an auditor can check with plain SQL. [`Ledger`] runs a domain command against a
+//! key's or a subscription's stream: load, `decide`, append, retrying on a concurrent
+//! writer; [`Subscriptions`] runs the commands that touch a subscription and its keys.
 //!
 //! There is no separate outbox table: the relay follows the log itself by position. The
 //! log is already written in the command's transaction and already gap-free for readers
@@ -21,6 +22,7 @@ mod ledger;
 mod model;
 mod privileges;
 mod read;
+mod subscriptions;
 
 pub use append::{AppendOutcome, AppendedRange};
 pub use checkpoint::{
@@ -32,9 +34,10 @@ pub use integrity::{
     ChainBreak, ChainFormula, ChainLink, ChainReport, content_digest, link_hash, verify_chains,
 };
 pub use jsonb_text::jsonb_text;
-pub use ledger::{CommandOutcome, ExecuteError, KeyLedger};
+pub use ledger::{CommandOutcome, ExecuteError, KeyLedger, Ledger, SubscriptionLedger};
 pub use model::{Actor, ActorKind, EventMetadata, NewEvent, RecordedEvent};
 pub use privileges::{is_permission_denied, login_role};
+pub use subscriptions::{LinkReplaced, Subscriptions};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};

@@ -15,6 +15,7 @@ use x3ui_worker::{ApiKind, Credentials};
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/keyledger";
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_SUB_ADDR: &str = "127.0.0.1:8090";
 pub const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
 /// Bearer tokens shorter than this are refused: they could be guessed.
 pub const MIN_TOKEN_CHARS: usize = 16;
@@ -116,6 +117,11 @@ pub struct Config {
     /// `KEYLEDGER_NOTARY_KEY`: base64 of the notary's 32-byte Ed25519 seed (checked).
     pub notary_key: Option<Secret>,
     pub notary: crate::notary::NotarySettings,
+    /// `KEYLEDGER_SUB_ADDR`: where the `sub` role listens.
+    pub sub_addr: SocketAddr,
+    /// `KEYLEDGER_SUB_PUBLIC_URL` and `KEYLEDGER_SUB_SECRET`: both set, or the `sub` role is
+    /// off and nobody is shown a subscription URL.
+    pub subscription_urls: Option<domain::SubscriptionUrls>,
 }
 
 /// When the worker role's reconciler runs (file section `[reconcile]`).
@@ -255,6 +261,14 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
         ensure_unique_ids(&locations)?;
         let reconcile = reconcile_settings(&file.reconcile)?;
+        let sub_addr = env("KEYLEDGER_SUB_ADDR").unwrap_or_else(|| DEFAULT_SUB_ADDR.into());
+        let sub_addr = sub_addr.parse().map_err(|_| {
+            ConfigError::new(
+                "KEYLEDGER_SUB_ADDR",
+                format!("{sub_addr:?} is not an address like 127.0.0.1:8090"),
+            )
+        })?;
+        let subscription_urls = subscription_urls(&env)?;
 
         Ok(Self {
             database_url,
@@ -272,8 +286,41 @@ impl Config {
             reconcile,
             notary_key: crate::notary::notary_key(&env)?,
             notary: crate::notary::notary_settings(&file.notary)?,
+            sub_addr,
+            subscription_urls,
         })
     }
+}
+
+/// `KEYLEDGER_SUB_PUBLIC_URL` with `KEYLEDGER_SUB_SECRET`: one without the other is a
+/// mistake worth stopping for, not a silently disabled role.
+fn subscription_urls(
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<domain::SubscriptionUrls>, ConfigError> {
+    const URL: &str = "KEYLEDGER_SUB_PUBLIC_URL";
+    const SECRET: &str = "KEYLEDGER_SUB_SECRET";
+    let (raw_url, secret) = match (env(URL), env(SECRET)) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                SECRET,
+                format!("must be set when {URL} is"),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                URL,
+                format!("must be set when {SECRET} is"),
+            ));
+        }
+        (Some(url), Some(secret)) => (url, Secret::new(secret)),
+    };
+    let base = http_url(URL, &raw_url)?;
+    let urls = domain::SubscriptionUrls::new(base, secret).map_err(|e| match e {
+        domain::SubscriptionUrlError::ShortSecret => ConfigError::new(SECRET, e.to_string()),
+        domain::SubscriptionUrlError::InvalidBase => ConfigError::new(URL, e.to_string()),
+    })?;
+    Ok(Some(urls))
 }
 
 fn reconcile_settings(file: &FileReconcile) -> Result<ReconcileSettings, ConfigError> {

@@ -238,7 +238,9 @@ impl Worker {
                 KeyCommand::ConfirmRevoked(ConfirmRevoked { client_uuid }),
                 EventType::Revoked.as_str(),
             ),
-            Phase::Absent | Phase::Active | Phase::Revoked | Phase::Expired => return Ok(None),
+            Phase::Absent | Phase::Active | Phase::Revoked | Phase::Expired | Phase::Depleted => {
+                return Ok(None);
+            }
         };
         // The version of the event that started the phase names the acknowledgement, so
         // failures recorded in between do not make a second one.

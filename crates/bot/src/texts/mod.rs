@@ -129,6 +129,7 @@ pub enum CardState {
     Revoking,
     Revoked,
     Expired,
+    Depleted,
     Failed,
 }
 
@@ -142,6 +143,7 @@ impl CardState {
             Self::Revoking => "revoking",
             Self::Revoked => "revoked",
             Self::Expired => "expired",
+            Self::Depleted => "depleted",
             Self::Failed => "failed",
         }
     }

@@ -202,6 +202,7 @@ fn everything(texts: &dyn Texts) -> Vec<String> {
         CardState::Revoking,
         CardState::Revoked,
         CardState::Expired,
+        CardState::Depleted,
         CardState::Failed,
     ] {
         for (link, expires_at) in [(None, None), (Some("vless://x"), Some(at))] {
