@@ -5,3 +5,4 @@ mod checkpoints;
 mod integrity;
 mod jsonb_text;
 mod ledger;
+mod subscriptions;
