@@ -104,9 +104,7 @@ impl<A: Allowed> FromRequestParts<AppState> for Caller<A> {
         let token = header
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
+            .and_then(bearer_token)
             .ok_or(ApiError::InvalidToken)?;
         let role = state
             .config
@@ -124,6 +122,16 @@ impl<A: Allowed> FromRequestParts<AppState> for Caller<A> {
             allowed: PhantomData,
         })
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme name is
+/// case-insensitive (RFC 9110 §11.1), so `bearer` and `BEARER` are as good as `Bearer`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    Some(token.trim()).filter(|token| !token.is_empty())
 }
 
 /// Declares the bearer scheme in the OpenAPI document.
@@ -155,6 +163,16 @@ mod tests {
         );
         assert_eq!(tokens.role_of("admin-token-012345678"), None);
         assert_eq!(tokens.role_of(""), None);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_nothing_else_passes() {
+        for value in ["Bearer abc", "bearer abc", "BEARER  abc ", " Bearer abc"] {
+            assert_eq!(bearer_token(value), Some("abc"), "{value:?}");
+        }
+        for value in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc", ""] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
     }
 
     #[test]

@@ -47,12 +47,44 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             }
             &bytes
         };
+        refuse_nul(bytes)?;
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
         let value = serde_path_error(&mut deserializer)?;
         deserializer
             .end()
             .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON: {e}")))?;
         Ok(Self(value))
+    }
+}
+
+/// PostgreSQL keeps neither text nor jsonb with a NUL character (`\u0000`) in it: such a
+/// body is the client's mistake, answered 400 here rather than a 500 from the database.
+fn refuse_nul(bytes: &[u8]) -> Result<(), ApiError> {
+    // Only an escape can put a NUL into a JSON string; look closer only when one is there.
+    if !bytes.windows(2).any(|pair| pair == b"\\u") {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Ok(()); // the typed parse below reports the syntax error
+    };
+    if holds_nul(&value) {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "text in the request body may not contain the NUL character (\\u0000)",
+        ));
+    }
+    Ok(())
+}
+
+fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(name, value)| name.contains('\0') || holds_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 

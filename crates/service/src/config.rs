@@ -270,14 +270,23 @@ impl Config {
         })?;
         let subscription_urls = subscription_urls(&env)?;
 
+        let admin_token = token(&env, "KEYLEDGER_ADMIN_TOKEN")?;
+        let auditor_token = token(&env, "KEYLEDGER_AUDITOR_TOKEN")?;
+        let service_token = token(&env, "KEYLEDGER_SERVICE_TOKEN")?;
+        ensure_distinct_tokens(&[
+            ("KEYLEDGER_ADMIN_TOKEN", &admin_token),
+            ("KEYLEDGER_AUDITOR_TOKEN", &auditor_token),
+            ("KEYLEDGER_SERVICE_TOKEN", &service_token),
+        ])?;
+
         Ok(Self {
             database_url,
             database_owner_url,
             amqp_url,
             http_addr,
-            admin_token: token(&env, "KEYLEDGER_ADMIN_TOKEN")?,
-            auditor_token: token(&env, "KEYLEDGER_AUDITOR_TOKEN")?,
-            service_token: token(&env, "KEYLEDGER_SERVICE_TOKEN")?,
+            admin_token,
+            auditor_token,
+            service_token,
             telegram_bot_token: env("TELEGRAM_BOT_TOKEN").map(Secret::new),
             telegram_api_url,
             log_filter: env("RUST_LOG").unwrap_or_else(|| "info".into()),
@@ -399,6 +408,24 @@ fn http_url(field: &str, raw: &str) -> Result<Url, ConfigError> {
         ));
     }
     Ok(url)
+}
+
+/// One token for two roles would make the caller whichever role is checked first: an
+/// auditor's token that is also the admin's grants the admin's writes.
+fn ensure_distinct_tokens(tokens: &[(&str, &Option<Secret>)]) -> Result<(), ConfigError> {
+    for (index, (name, token)) in tokens.iter().enumerate() {
+        let Some(token) = token else { continue };
+        let shared = tokens[..index]
+            .iter()
+            .find(|(_, other)| other.as_ref() == Some(token));
+        if let Some((other, _)) = shared {
+            return Err(ConfigError::new(
+                *name,
+                format!("must differ from {other}: each role needs a token of its own"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn token(env: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<Secret>, ConfigError> {

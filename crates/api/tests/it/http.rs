@@ -744,3 +744,71 @@ async fn shutting_down_stops_taking_requests() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn made_up_methods_collapse_into_one_metric_label() {
+    let api = Api::start().await;
+    for n in 0..40 {
+        let method = Method::from_bytes(format!("XM{n}").as_bytes()).expect("token");
+        let (status, _) = api.call(method, "/v1/keys", None, None).await;
+        assert!(status.is_client_error(), "{status}");
+    }
+    let (_, text) = api.call(Method::GET, "/metrics", None, None).await;
+    let text = text.as_str().expect("text").to_owned();
+    assert!(!text.contains("method=\"XM"), "a label per made-up method");
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with("keyledger_http_requests_total")
+                && line.contains("method=\"other\"")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_nul_character_in_a_body_is_a_bad_request_that_changes_nothing() {
+    let api = Api::start().await;
+    let (status, created) = api.post("/v1/keys", request_body(31)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{created}");
+    let before = api.event_count().await;
+    let key = key_of(31);
+    let (status, body) = api
+        .post(
+            &format!("/v1/keys/{key}/revoke"),
+            json!({"reason": "stolen\u{0}phone"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], json!("invalid_body"));
+    assert_eq!(api.event_count().await, before);
+    // The escape spelled out as text is not a NUL and goes through.
+    let (status, body) = api
+        .post(
+            &format!("/v1/keys/{key}/revoke"),
+            json!({"reason": "literally \\u0000"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let api = Api::start().await;
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let response = api
+            .http
+            .get(format!("{}/v1/users/5/keys", api.base))
+            .header("Authorization", format!("{scheme} {ADMIN}"))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::OK, "{scheme}");
+    }
+    let response = api
+        .http
+        .get(format!("{}/v1/users/5/keys", api.base))
+        .header("Authorization", format!("Basic {ADMIN}"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}

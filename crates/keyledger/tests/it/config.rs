@@ -206,3 +206,74 @@ fn the_reconcile_section_sets_the_period_and_when_a_key_counts_as_stuck() {
     );
     assert_eq!(error_field(Some("[reconcile]\nevery = 5\n"), &[]), "every");
 }
+
+#[test]
+fn one_token_for_two_roles_is_refused_at_start() {
+    let shared = "the-same-token-for-two-roles";
+    let field = error_field(
+        None,
+        &[
+            ("KEYLEDGER_ADMIN_TOKEN", shared),
+            ("KEYLEDGER_AUDITOR_TOKEN", shared),
+        ],
+    );
+    assert_eq!(field, "KEYLEDGER_AUDITOR_TOKEN");
+    let error = Config::from_sources(
+        None,
+        env(&[
+            ("KEYLEDGER_SERVICE_TOKEN", shared),
+            ("KEYLEDGER_ADMIN_TOKEN", shared),
+        ]),
+    )
+    .expect_err("refused");
+    assert!(!error.to_string().contains(shared), "{error}");
+    Config::from_sources(
+        None,
+        env(&[
+            ("KEYLEDGER_ADMIN_TOKEN", shared),
+            ("KEYLEDGER_AUDITOR_TOKEN", "another-token-of-its-own"),
+        ]),
+    )
+    .expect("distinct tokens are fine");
+}
+
+#[test]
+fn a_subscription_needs_both_its_public_url_and_a_long_secret() {
+    let secret = "0123456789abcdef0123456789abcdef";
+    let url = "https://sub.example.com";
+    assert_eq!(
+        error_field(None, &[("KEYLEDGER_SUB_PUBLIC_URL", url)]),
+        "KEYLEDGER_SUB_SECRET"
+    );
+    assert_eq!(
+        error_field(None, &[("KEYLEDGER_SUB_SECRET", secret)]),
+        "KEYLEDGER_SUB_PUBLIC_URL"
+    );
+    assert_eq!(
+        error_field(
+            None,
+            &[
+                ("KEYLEDGER_SUB_PUBLIC_URL", url),
+                ("KEYLEDGER_SUB_SECRET", "short")
+            ]
+        ),
+        "KEYLEDGER_SUB_SECRET"
+    );
+    let config = Config::from_sources(
+        None,
+        env(&[
+            ("KEYLEDGER_SUB_PUBLIC_URL", url),
+            ("KEYLEDGER_SUB_SECRET", secret),
+        ]),
+    )
+    .expect("valid");
+    assert!(!format!("{config:?}").contains(secret));
+    let urls = config.subscription_urls.expect("subscription on");
+    assert_eq!(urls.base().as_str(), "https://sub.example.com/");
+    assert!(
+        Config::from_sources(None, env(&[]))
+            .expect("defaults")
+            .subscription_urls
+            .is_none()
+    );
+}
