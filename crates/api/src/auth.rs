@@ -124,6 +124,13 @@ impl<A: Allowed> FromRequestParts<AppState> for Caller<A> {
     }
 }
 
+/// The role a request's bearer token grants, if it carries a valid one; for routes open to
+/// everyone that show more to callers with a token.
+pub(crate) fn role_from_headers(headers: &axum::http::HeaderMap, tokens: &Tokens) -> Option<Role> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    tokens.role_of(bearer_token(value)?)
+}
+
 /// The token of an `Authorization: Bearer <token>` value. The scheme name is
 /// case-insensitive (RFC 9110 §11.1), so `bearer` and `BEARER` are as good as `Bearer`.
 fn bearer_token(value: &str) -> Option<&str> {

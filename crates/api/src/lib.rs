@@ -20,6 +20,7 @@ pub mod metrics;
 mod panels;
 mod probes;
 mod role;
+mod server;
 
 use std::sync::Arc;
 
@@ -39,6 +40,7 @@ pub use domain::Secret;
 pub use error::ApiError;
 pub use panels::{BoxFuture, Breaker, PanelHealth, PanelProbe, PanelStatus};
 pub use role::Role;
+pub use server::{ServeLimits, serve_with};
 
 /// Largest request body accepted; every body of this API is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -71,6 +73,7 @@ pub(crate) struct ApiState {
     pub(crate) ledger: KeyLedger,
     pub(crate) config: ApiConfig,
     pub(crate) metrics: PrometheusHandle,
+    pub(crate) readiness: probes::ReadinessCache,
 }
 
 impl ApiState {
@@ -127,6 +130,7 @@ pub fn router(store: EventStore, config: ApiConfig, metrics: PrometheusHandle) -
         store,
         config,
         metrics,
+        readiness: probes::ReadinessCache::default(),
     });
     let (router, document) = routes().split_for_parts();
     let document = Arc::new(document);
@@ -153,7 +157,5 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, "HTTP API listening");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+    serve_with(listener, router, stop, ServeLimits::default()).await
 }

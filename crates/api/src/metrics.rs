@@ -97,7 +97,7 @@ pub(crate) async fn track_requests(request: Request, next: Next) -> Response {
     let status = response.status().as_u16().to_string();
     metrics::counter!(
         "keyledger_http_requests_total",
-        "route" => route.clone(), "method" => method.clone(), "status" => status
+        "route" => route.clone(), "method" => method, "status" => status
     )
     .increment(1);
     metrics::histogram!(

@@ -22,6 +22,22 @@ use crate::panels::Breaker;
 
 /// How long one readiness check may take: a probe must answer before its caller gives up.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a readiness verdict is reused. `/readyz` needs no token, and each fresh verdict
+/// opens a broker connection and calls every panel: reused, a flood of probes costs the
+/// dependencies one check per this interval however many arrive.
+pub(crate) const READINESS_CACHE: Duration = Duration::from_secs(5);
+/// Said of a failing check to callers without a token; the details name hosts and quote
+/// upstream errors, which are for operators.
+const FAILING: &str = "failing";
+
+/// A readiness verdict: when it was reached, whether ready, and each check's verdict.
+type Verdict = (std::time::Instant, bool, HashMap<String, String>);
+
+/// The last readiness verdict.
+#[derive(Default)]
+pub(crate) struct ReadinessCache {
+    last: tokio::sync::Mutex<Option<Verdict>>,
+}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
@@ -43,15 +59,58 @@ pub struct Readiness {
     pub checks: HashMap<String, String>,
 }
 
-/// Readiness: the database, the broker and every panel this process serves.
+/// Readiness: the database, the broker and every panel this process serves. The verdict
+/// is reused for a few seconds; without a valid token a failing check says only `failing`,
+/// with one it says why.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "A dependency is failing; `checks` says which", body = Readiness)
     ))]
-pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+pub(crate) async fn readyz(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> (StatusCode, Json<Readiness>) {
+    let (ready, mut checks) = cached_verdict(&state).await;
+    if crate::auth::role_from_headers(&headers, &state.config.tokens).is_none() {
+        for verdict in checks.values_mut() {
+            if verdict != "ok" {
+                FAILING.clone_into(verdict);
+            }
+        }
+    }
+    let (status, word) = if ready {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    };
+    (
+        status,
+        Json(Readiness {
+            status: word,
+            checks,
+        }),
+    )
+}
+
+/// The verdict of the last [`READINESS_CACHE`], or a fresh one. Callers arriving while a
+/// check runs wait for it rather than starting their own.
+async fn cached_verdict(state: &AppState) -> (bool, HashMap<String, String>) {
+    let mut last = state.readiness.last.lock().await;
+    if let Some((at, ready, checks)) = last.as_ref()
+        && at.elapsed() < READINESS_CACHE
+    {
+        return (*ready, checks.clone());
+    }
+    let checks = run_checks(state).await;
+    let ready = checks.values().all(|verdict| verdict == "ok");
+    *last = Some((std::time::Instant::now(), ready, checks.clone()));
+    (ready, checks)
+}
+
+async fn run_checks(state: &AppState) -> HashMap<String, String> {
     let mut checks = HashMap::new();
-    checks.insert("database".to_owned(), database_check(&state).await);
+    checks.insert("database".to_owned(), database_check(state).await);
     if let Some(url) = &state.config.amqp_url {
         checks.insert("broker".to_owned(), broker_check(url).await);
     }
@@ -65,19 +124,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<R
             checks.insert(format!("panel:{}", probe.location), verdict);
         }
     }
-    let ready = checks.values().all(|verdict| verdict == "ok");
-    let (status, word) = if ready {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
-    };
-    (
-        status,
-        Json(Readiness {
-            status: word,
-            checks,
-        }),
-    )
+    checks
 }
 
 async fn database_check(state: &AppState) -> String {

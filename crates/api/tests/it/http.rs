@@ -597,8 +597,45 @@ async fn readiness_fails_when_the_broker_is_unreachable() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], json!("not_ready"));
     assert_eq!(body["checks"]["database"], json!("ok"));
-    assert_ne!(body["checks"]["broker"], json!("ok"));
-    assert!(!body.to_string().contains("guest:guest"), "{body}");
+    assert_eq!(body["checks"]["broker"], json!("failing"));
+    let (_, detailed) = api.call(Method::GET, "/readyz", Some(ADMIN), None).await;
+    assert!(
+        detailed["checks"]["broker"]
+            .as_str()
+            .is_some_and(|verdict| verdict != "ok" && verdict != "failing"),
+        "{detailed}"
+    );
+    assert!(!detailed.to_string().contains("guest:guest"), "{detailed}");
+}
+
+/// Panels that count how often they are probed.
+struct CountingPanels(std::sync::atomic::AtomicUsize);
+
+impl PanelStatus for CountingPanels {
+    fn probe(&self, _timeout: Duration) -> BoxFuture<'_, Vec<PanelProbe>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async {
+            vec![PanelProbe {
+                location: "ams".to_owned(),
+                outcome: Ok(()),
+            }]
+        })
+    }
+
+    fn health(&self, _location: &str) -> Option<PanelHealth> {
+        None
+    }
+}
+
+#[tokio::test]
+async fn a_flood_of_readiness_probes_checks_the_panels_once() {
+    let panels = Arc::new(CountingPanels(Default::default()));
+    let api = Api::start_full(None, Some(panels.clone())).await;
+    let probes = (0..100).map(|_| api.call(Method::GET, "/readyz", None, None));
+    for (status, body) in futures::future::join_all(probes).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(panels.0.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 /// Panels as a test wants them: `ams` has an open breaker and a failing probe, `fra` is
@@ -629,13 +666,18 @@ impl PanelStatus for FakePanels {
 #[tokio::test]
 async fn injected_panel_status_shows_in_readiness_and_locations() {
     let api = Api::start_full(None, Some(Arc::new(FakePanels))).await;
-    let (status, body) = api.call(Method::GET, "/readyz", None, None).await;
+    let (status, body) = api.call(Method::GET, "/readyz", Some(AUDITOR), None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["checks"]["database"], json!("ok"));
     assert_eq!(
         body["checks"]["panel:ams"],
         json!("error: ams: login refused")
     );
+    // Without a token: which check fails, not what the panel said.
+    let (status, body) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["checks"]["panel:ams"], json!("failing"));
+    assert!(!body.to_string().contains("login refused"), "{body}");
 
     let (status, locations) = api.get("/v1/locations").await;
     assert_eq!(status, StatusCode::OK, "{locations}");
@@ -811,4 +853,104 @@ async fn the_bearer_scheme_is_case_insensitive() {
         .await
         .expect("sent");
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+}
+
+/// A listener with short bounds, serving the API, and the handle that stops it.
+async fn bounded_listener(
+    limits: api::ServeLimits,
+) -> (
+    TestDatabase,
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let db = TestDatabase::create().await;
+    let config = api::ApiConfig {
+        tokens: Tokens::new(Some(&Secret::new(ADMIN)), None, None),
+        locations: vec![],
+        amqp_url: None,
+        panels: None,
+    };
+    let router = api::router(db.store.clone(), config, api::metrics::recorder());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let stop = CancellationToken::new();
+    let served = tokio::spawn(api::serve_with(listener, router, stop.clone(), limits));
+    (db, address, stop, served)
+}
+
+/// Whether the server closed `stream` (EOF or reset) before `deadline`.
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, deadline: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    let read = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue, // a 408 or similar before closing is fine
+            }
+        }
+    };
+    tokio::time::timeout(deadline, read).await.is_ok()
+}
+
+#[tokio::test]
+async fn clients_that_never_finish_their_headers_are_cut_off_and_do_not_hold_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let limits = api::ServeLimits {
+        header_timeout: Duration::from_secs(1),
+        shutdown_grace: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let (_db, address, stop, served) = bounded_listener(limits).await;
+    let mut slow = Vec::new();
+    for n in 0..50 {
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        if n % 2 == 0 {
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .expect("partial headers");
+        }
+        slow.push(stream);
+    }
+    for (n, stream) in slow.iter_mut().enumerate() {
+        assert!(
+            closed_by_server(stream, Duration::from_secs(5)).await,
+            "connection {n} still open"
+        );
+    }
+
+    // Connections held open again, this time idle after a complete request: shutdown
+    // still ends within its grace period.
+    let http = reqwest::Client::new();
+    let response = http
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .await
+        .expect("served while others were slow");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut lingering = Vec::new();
+    for _ in 0..10 {
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("write");
+        lingering.push(stream);
+    }
+    let stopped_at = std::time::Instant::now();
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .expect("shutdown within the grace period")
+        .expect("task")
+        .expect("served");
+    assert!(stopped_at.elapsed() < Duration::from_secs(4));
 }
