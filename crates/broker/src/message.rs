@@ -42,9 +42,16 @@ fn correlation_id(event: &RecordedEvent) -> Option<Uuid> {
         .and_then(|id| Uuid::parse_str(id).ok())
 }
 
+/// Largest message body taken as an event. Our events are a few kilobytes at most (panel
+/// texts in them are truncated); anything larger did not come from the relay and is
+/// dead-lettered before it is parsed.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
 /// Why a message cannot be taken as an event.
 #[derive(Debug, thiserror::Error)]
 pub enum MalformedMessage {
+    #[error("body of {bytes} bytes is larger than the {limit} bytes an event can be")]
+    TooLarge { bytes: usize, limit: usize },
     #[error("body is not an event: {0}")]
     Body(String),
     #[error("message_id {message_id:?} differs from the body's event_id {event_id}")]
@@ -62,6 +69,12 @@ pub fn decode(
     body: &[u8],
     properties: &BasicProperties,
 ) -> Result<RecordedEvent, MalformedMessage> {
+    if body.len() > MAX_MESSAGE_BYTES {
+        return Err(MalformedMessage::TooLarge {
+            bytes: body.len(),
+            limit: MAX_MESSAGE_BYTES,
+        });
+    }
     let event: RecordedEvent =
         serde_json::from_slice(body).map_err(|e| MalformedMessage::Body(e.to_string()))?;
     let message_id = properties.message_id().as_ref().map(ShortString::to_string);

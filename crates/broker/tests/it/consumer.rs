@@ -439,3 +439,46 @@ async fn a_database_restart_mid_stream_loses_nothing_and_applies_nothing_twice()
     consumer_task.await.expect("consumer");
     relay_task.await.expect("relay");
 }
+
+#[tokio::test]
+async fn an_oversized_message_is_dead_lettered_unparsed_with_the_reason() {
+    let env = Env::new().await;
+    let stop = CancellationToken::new();
+    let recorder = Recorder::new("oversize-test");
+    let consumer = Consumer::new(
+        env.store(),
+        consumer_config(&env, "oversize-test"),
+        recorder.clone(),
+    );
+    let stats = consumer.stats();
+    let consumer_task = tokio::spawn(consumer.run(stop.clone()));
+    wait_until("the consumer to connect", DEADLINE, || async {
+        stats.sessions.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    // Valid JSON, so only its size can be the reason.
+    let mut body = b"{\"padding\": \"".to_vec();
+    body.resize(message::MAX_MESSAGE_BYTES + 1024, b'x');
+    body.extend_from_slice(b"\"}");
+    let properties = BasicProperties::default().with_message_id("oversized".into());
+    inject(&env, Queue::Projector.name(), &[(body, properties)]).await;
+    wait_until("dead-lettered", DEADLINE, || async {
+        stats.dead_lettered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let dlq = Queue::Projector.dead_letter_queue();
+    let seen = env
+        .broker
+        .management
+        .peek_messages(&env.broker.vhost, &dlq, 1)
+        .await
+        .expect("peek");
+    let reason = seen[0].properties["headers"][REASON_HEADER]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("larger than"), "{reason}");
+    assert_eq!(env.applied_count("oversize-test").await, 0);
+    stop.cancel();
+    consumer_task.await.expect("consumer");
+}
