@@ -96,13 +96,19 @@ impl Management {
         Self::new(self.base.clone(), self.user.clone(), self.password.clone())
     }
 
-    /// The management API on the AMQP URL's host, port 15672, with its credentials.
+    /// The management API on the AMQP URL's host with its credentials: plain http on port
+    /// 15672 for `amqp://`, https on 15671 for `amqps://`, so a broker reached over TLS never
+    /// gets its password sent in clear to the management API.
     pub fn for_amqp_url(amqp_url: &str) -> Result<Self, ManagementError> {
         let amqp = Url::parse(amqp_url).map_err(|e| ManagementError::Url(e.to_string()))?;
         let host = amqp
             .host_str()
             .ok_or_else(|| ManagementError::Url("no host".into()))?;
-        let base = Url::parse(&format!("http://{host}:15672/"))
+        let (scheme, port) = match amqp.scheme() {
+            "amqps" => ("https", 15671),
+            _ => ("http", 15672),
+        };
+        let base = Url::parse(&format!("{scheme}://{host}:{port}/"))
             .map_err(|e| ManagementError::Url(e.to_string()))?;
         let user = if amqp.username().is_empty() {
             "guest".to_owned()
@@ -308,4 +314,18 @@ fn decode(value: &str) -> String {
     percent_encoding::percent_decode_str(value)
         .decode_utf8_lossy()
         .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_over_tls_is_managed_over_tls_too() {
+        let plain = Management::for_amqp_url("amqp://u:p@rabbit:5672/%2f").expect("valid");
+        assert_eq!(plain.base.as_str(), "http://rabbit:15672/");
+        let tls = Management::for_amqp_url("amqps://u:p@rabbit:5671/%2f").expect("valid");
+        assert_eq!(tls.base.as_str(), "https://rabbit:15671/");
+        assert_eq!(tls.user, "u");
+    }
 }

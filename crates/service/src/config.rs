@@ -182,6 +182,10 @@ struct FileLocation {
     #[serde(default)]
     api: ApiKind,
     api_token_env: Option<String>,
+    /// Lets `panel_url` be plain `http://`, for a panel on the same host: the panel's
+    /// password (or token) would otherwise cross the network in clear.
+    #[serde(default)]
+    allow_plain_http: bool,
 }
 
 impl Config {
@@ -211,6 +215,8 @@ impl Config {
         };
         let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
 
+        refuse_password_in_file("database_url", file.database_url.as_deref(), "DATABASE_URL")?;
+        refuse_password_in_file("amqp_url", file.amqp_url.as_deref(), "AMQP_URL")?;
         let database_url = service_url(
             "DATABASE_URL",
             env("DATABASE_URL").or(file.database_url),
@@ -299,6 +305,25 @@ impl Config {
             subscription_urls,
         })
     }
+}
+
+/// Files are read by more people and tools than the environment is: a URL in one may name
+/// a host and a user, never a password.
+fn refuse_password_in_file(
+    field: &str,
+    raw: Option<&str>,
+    variable: &str,
+) -> Result<(), ConfigError> {
+    let Some(url) = raw.and_then(|raw| Url::parse(raw).ok()) else {
+        return Ok(());
+    };
+    if url.password().is_some() {
+        return Err(ConfigError::new(
+            field,
+            format!("carries a password; give this URL in the environment ({variable}) instead"),
+        ));
+    }
+    Ok(())
 }
 
 /// `KEYLEDGER_SUB_PUBLIC_URL` with `KEYLEDGER_SUB_SECRET`: one without the other is a
@@ -462,6 +487,18 @@ fn resolve_location(
         return Err(ConfigError::new(field("name"), "must not be empty"));
     }
     let mut panel_url = http_url(&field("panel_url"), &raw.panel_url)?;
+    if !panel_url.username().is_empty() || panel_url.password().is_some() {
+        return Err(ConfigError::new(
+            field("panel_url"),
+            "must not carry credentials; use username with password_env, or api_token_env",
+        ));
+    }
+    if panel_url.scheme() == "http" && !raw.allow_plain_http {
+        return Err(ConfigError::new(
+            field("panel_url"),
+            "is plain http, which would send the panel password in clear; use https, or set allow_plain_http = true for a panel on this host",
+        ));
+    }
     if !panel_url.path().ends_with('/') {
         let path = format!("{}/", panel_url.path());
         panel_url.set_path(&path);

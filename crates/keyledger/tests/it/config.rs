@@ -9,7 +9,7 @@ const PASSWORD: &str = "correct-horse-battery-staple";
 const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
 
 const FILE: &str = r#"
-database_url = "postgres://keyledger:db-password-in-file@db:5432/keyledger"
+database_url = "postgres://keyledger@db:5432/keyledger"
 
 [[locations]]
 id = "ams"
@@ -111,7 +111,6 @@ fn secrets_never_appear_in_debug_output() {
         ADMIN_TOKEN,
         "fra-api-token-value",
         "telegram-secret",
-        "db-password-in-file",
     ] {
         assert!(!shown.contains(secret), "{secret} leaked into {shown}");
     }
@@ -276,4 +275,53 @@ fn a_subscription_needs_both_its_public_url_and_a_long_secret() {
             .subscription_urls
             .is_none()
     );
+}
+
+#[test]
+fn passwords_in_file_urls_and_credentials_in_panel_urls_are_refused() {
+    let with_password = FILE.replace(
+        "postgres://keyledger@db",
+        "postgres://keyledger:db-password-in-file@db",
+    );
+    let error = Config::from_sources(Some(&with_password), env(&full_env())).expect_err("refused");
+    assert_eq!(error.field, "database_url");
+    assert!(
+        !error.to_string().contains("db-password-in-file"),
+        "{error}"
+    );
+    let amqp = format!("amqp_url = \"amqp://u:secret@rabbit/%2f\"\n{FILE}");
+    assert_eq!(error_field(Some(&amqp), &full_env()), "amqp_url");
+    // The same URLs from the environment are how passwords are meant to arrive.
+    let mut pairs = full_env();
+    pairs.push((
+        "DATABASE_URL",
+        "postgres://keyledger:db-password@db:5432/keyledger",
+    ));
+    Config::from_sources(Some(FILE), env(&pairs)).expect("environment may carry passwords");
+
+    let credentials = FILE.replace(
+        "https://panel.example.com:2053/secretpath",
+        "https://admin:hunter2@panel.example.com:2053/secretpath",
+    );
+    let error = Config::from_sources(Some(&credentials), env(&full_env())).expect_err("refused");
+    assert_eq!(error.field, "locations[0].panel_url");
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+}
+
+#[test]
+fn a_plain_http_panel_needs_to_be_allowed_explicitly() {
+    let plain = FILE.replace(
+        "https://panel.example.com:2053/secretpath",
+        "http://127.0.0.1:2053/secretpath",
+    );
+    assert_eq!(
+        error_field(Some(&plain), &full_env()),
+        "locations[0].panel_url"
+    );
+    let allowed = plain.replace(
+        "public_host = \"ams.example.com\"",
+        "public_host = \"ams.example.com\"\nallow_plain_http = true",
+    );
+    let config = Config::from_sources(Some(&allowed), env(&full_env())).expect("allowed");
+    assert_eq!(config.locations[0].panel_url.scheme(), "http");
 }

@@ -56,7 +56,8 @@ impl Rig {
         let config = tempfile_with(&format!(
             "[[locations]]\nid = \"{LOCATION}\"\nname = \"Amsterdam\"\npanel_url = \"{}\"\n\
              username = \"admin\"\npassword_env = \"X3UI_AMS_PASSWORD\"\ninbound_id = {INBOUND}\n\
-             public_host = \"ams.example.com\"\n",
+             public_host = \"ams.example.com\"\n\
+         allow_plain_http = true\n",
             panel.base_url()
         ));
         let ledger = KeyLedger::new(db.store.clone());

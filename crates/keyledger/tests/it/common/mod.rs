@@ -152,6 +152,7 @@ pub fn ams_config_file(panel_url: &url::Url) -> String {
     tempfile_with(&format!(
         "[[locations]]\nid = \"ams\"\nname = \"Amsterdam\"\npanel_url = \"{panel_url}\"\n\
          username = \"admin\"\npassword_env = \"X3UI_AMS_PASSWORD\"\ninbound_id = 1\n\
-         public_host = \"ams.example.com\"\n"
+         public_host = \"ams.example.com\"\n\
+         allow_plain_http = true\n"
     ))
 }
