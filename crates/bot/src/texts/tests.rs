@@ -500,3 +500,67 @@ fn the_refreshed_key_keeps_the_subscription_url() {
         assert!(text.contains("<code>vless://x</code>"), "{lang:?}: {text}");
     }
 }
+
+/// What Telegram counts of an HTML text: the characters left once tags and entities are
+/// read (UTF-16 units, as its limits are stated in).
+fn telegram_length(html: &str) -> usize {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    let text = text
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&");
+    text.encode_utf16().count()
+}
+
+#[test]
+fn photo_captions_fit_telegrams_limit_in_every_language() {
+    // Telegram refuses a photo whose caption is longer than 1024 characters. A long but
+    // real link: REALITY with every parameter the panel's "copy link" gives.
+    let link = format!(
+        "vless://{}@ams-01.vpn.example.com:443?type=tcp&encryption=none&security=reality\
+         &pbk={}&fp=chrome&sni=www.microsoft.com&sid=0123456789abcdef&spx=%2F\
+         &flow=xtls-rprx-vision#Amsterdam%20%F0%9F%87%B3%F0%9F%87%B1-tg1234567890-ams",
+        uuid::Uuid::nil(),
+        "A".repeat(43)
+    );
+    let url = format!("https://subscriptions.vpn.example.com/s/{}", "t".repeat(24));
+    let location = "Amsterdam 🇳🇱 (Equinix AM5)";
+    let at = Some(datetime!(2030-01-31 14:05 UTC));
+    for lang in Lang::all() {
+        let texts = lang.texts();
+        let notice = KeyNotice {
+            location,
+            link: Some(&link),
+            expires_at: at,
+            after_failure: true,
+            subscription_url: Some(&url),
+        };
+        let card = KeyCard {
+            location,
+            state: CardState::Active,
+            link: Some(&link),
+            expires_at: at,
+            usage: Some(usage(1 << 40, 2 << 40)),
+            subscription: true,
+        };
+        for caption in [
+            texts.notify_ready(&notice),
+            texts.notify_refreshed(&notice),
+            texts.key_card(&card),
+            texts.subscription(&url),
+        ] {
+            let length = telegram_length(&caption);
+            assert!(length <= 1024, "{lang:?}: {length} characters: {caption}");
+        }
+    }
+}
