@@ -37,13 +37,22 @@ greeting =
     Hello, { $name }! 👋
     I hand out your personal VPN key and keep it working. Choose what to do:
 
+# $subscription: "yes" when subscriptions are served, else "no".
 help =
     <b>What I can do</b>
-    🔑 <b>My key</b> (/key) — get a VPN key, or show the one you have: a link to copy and a QR code to scan.
+    { $subscription ->
+        [yes] 🔑 <b>My key</b> (/key) — get a VPN key, or show the one you have: your subscription (one link your app follows for all your keys) and, for manual set-up, the key's own link and QR code.
+       *[no] 🔑 <b>My key</b> (/key) — get a VPN key, or show the one you have: a link to copy and a QR code to scan.
+    }
     🔄 <b>Refresh</b> — replace your key with a new one. The old one stops working, for example if someone else got hold of it.
-    🗑 <b>Revoke</b> — switch your key off for good. You can get a new one at any time.
+    🗑 <b>Revoke</b> — switch your key off for good. You can get a new one at any time.{ $subscription ->
+        [yes]
+            {""}
+            🔁 <b>New subscription link</b> — if your subscription link got into the wrong hands: the old link and every key fetched through it stop working.
+       *[no] {""}
+    }
     📜 <b>History</b> (/history) — when your key was issued, refreshed, revoked or expired.
-    I message you when a key is ready, refreshed, revoked or about to expire.
+    I message you when a key is ready, refreshed, revoked, about to expire or out of traffic.
 
 choose-location = Which location do you want a key for?
 
@@ -199,7 +208,7 @@ notify-refreshed =
             ✅ <b>Your key for { $location } was refreshed.</b>
        *[no] ✅ <b>Your key for { $location } was refreshed.</b>
     } { $subscription ->
-        [yes] The old key no longer works. Your subscription link stays the same (<code>{ $subscription-url }</code>): your app picks up the new key on its next update, or right away if you tap «Update subscription» in it.
+        [yes] The old key no longer works. Your app gets the new one through your subscription (<code>{ $subscription-url }</code>) on its next update, or right away if you tap «Update subscription» in it.
        *[no] The old key no longer works; add this new one to your app.
     }
     { $validity }

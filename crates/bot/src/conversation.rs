@@ -200,7 +200,8 @@ impl Context {
 
     async fn help(&self, speaker: &Speaker) -> Result<(), BotError> {
         let texts = speaker.texts();
-        self.send(speaker, &texts.help(), Some(&main_menu(texts)))
+        let subscription = self.config.subscription_urls.is_some();
+        self.send(speaker, &texts.help(subscription), Some(&main_menu(texts)))
             .await
     }
 

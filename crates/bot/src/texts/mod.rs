@@ -211,7 +211,8 @@ pub trait Texts: Send + Sync {
 
     // Conversation.
     fn greeting(&self, first_name: &str) -> String;
-    fn help(&self) -> String;
+    /// `subscription`: subscriptions are served, so the help tells of them.
+    fn help(&self, subscription: bool) -> String;
     fn choose_location(&self) -> String;
     /// A key's card: the link (copyable), what state the key is in, its expiry and traffic.
     fn key_card(&self, card: &KeyCard<'_>) -> String;
@@ -581,8 +582,8 @@ impl Texts for Locale {
         self.message("greeting", &args([("name", escape(first_name))]))
     }
 
-    fn help(&self) -> String {
-        self.message("help", &FluentArgs::new())
+    fn help(&self, subscription: bool) -> String {
+        self.message("help", &args([("subscription", yes_no(subscription))]))
     }
 
     fn choose_location(&self) -> String {

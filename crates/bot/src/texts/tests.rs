@@ -268,7 +268,8 @@ fn everything(texts: &dyn Texts) -> Vec<String> {
     }
     out.extend([
         texts.greeting("Ann"),
-        texts.help(),
+        texts.help(false),
+        texts.help(true),
         texts.choose_location(),
         texts.confirm_revoke("Ams"),
         texts.refresh_already_running("Ams"),
@@ -388,7 +389,16 @@ fn both_languages_differ_and_date_formats_are_their_own() {
     assert_eq!(russian.date(at), "31.01.2030 14:05 UTC");
     let moscow = datetime!(2030-01-01 01:02 +03:00);
     assert_eq!(english.date(moscow), "2029-12-31 22:02 UTC");
-    assert_ne!(english.help(), russian.help());
+    assert_ne!(english.help(false), russian.help(false));
+    assert_ne!(english.help(true), english.help(false));
+    for lang in Lang::all() {
+        let help = lang.texts().help(false);
+        assert!(
+            !help.contains("\n\n"),
+            "{lang:?}: no gap where a line is left out: {help}"
+        );
+        assert!(!help.contains("🔁"), "{lang:?}: {help}");
+    }
     assert_ne!(english.not_your_key(), russian.not_your_key());
 }
 

@@ -100,7 +100,7 @@ async fn refresh_keeps_the_subscription_url_and_says_so() {
         "the same URL: {}",
         refreshed.text
     );
-    assert!(refreshed.text.contains("stays the same"));
+    assert!(refreshed.text.contains("Update subscription"));
 
     let mark = h.say(&bob, "/key").await;
     let subscription = h.expect(&bob, mark, "Your subscription").await;
