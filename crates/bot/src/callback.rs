@@ -1,9 +1,10 @@
 //! Callback data of inline buttons. Telegram allows 64 bytes and hands the data back as
 //! the user's client sends it, so it is short, carries no secret and is never trusted:
 //! a key named in it is checked against the presser, and the version it was shown at
-//! against the log, before anything happens.
+//! against the log, before anything happens. A subscription named in it is checked the same
+//! way: it must be the presser's own, at the generation the button was shown for.
 
-use domain::KeyId;
+use domain::{KeyId, SubscriptionId};
 use uuid::Uuid;
 
 /// What a button asks for.
@@ -20,6 +21,9 @@ pub enum Action {
     ConfirmRefresh(KeyRef),
     AskRevoke(KeyRef),
     ConfirmRevoke(KeyRef),
+    /// Ask to replace the subscription link shown at a generation.
+    AskNewLink(SubRef),
+    ConfirmNewLink(SubRef),
     Cancel,
 }
 
@@ -31,10 +35,34 @@ pub struct KeyRef {
     pub version: u32,
 }
 
+/// A subscription as a button names it: its id and the generation of the link shown, so a
+/// button pressed after the link changed is recognised as stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubRef {
+    pub subscription_id: SubscriptionId,
+    pub generation: u32,
+}
+
+/// `<32 hex digits>:<number>`, the shape both references take in callback data.
+fn parse_ref(rest: Option<&str>) -> Option<(Uuid, u32)> {
+    let (id, number) = rest?.split_once(':')?;
+    if id.len() != 32 {
+        return None;
+    }
+    Some((Uuid::try_parse(id).ok()?, number.parse().ok()?))
+}
+
 impl Action {
     pub fn encode(&self) -> String {
         let keyed = |tag: &str, key: &KeyRef| {
             format!("{tag}:{}:{}", key.key_id.as_uuid().simple(), key.version)
+        };
+        let subscription = |tag: &str, sub: &SubRef| {
+            format!(
+                "{tag}:{}:{}",
+                sub.subscription_id.as_uuid().simple(),
+                sub.generation
+            )
         };
         match self {
             Self::MyKey => "k".to_owned(),
@@ -45,6 +73,8 @@ impl Action {
             Self::ConfirmRefresh(key) => keyed("R", key),
             Self::AskRevoke(key) => keyed("x", key),
             Self::ConfirmRevoke(key) => keyed("X", key),
+            Self::AskNewLink(sub) => subscription("n", sub),
+            Self::ConfirmNewLink(sub) => subscription("N", sub),
             Self::Cancel => "c".to_owned(),
         }
     }
@@ -59,13 +89,17 @@ impl Action {
             None => (data, None),
         };
         let key = |rest: Option<&str>| -> Option<KeyRef> {
-            let (id, version) = rest?.split_once(':')?;
-            if id.len() != 32 {
-                return None;
-            }
+            let (id, version) = parse_ref(rest)?;
             Some(KeyRef {
-                key_id: KeyId::from_uuid(Uuid::try_parse(id).ok()?),
-                version: version.parse().ok()?,
+                key_id: KeyId::from_uuid(id),
+                version,
+            })
+        };
+        let subscription = |rest: Option<&str>| -> Option<SubRef> {
+            let (id, generation) = parse_ref(rest)?;
+            Some(SubRef {
+                subscription_id: SubscriptionId::from_uuid(id),
+                generation,
             })
         };
         match (tag, rest) {
@@ -81,6 +115,8 @@ impl Action {
             ("R", rest) => Some(Self::ConfirmRefresh(key(rest)?)),
             ("x", rest) => Some(Self::AskRevoke(key(rest)?)),
             ("X", rest) => Some(Self::ConfirmRevoke(key(rest)?)),
+            ("n", rest) => Some(Self::AskNewLink(subscription(rest)?)),
+            ("N", rest) => Some(Self::ConfirmNewLink(subscription(rest)?)),
             _ => None,
         }
     }
@@ -96,6 +132,10 @@ mod tests {
             key_id: KeyId::from_uuid(Uuid::new_v4()),
             version: u32::MAX,
         };
+        let sub = SubRef {
+            subscription_id: SubscriptionId::from_uuid(Uuid::new_v4()),
+            generation: u32::MAX,
+        };
         let actions = [
             Action::MyKey,
             Action::KeyAt("a".repeat(32)),
@@ -105,6 +145,8 @@ mod tests {
             Action::ConfirmRefresh(key),
             Action::AskRevoke(key),
             Action::ConfirmRevoke(key),
+            Action::AskNewLink(sub),
+            Action::ConfirmNewLink(sub),
             Action::Cancel,
         ];
         for action in actions {
@@ -124,6 +166,8 @@ mod tests {
             "R:0123456789abcdef0123456789abcdef",
             "R:0123456789abcdef0123456789abcdef:-1",
             "R:0123456789abcdef0123456789abcdef:1:2",
+            "N:0123456789abcdef0123456789abcdef",
+            "n:0123456789abcdef0123456789abcdef:x",
             "k:AMS",
             "k:../x",
             "h:1",

@@ -1,13 +1,14 @@
 //! A key as the bot shows it: state and link from the log (and the key view for a link
-//! the log does not carry), with the buttons that fit its state.
+//! the log does not carry), with the buttons that fit its state; and the user's
+//! subscription, shown above the keys, with its own buttons.
 
-use domain::{EventType, KeyId, KeyState, KeyStatus, Phase};
+use domain::{EventType, KeyId, KeyState, KeyStatus, Phase, SubscriptionId};
 use eventstore::RecordedEvent;
 use projector::KeyView;
 use uuid::Uuid;
 
-use crate::callback::{Action, KeyRef};
-use crate::telegram::Keyboard;
+use crate::callback::{Action, KeyRef, SubRef};
+use crate::telegram::{Button, Keyboard};
 use crate::texts::{CardState, Milestone, Texts};
 
 /// What the card says about the key: the domain's status, so the bot and the key views
@@ -74,36 +75,63 @@ pub fn card_keyboard(
         key_id,
         version: state.version,
     };
-    let history = (texts.button_history().to_owned(), Action::History);
+    let history = Button::press(texts.button_history(), Action::History);
     match state.phase {
         Phase::Active => vec![
             vec![
-                (texts.button_refresh().to_owned(), Action::AskRefresh(key)),
-                (texts.button_revoke().to_owned(), Action::AskRevoke(key)),
+                Button::press(texts.button_refresh(), Action::AskRefresh(key)),
+                Button::press(texts.button_revoke(), Action::AskRevoke(key)),
             ],
             vec![history],
         ],
         Phase::Revoked | Phase::Expired => vec![
-            vec![(
-                texts.button_get_key().to_owned(),
+            vec![Button::press(
+                texts.button_get_key(),
                 Action::KeyAt(location.to_owned()),
             )],
             vec![history],
         ],
+        // Nothing the user can do to a used-up key but wait for a new limit.
+        Phase::Depleted => vec![vec![history]],
         _ => vec![vec![
-            (texts.button_get_key().to_owned(), Action::MyKey),
+            Button::press(texts.button_get_key(), Action::MyKey),
             history,
         ]],
     }
 }
 
+/// The buttons under the subscription: its page (the URL itself, which answers a browser
+/// with the page's "add to app" buttons) and a new link.
+pub fn subscription_keyboard(
+    texts: &dyn Texts,
+    url: &str,
+    subscription_id: SubscriptionId,
+    generation: u32,
+) -> Keyboard {
+    let new_link = Action::AskNewLink(SubRef {
+        subscription_id,
+        generation,
+    });
+    let mut rows = Vec::new();
+    // Made from the configured http(s) base, so it always parses; a button is left out
+    // rather than the message lost if it ever did not.
+    if let Ok(page) = url::Url::parse(url) {
+        rows.push(vec![Button::Open(
+            texts.button_open_subscription().to_owned(),
+            page,
+        )]);
+    }
+    rows.push(vec![Button::press(texts.button_new_link(), new_link)]);
+    rows
+}
+
 /// The main menu's buttons.
 pub fn main_menu(texts: &dyn Texts) -> Keyboard {
     vec![
-        vec![(texts.button_get_key().to_owned(), Action::MyKey)],
+        vec![Button::press(texts.button_get_key(), Action::MyKey)],
         vec![
-            (texts.button_history().to_owned(), Action::History),
-            (texts.button_help().to_owned(), Action::Help),
+            Button::press(texts.button_history(), Action::History),
+            Button::press(texts.button_help(), Action::Help),
         ],
     ]
 }
@@ -119,11 +147,11 @@ pub fn milestone(event_type: &str) -> Option<Milestone> {
         EventType::Renewed => Milestone::Renewed,
         EventType::DriftRepaired => Milestone::Repaired,
         EventType::ProvisioningFailed => Milestone::Failed,
+        EventType::Depleted => Milestone::Depleted,
+        EventType::QuotaChanged => Milestone::QuotaChanged,
         EventType::RotationRequested
         | EventType::RevocationRequested
         | EventType::DriftDetected
-        | EventType::Depleted
-        | EventType::QuotaChanged
         | EventType::SubscriptionIssued
         | EventType::SubscriptionLinkRotated => return None,
     })
@@ -152,6 +180,8 @@ mod tests {
             EventType::Revoked.as_str(),
             EventType::Expired.as_str(),
             EventType::DriftRepaired.as_str(),
+            EventType::Depleted.as_str(),
+            EventType::QuotaChanged.as_str(),
         ] {
             assert!(milestone(event_type).is_some(), "{event_type}");
         }

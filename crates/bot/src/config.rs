@@ -1,4 +1,5 @@
-//! The bot role's settings: the token, the Bot API URL, the locations offered and the timings.
+//! The bot role's settings: the token, the Bot API URL, the locations offered, the
+//! subscription URLs (when the `sub` role serves them) and the timings.
 //! `service` builds a [`BotConfig`] from its configuration; the type lives here because
 //! `service` depends on this crate, not the other way round. The token is a
 //! `domain::Secret`, so it cannot reach a log through `Debug`, and errors quoting it are
@@ -6,7 +7,7 @@
 
 use std::time::Duration;
 
-use domain::{Location, Secret};
+use domain::{Location, Secret, SubscriptionUrls};
 use url::Url;
 
 /// Everything the bot role needs besides the event store and the broker.
@@ -28,6 +29,9 @@ pub struct BotConfig {
     pub poll_timeout: Duration,
     /// How often the sender looks for owed notifications when nobody woke it.
     pub send_poll_every: Duration,
+    /// How users' subscription URLs are made; `None` when no `sub` role serves them, and
+    /// the bot then hands out per-location links only.
+    pub subscription_urls: Option<SubscriptionUrls>,
 }
 
 impl BotConfig {
@@ -43,7 +47,14 @@ impl BotConfig {
             expiry_check_every: Duration::from_secs(60),
             poll_timeout: Duration::from_secs(25),
             send_poll_every: Duration::from_millis(500),
+            subscription_urls: None,
         }
+    }
+
+    /// The same configuration, showing subscriptions made with `urls` (if any).
+    pub fn with_subscription_urls(mut self, urls: Option<SubscriptionUrls>) -> Self {
+        self.subscription_urls = urls;
+        self
     }
 
     pub fn location(&self, id: &str) -> Option<&Location> {

@@ -1,27 +1,32 @@
 //! The conversation: what the bot answers to each update. Commands and button presses
 //! enter here; the user's identity comes from Telegram's update, never from callback data,
 //! and every key a button names is checked against the presser in the log before anything
-//! is done to it.
+//! is done to it. When subscriptions are served, the user's subscription leads `/key`, and
+//! a subscription a button names must be the presser's own.
 
 use std::sync::Arc;
 
 use domain::{
     DomainError, KeyCommand, KeyId, KeyState, LocationId, Phase, RequestKey, RevokeKey, RotateKey,
-    UserId,
+    SubscriptionId, SubscriptionState, UserId,
 };
-use eventstore::{Actor, ActorKind, EventMetadata, ExecuteError, KeyLedger, RecordedEvent};
+use eventstore::{
+    Actor, ActorKind, EventMetadata, ExecuteError, KeyLedger, RecordedEvent, Subscriptions,
+};
 use teloxide::types::{CallbackQuery, Message, Update, UpdateKind, User};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::callback::{Action, KeyRef};
-use crate::card::{card_keyboard, card_state, current_link, main_menu, milestone};
+use crate::callback::{Action, KeyRef, SubRef};
+use crate::card::{
+    card_keyboard, card_state, current_link, main_menu, milestone, subscription_keyboard,
+};
 use crate::config::BotConfig;
 use crate::error::BotError;
 use crate::store;
-use crate::telegram::{Keyboard, SendError, Telegram, with_rate_limit};
-use crate::texts::{CardState, Lang, Texts};
+use crate::telegram::{Button, Keyboard, SendError, Telegram, with_rate_limit};
+use crate::texts::{CardState, KeyCard, Lang, Texts};
 
 /// Namespace of the command ids the bot derives (UUID v5), so that a retried update or a
 /// double-pressed button names the same command and the log applies it once.
@@ -33,10 +38,14 @@ const HISTORY_ENTRIES: usize = 25;
 /// Why the revocation was recorded, in the log.
 const REVOKE_REASON: &str = "revoked by the user in Telegram";
 
+/// Why a new subscription link was made, in the log.
+const NEW_LINK_REASON: &str = "new link requested by the user in Telegram";
+
 /// Everything the update handler and the notifier share.
 #[derive(Debug)]
 pub struct Context {
     pub ledger: KeyLedger,
+    pub subscriptions: Subscriptions,
     pub telegram: Telegram,
     pub config: BotConfig,
     /// Wakes the notification sender when something is owed.
@@ -53,6 +62,10 @@ struct Speaker {
 impl Speaker {
     fn texts(&self) -> &'static dyn Texts {
         self.lang.texts()
+    }
+
+    fn actor(&self) -> Actor {
+        Actor::new(ActorKind::TelegramUser, self.user.to_string())
     }
 }
 
@@ -187,29 +200,40 @@ impl Context {
 
     async fn help(&self, speaker: &Speaker) -> Result<(), BotError> {
         let texts = speaker.texts();
-        self.send(speaker, &texts.help(), Some(&main_menu(texts)))
+        let subscription = self.config.subscription_urls.is_some();
+        self.send(speaker, &texts.help(subscription), Some(&main_menu(texts)))
             .await
     }
 
-    /// The user's key, or the choice of locations when there are several.
+    /// The user's subscription (when they hold a key), then their key, or the choice of
+    /// locations when there are several.
     async fn my_key(&self, speaker: &Speaker, update_id: i64) -> Result<(), BotError> {
         let texts = speaker.texts();
         match self.config.locations.as_slice() {
             [] => self.send(speaker, &texts.unknown_location(), None).await,
             [only] => {
                 let location = only.id.clone();
-                self.key_at(speaker, &location, update_id).await
+                self.key_at(speaker, &location, update_id, true).await
             }
             several => {
                 let mut rows = Vec::new();
+                let mut holds_a_key = false;
                 for location in several {
                     let key_id = KeyId::for_user_at(speaker.user, &location.id);
                     let (state, _) = self.ledger.load(key_id).await?;
-                    let mark = if state.phase.is_live() { "✅ " } else { "" };
-                    rows.push(vec![(
+                    holds_a_key |= state.phase.is_live();
+                    let mark = match state.phase {
+                        Phase::Depleted => "📉 ",
+                        phase if phase.is_live() => "✅ ",
+                        _ => "",
+                    };
+                    rows.push(vec![Button::Press(
                         format!("{mark}{}", location.name),
                         Action::KeyAt(location.id.as_str().to_owned()),
                     )]);
+                }
+                if holds_a_key {
+                    self.show_subscription(speaker).await?;
                 }
                 self.send(speaker, &texts.choose_location(), Some(&rows))
                     .await
@@ -217,18 +241,38 @@ impl Context {
         }
     }
 
-    /// Shows the user's key at `location`, asking for one first if they hold none.
+    /// Whether the user holds a live key at a configured location other than `except`.
+    async fn holds_key_besides(&self, user: UserId, except: KeyId) -> Result<bool, BotError> {
+        for location in &self.config.locations {
+            let key_id = KeyId::for_user_at(user, &location.id);
+            if key_id == except {
+                continue;
+            }
+            if self.ledger.load(key_id).await?.0.phase.is_live() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Shows the user's key at `location`, asking for one first if they hold none. With
+    /// `lead_with_subscription` (the user asked for "their key"), the subscription comes
+    /// first when they hold the key; a first key always brings the subscription with it.
     async fn key_at(
         &self,
         speaker: &Speaker,
         location: &LocationId,
         update_id: i64,
+        lead_with_subscription: bool,
     ) -> Result<(), BotError> {
         let texts = speaker.texts();
         let key_id = KeyId::for_user_at(speaker.user, location);
         let (state, _) = self.ledger.load(key_id).await?;
         let name = self.config.location_name(location.as_str());
         if state.phase.is_live() || state.phase == Phase::Revoking {
+            if lead_with_subscription && state.phase.is_live() {
+                self.show_subscription(speaker).await?;
+            }
             return self.show_key(speaker, key_id).await;
         }
         let now = OffsetDateTime::now_utc();
@@ -243,9 +287,64 @@ impl Context {
         let id = command_id(&format!("update/{update_id}/request/{key_id}"));
         self.execute(speaker, key_id, &command, id).await?;
         tracing::info!(user_id = %speaker.user, %key_id, location = %location, "key requested from Telegram");
-        let keyboard = vec![vec![(texts.button_history().to_owned(), Action::History)]];
-        self.send(speaker, &texts.key_requested(&name), Some(&keyboard))
+        let subscription = self.config.subscription_urls.is_some();
+        // The user's first key: the subscription (issued now) is what they add to the app;
+        // it shows the key as soon as the panel has it.
+        if subscription && !self.holds_key_besides(speaker.user, key_id).await? {
+            self.show_subscription(speaker).await?;
+        }
+        let keyboard = vec![vec![Button::press(texts.button_history(), Action::History)]];
+        self.send(
+            speaker,
+            &texts.key_requested(&name, subscription),
+            Some(&keyboard),
+        )
+        .await
+    }
+
+    /// The user's subscription, issued now if it was not yet (idempotent).
+    async fn own_subscription_state(
+        &self,
+        speaker: &Speaker,
+    ) -> Result<SubscriptionState, BotError> {
+        let id = command_id(&format!("subscription/{}/issue", speaker.user));
+        let metadata = EventMetadata::for_command(id, speaker.actor());
+        self.subscriptions
+            .ensure_issued(speaker.user, &metadata)
             .await
+            .map_err(|source| BotError::Subscription {
+                user_id: speaker.user,
+                source,
+            })
+    }
+
+    /// Sends the user's subscription: its URL (copyable, and as a button to its page), a
+    /// QR code of it and which apps take it. Nothing when subscriptions are not served.
+    async fn show_subscription(&self, speaker: &Speaker) -> Result<(), BotError> {
+        if self.config.subscription_urls.is_none() {
+            return Ok(());
+        }
+        let state = self.own_subscription_state(speaker).await?;
+        self.send_subscription(speaker, state.generation).await
+    }
+
+    async fn send_subscription(&self, speaker: &Speaker, generation: u32) -> Result<(), BotError> {
+        let Some(urls) = self.config.subscription_urls.as_ref() else {
+            return Ok(());
+        };
+        let texts = speaker.texts();
+        let id = SubscriptionId::for_user(speaker.user);
+        let url = urls.url(id, generation);
+        let png = crate::qr::png(&url)?;
+        let keyboard = subscription_keyboard(texts, &url, id, generation);
+        let caption = texts.subscription(&url);
+        with_rate_limit(|| {
+            self.telegram
+                .send_photo(speaker.chat, png.clone(), &caption, Some(&keyboard))
+        })
+        .await
+        .map(|_| ())
+        .map_err(telegram_error)
     }
 
     async fn execute(
@@ -255,17 +354,15 @@ impl Context {
         command: &KeyCommand,
         command_id: Uuid,
     ) -> Result<eventstore::CommandOutcome, BotError> {
-        let metadata = EventMetadata::for_command(
-            command_id,
-            Actor::new(ActorKind::TelegramUser, speaker.user.to_string()),
-        );
+        let metadata = EventMetadata::for_command(command_id, speaker.actor());
         self.ledger
             .execute(key_id, command, &metadata)
             .await
             .map_err(|source| BotError::Execute { key_id, source })
     }
 
-    /// The key's card: the link as copyable text and a QR code when the key is active.
+    /// The key's card: the link as copyable text and a QR code when the key is active, the
+    /// expiry and the traffic the panel last reported.
     async fn show_key(&self, speaker: &Speaker, key_id: KeyId) -> Result<(), BotError> {
         let texts = speaker.texts();
         let (state, events) = self.ledger.load(key_id).await?;
@@ -281,7 +378,15 @@ impl Context {
         let name = self.config.location_name(&location);
         let view = projector::load_view(self.pool(), key_id.as_uuid()).await?;
         let link = current_link(&state, &events, view.as_ref());
-        let html = texts.key_card(&name, card, link.as_deref(), details.expires_at);
+        let usage = store::key_usage(self.pool(), key_id.as_uuid()).await?;
+        let html = texts.key_card(&KeyCard {
+            location: &name,
+            state: card,
+            link: link.as_deref(),
+            expires_at: details.expires_at,
+            usage,
+            subscription: self.config.subscription_urls.is_some(),
+        });
         let keyboard = card_keyboard(texts, key_id, &state, &location);
         match link {
             Some(link) if card == CardState::Active => {
@@ -388,7 +493,7 @@ impl Context {
                     return self.answer(query_id, Some(&texts.unknown_location())).await;
                 };
                 self.answer(query_id, None).await?;
-                self.key_at(speaker, &location, update_id).await
+                self.key_at(speaker, &location, update_id, false).await
             }
             Action::History => {
                 self.answer(query_id, None).await?;
@@ -413,28 +518,42 @@ impl Context {
                 }
                 self.answer(query_id, None).await?;
                 let name = self.location_of(&state);
+                let subscription = self.config.subscription_urls.is_some();
                 let (question, confirm) = if refresh {
                     (
-                        texts.confirm_refresh(&name),
-                        (
-                            texts.button_confirm_refresh().to_owned(),
-                            Action::ConfirmRefresh(key),
-                        ),
+                        texts.confirm_refresh(&name, subscription),
+                        Button::press(texts.button_confirm_refresh(), Action::ConfirmRefresh(key)),
                     )
                 } else {
                     (
                         texts.confirm_revoke(&name),
-                        (
-                            texts.button_confirm_revoke().to_owned(),
-                            Action::ConfirmRevoke(key),
-                        ),
+                        Button::press(texts.button_confirm_revoke(), Action::ConfirmRevoke(key)),
                     )
                 };
                 let keyboard = vec![vec![
                     confirm,
-                    (texts.button_cancel().to_owned(), Action::Cancel),
+                    Button::press(texts.button_cancel(), Action::Cancel),
                 ]];
                 self.send(speaker, &question, Some(&keyboard)).await
+            }
+            Action::AskNewLink(sub) => {
+                let Some(state) = self.owned_subscription(speaker, query_id, sub).await? else {
+                    return Ok(());
+                };
+                if state.generation != sub.generation {
+                    return self.stale_subscription(speaker, query_id).await;
+                }
+                self.answer(query_id, None).await?;
+                let keyboard = vec![vec![
+                    Button::press(texts.button_confirm_new_link(), Action::ConfirmNewLink(sub)),
+                    Button::press(texts.button_cancel(), Action::Cancel),
+                ]];
+                self.send(speaker, &texts.confirm_new_link(), Some(&keyboard))
+                    .await
+            }
+            Action::ConfirmNewLink(sub) => {
+                self.confirmed_new_link(speaker, query_id, message_id, sub)
+                    .await
             }
             Action::ConfirmRefresh(key) => {
                 self.confirmed(speaker, query_id, message_id, key, true)
@@ -522,7 +641,8 @@ impl Context {
             let rotate = KeyCommand::Rotate(RotateKey {
                 fresh_client_uuid: Uuid::new_v4(),
             });
-            (rotate, "rotate", texts.refresh_started(&name))
+            let subscription = self.config.subscription_urls.is_some();
+            (rotate, "rotate", texts.refresh_started(&name, subscription))
         } else {
             let revoke = KeyCommand::Revoke(RevokeKey {
                 reason: REVOKE_REASON.to_owned(),
@@ -555,6 +675,101 @@ impl Context {
         tracing::info!(user_id = %speaker.user, key_id = %key.key_id, command = name_of_command, "requested from Telegram");
         self.answer(query_id, None).await?;
         self.edit_or_send(speaker, message_id, &done, None).await
+    }
+}
+
+impl Context {
+    /// The subscription a button names, if it is the presser's and subscriptions are
+    /// served; otherwise a polite refusal. The id in the button is only compared: the
+    /// subscription acted on is always the one of the user who pressed.
+    async fn owned_subscription(
+        &self,
+        speaker: &Speaker,
+        query_id: &str,
+        sub: SubRef,
+    ) -> Result<Option<SubscriptionState>, BotError> {
+        let texts = speaker.texts();
+        if self.config.subscription_urls.is_none() {
+            self.answer(query_id, Some(&texts.stale_button())).await?;
+            return Ok(None);
+        }
+        if sub.subscription_id != SubscriptionId::for_user(speaker.user) {
+            tracing::warn!(user_id = %speaker.user, subscription_id = %sub.subscription_id, "refused a button press for another user's subscription");
+            self.answer(query_id, Some(&texts.not_your_key())).await?;
+            self.send(speaker, &texts.not_your_key(), None).await?;
+            return Ok(None);
+        }
+        let state = self
+            .subscriptions
+            .load(speaker.user)
+            .await
+            .map_err(|source| BotError::Subscription {
+                user_id: speaker.user,
+                source,
+            })?;
+        if state.user_id.is_none() {
+            self.answer(query_id, Some(&texts.stale_button())).await?;
+            return Ok(None);
+        }
+        Ok(Some(state))
+    }
+
+    /// A button shown for an earlier link: say so, and show the subscription as it is.
+    async fn stale_subscription(&self, speaker: &Speaker, query_id: &str) -> Result<(), BotError> {
+        self.answer(query_id, Some(&speaker.texts().stale_button()))
+            .await?;
+        self.show_subscription(speaker).await
+    }
+
+    /// A confirmed new link: checked against the presser and the generation the button was
+    /// shown for, then the link and every active key of the user replaced, once.
+    async fn confirmed_new_link(
+        &self,
+        speaker: &Speaker,
+        query_id: &str,
+        message_id: Option<i32>,
+        sub: SubRef,
+    ) -> Result<(), BotError> {
+        let Some(state) = self.owned_subscription(speaker, query_id, sub).await? else {
+            return Ok(());
+        };
+        if state.generation != sub.generation {
+            return self.stale_subscription(speaker, query_id).await;
+        }
+        let locations: Vec<LocationId> =
+            self.config.locations.iter().map(|l| l.id.clone()).collect();
+        // Named by the subscription and the generation the button was shown for: a second
+        // press, or a retried update, is the same command.
+        let id = command_id(&format!(
+            "new-link/{}/{}",
+            sub.subscription_id, sub.generation
+        ));
+        let replaced = self
+            .subscriptions
+            .replace_link(
+                speaker.user,
+                NEW_LINK_REASON,
+                &locations,
+                id,
+                speaker.actor(),
+            )
+            .await
+            .map_err(|source| BotError::Subscription {
+                user_id: speaker.user,
+                source,
+            })?;
+        tracing::info!(
+            user_id = %speaker.user,
+            generation = replaced.subscription.generation,
+            rotated = replaced.rotated.len(),
+            skipped = replaced.skipped.len(),
+            "new subscription link from Telegram"
+        );
+        self.answer(query_id, None).await?;
+        self.edit_or_send(speaker, message_id, &speaker.texts().new_link_done(), None)
+            .await?;
+        self.send_subscription(speaker, replaced.subscription.generation)
+            .await
     }
 }
 

@@ -2,7 +2,7 @@
 //! carried as text already scrubbed of the token rather than as the `reqwest` error, whose
 //! message holds the request URL and with it the token.
 
-use domain::KeyId;
+use domain::{KeyId, UserId};
 use eventstore::{ExecuteError, StoreError};
 
 use crate::qr::QrError;
@@ -19,6 +19,12 @@ pub enum BotError {
     #[error("command on key {key_id}: {source}")]
     Execute {
         key_id: KeyId,
+        #[source]
+        source: ExecuteError,
+    },
+    #[error("subscription of user {user_id}: {source}")]
+    Subscription {
+        user_id: UserId,
         #[source]
         source: ExecuteError,
     },

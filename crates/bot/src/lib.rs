@@ -2,15 +2,19 @@
 //!
 //! It talks to each user in their Telegram language (Russian or English), hands out their
 //! VPN key as a copyable `vless://` link and a QR code, refreshes (rotates) and revokes it
-//! after a confirmation, and shows its history from the log. Commands and button presses
+//! after a confirmation, and shows its history from the log. When the `sub` role serves
+//! subscriptions, `/key` leads with the user's subscription URL (one link every VPN app
+//! follows, so a refresh reaches the app by itself) and offers a new link on request;
+//! the per-location link follows for manual set-up. Commands and button presses
 //! become domain commands run through the event store, with command ids derived from what
 //! makes them unique (the update, or the key version a button was shown for), so a
 //! retried update or a double press acts once. Every press is checked against the log:
 //! a key that is not the presser's, or a button for an earlier state of the key, changes
 //! nothing. Notifications (key ready, refreshed, revoked, expired, about to expire, a
-//! server problem and its end) come from the `keyledger.bot-notify` queue: what a user is
-//! owed is recorded in the consumer's transaction and sent by a sender that honours
-//! Telegram's rate limits, so each is sent once and none is lost. [`run_bot`] runs it all.
+//! server problem and its end, traffic used up and restored) come from the
+//! `keyledger.bot-notify` queue: what a user is owed is recorded in the consumer's
+//! transaction and sent by a sender that honours Telegram's rate limits, so each is sent
+//! once and none is lost. [`run_bot`] runs it all.
 
 mod callback;
 mod card;
@@ -27,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker::{Consumer, ConsumerConfig, Queue};
-use eventstore::{EventStore, KeyLedger};
+use eventstore::{EventStore, KeyLedger, Subscriptions};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +62,7 @@ pub async fn run_bot(
     let wake = Arc::new(Notify::new());
     let context = Arc::new(Context {
         ledger: KeyLedger::new(store.clone()),
+        subscriptions: Subscriptions::new(store.clone()),
         telegram,
         config,
         wake_sender: wake.clone(),

@@ -1,12 +1,13 @@
 //! Notifications: the consumer of `keyledger.bot-notify` decides what each user is owed
 //! and records it in the consumer's own transaction (so an event delivered twice owes one
 //! message), and the sender delivers what is owed, waiting out Telegram's rate limits
-//! without losing anything.
+//! without losing anything. A key's traffic running out (`key.depleted`) and a new limit
+//! bringing a paused key back (`key.quota_changed`) are told too.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{EventType, KeyId, KeyState, Phase, evolve};
+use domain::{EventType, KeyId, KeyState, Phase, SubscriptionId, UserId, evolve};
 use eventstore::{EventStore, RecordedEvent};
 use serde_json::json;
 use sqlx::PgConnection;
@@ -22,6 +23,7 @@ use crate::conversation::Context;
 use crate::error::BotError;
 use crate::store::{self, Owed};
 use crate::telegram::SendError;
+use crate::texts::KeyNotice;
 
 /// How long a sender holds claimed notifications before another may take them.
 const LEASE: time::Duration = time::Duration::minutes(2);
@@ -52,6 +54,8 @@ fn kind_of(event_type: &str) -> Option<&'static str> {
         EventType::Expired => "expired",
         EventType::Renewed => "renewed",
         EventType::ProvisioningFailed => "failed",
+        EventType::Depleted => "depleted",
+        EventType::QuotaChanged => "restored",
         _ => return None,
     })
 }
@@ -91,18 +95,32 @@ impl EventHandler for NotifyHandler {
         if kind == "failed" && before.failure.is_some() {
             return Ok(());
         }
+        // A new limit on a key that still works changes nothing the user must know now;
+        // it is news only when it brings a paused key back.
+        if kind == "restored" && before.phase != Phase::Depleted {
+            return Ok(());
+        }
         let user_id = details.user_id.get();
         let Some((chat_id, lang)) = store::user_contact(tx, user_id).await? else {
             tracing::debug!(user_id, key_id = %event.stream_id, kind, "user never talked to the bot; nothing to send");
             return Ok(());
         };
-        let payload = json!({
+        let mut payload = json!({
             "location": details.location.as_str(),
             "client_uuid": details.client_uuid,
             "link": crate::card::link_for(&last.data, details.client_uuid),
             "expires_at": details.expires_at.and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok()),
             "after_failure": before.failure.is_some(),
         });
+        // The counters as the event recorded them: the message tells what the panel saw.
+        match kind {
+            "depleted" => {
+                payload["used_bytes"] = last.data["used_bytes"].clone();
+                payload["limit_bytes"] = last.data["limit_bytes"].clone();
+            }
+            "restored" => payload["limit_bytes"] = last.data["traffic_limit_bytes"].clone(),
+            _ => {}
+        }
         let id = format!("{}/{:010}", event.stream_id, last.version);
         let new = store::owe(
             tx,
@@ -272,10 +290,18 @@ async fn deliver(context: &Context, owed: &Owed) -> Result<Delivery, SendError> 
                 .as_str()
                 .map(str::to_owned)
                 .or_else(|| current_link(&state, &events, view.as_ref()));
+            let subscription_url = subscription_url(context, details.user_id).await?;
+            let notice = KeyNotice {
+                location: &name,
+                link: link.as_deref(),
+                expires_at: details.expires_at,
+                after_failure,
+                subscription_url: subscription_url.as_deref(),
+            };
             let html = if owed.kind == "ready" {
-                texts.notify_ready(&name, link.as_deref(), details.expires_at, after_failure)
+                texts.notify_ready(&notice)
             } else {
-                texts.notify_refreshed(&name, link.as_deref(), details.expires_at, after_failure)
+                texts.notify_refreshed(&notice)
             };
             let keyboard = card_keyboard(texts, key_id, &state, location);
             return match link {
@@ -291,6 +317,20 @@ async fn deliver(context: &Context, owed: &Owed) -> Result<Delivery, SendError> 
                     Ok(Delivery::Sent)
                 }
             };
+        }
+        "depleted" => {
+            // Already back (or gone) by the time we got to it: nothing is paused now.
+            if state.phase != Phase::Depleted {
+                return Ok(Delivery::Superseded);
+            }
+            let bytes = |key: &str| payload[key].as_u64().unwrap_or(0);
+            texts.notify_depleted(&name, bytes("used_bytes"), bytes("limit_bytes"))
+        }
+        "restored" => {
+            if !state.phase.is_live() || state.phase == Phase::Depleted {
+                return Ok(Delivery::Superseded);
+            }
+            texts.notify_restored(&name, payload["limit_bytes"].as_u64().unwrap_or(0))
         }
         "revoked" => texts.notify_revoked(&name),
         "expired" => texts.notify_expired(&name),
@@ -328,6 +368,24 @@ async fn deliver(context: &Context, owed: &Owed) -> Result<Delivery, SendError> 
     };
     telegram.send_text(chat, &text, None).await?;
     Ok(Delivery::Sent)
+}
+
+/// The user's subscription URL, when subscriptions are served and the user has one.
+async fn subscription_url(context: &Context, user: UserId) -> Result<Option<String>, SendError> {
+    let Some(urls) = context.config.subscription_urls.as_ref() else {
+        return Ok(None);
+    };
+    let state = context
+        .subscriptions
+        .load(user)
+        .await
+        .map_err(|e| SendError::Other(format!("loading the subscription of {user}: {e}")))?;
+    if state.user_id.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(
+        urls.url(SubscriptionId::for_user(user), state.generation),
+    ))
 }
 
 /// Owes expiry warnings every `every`, and prunes the handled-update table.

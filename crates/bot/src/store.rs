@@ -1,11 +1,27 @@
-//! The bot's own tables (migration `0006_bot.sql`).
+//! The bot's own tables (migration `0006_bot.sql`), and the traffic view it reads
+//! (`key_usage`, written by the worker).
 
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::texts::Lang;
+use crate::texts::{Lang, Usage};
+
+/// The traffic the panel last reported for a key; `None` before its first report.
+pub async fn key_usage(pool: &PgPool, key_id: Uuid) -> Result<Option<Usage>, sqlx::Error> {
+    let row: Option<(i64, i64, i64)> =
+        sqlx::query_as("SELECT up_bytes, down_bytes, limit_bytes FROM key_usage WHERE key_id = $1")
+            .bind(key_id)
+            .fetch_optional(pool)
+            .await?;
+    // The table's checks keep the counters non-negative.
+    let bytes = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(row.map(|(up, down, limit)| Usage {
+        used_bytes: bytes(up).saturating_add(bytes(down)),
+        limit_bytes: bytes(limit),
+    }))
+}
 
 /// Remembers where to reach a user and in which language.
 pub async fn remember_user(

@@ -19,8 +19,23 @@ use url::Url;
 use crate::callback::Action;
 use domain::Secret;
 
-/// Rows of inline buttons, each a label and what pressing it asks for.
-pub type Keyboard = Vec<Vec<(String, Action)>>;
+/// One inline button: its label, and what pressing it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Button {
+    /// Comes back to the bot as callback data.
+    Press(String, Action),
+    /// Opens an `http(s)` page in the user's browser; Telegram opens no other scheme.
+    Open(String, Url),
+}
+
+impl Button {
+    pub fn press(label: &str, action: Action) -> Self {
+        Self::Press(label.to_owned(), action)
+    }
+}
+
+/// Rows of inline buttons.
+pub type Keyboard = Vec<Vec<Button>>;
 
 /// Why a call did not go through.
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +211,12 @@ impl Telegram {
 fn markup(keyboard: &Keyboard) -> InlineKeyboardMarkup {
     InlineKeyboardMarkup::new(keyboard.iter().map(|row| {
         row.iter()
-            .map(|(label, action)| InlineKeyboardButton::callback(label.clone(), action.encode()))
+            .map(|button| match button {
+                Button::Press(label, action) => {
+                    InlineKeyboardButton::callback(label.clone(), action.encode())
+                }
+                Button::Open(label, url) => InlineKeyboardButton::url(label.clone(), url.clone()),
+            })
             .collect::<Vec<_>>()
     }))
 }

@@ -111,7 +111,8 @@ impl Pipeline {
                 token.clone(),
                 config.telegram_api_url.clone(),
                 pipeline.locations.clone(),
-            );
+            )
+            .with_subscription_urls(config.subscription_urls.clone());
             pipeline = pipeline.with_bot(bot);
         }
         Ok(pipeline)

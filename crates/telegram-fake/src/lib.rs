@@ -66,8 +66,10 @@ pub struct Sent {
     /// The text, the photo's caption, or the callback answer's text.
     pub text: String,
     pub parse_mode: Option<String>,
-    /// Inline buttons: (label, callback data).
+    /// Inline buttons: (label, callback data); the data is empty for a URL button.
     pub buttons: Vec<Vec<(String, String)>>,
+    /// The inline buttons that open a page: (label, URL), in the order shown.
+    pub url_buttons: Vec<(String, String)>,
     pub photo: Option<Vec<u8>>,
     pub at: Instant,
 }
@@ -80,6 +82,14 @@ impl Sent {
             .flatten()
             .find(|(text, _)| text.contains(label))
             .map(|(_, data)| data.as_str())
+    }
+
+    /// The URL of the first URL button whose label contains `label`.
+    pub fn url_button(&self, label: &str) -> Option<&str> {
+        self.url_buttons
+            .iter()
+            .find(|(text, _)| text.contains(label))
+            .map(|(_, url)| url.as_str())
     }
 
     /// The `vless://` link inside `<code>…</code>`, unescaped.
@@ -472,12 +482,35 @@ async fn fields(request: Request) -> Result<(Map<String, Value>, Option<Vec<u8>>
     Ok((map, file))
 }
 
-fn buttons_of(fields: &Map<String, Value>) -> Vec<Vec<(String, String)>> {
-    let markup = match fields.get("reply_markup") {
+/// The inline keyboard of a request, as JSON (multipart sends it as a string).
+fn markup_of(fields: &Map<String, Value>) -> Value {
+    match fields.get("reply_markup") {
         Some(Value::String(text)) => serde_json::from_str(text).unwrap_or(Value::Null),
         Some(other) => other.clone(),
         None => Value::Null,
+    }
+}
+
+fn url_buttons_of(fields: &Map<String, Value>) -> Vec<(String, String)> {
+    let markup = markup_of(fields);
+    let Some(rows) = markup["inline_keyboard"].as_array() else {
+        return Vec::new();
     };
+    rows.iter()
+        .filter_map(Value::as_array)
+        .flatten()
+        .filter_map(|b| {
+            let url = b["url"].as_str()?;
+            Some((
+                b["text"].as_str().unwrap_or_default().to_owned(),
+                url.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+fn buttons_of(fields: &Map<String, Value>) -> Vec<Vec<(String, String)>> {
+    let markup = markup_of(fields);
     markup["inline_keyboard"]
         .as_array()
         .map(|rows| {
@@ -647,6 +680,7 @@ fn record(
             .and_then(Value::as_str)
             .map(str::to_owned),
         buttons: buttons_of(fields),
+        url_buttons: url_buttons_of(fields),
         photo,
         at: Instant::now(),
     });

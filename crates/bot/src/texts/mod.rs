@@ -102,6 +102,8 @@ pub enum Milestone {
     Renewed,
     Repaired,
     Failed,
+    Depleted,
+    QuotaChanged,
 }
 
 impl Milestone {
@@ -116,6 +118,8 @@ impl Milestone {
             Self::Renewed => "renewed",
             Self::Repaired => "repaired",
             Self::Failed => "failed",
+            Self::Depleted => "depleted",
+            Self::QuotaChanged => "quota-changed",
         }
     }
 }
@@ -149,6 +153,41 @@ impl CardState {
     }
 }
 
+/// Traffic as the panel last reported it for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Up and down together.
+    pub used_bytes: u64,
+    /// 0: no limit.
+    pub limit_bytes: u64,
+}
+
+/// Everything a key card says.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyCard<'a> {
+    pub location: &'a str,
+    pub state: CardState,
+    /// The `vless://` link, shown only on an active card.
+    pub link: Option<&'a str>,
+    pub expires_at: Option<OffsetDateTime>,
+    /// `None` until the panel has reported the key's traffic.
+    pub usage: Option<Usage>,
+    /// The user has a subscription, shown above the card: the link is for manual set-up.
+    pub subscription: bool,
+}
+
+/// A notification that hands out a key (ready or refreshed).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyNotice<'a> {
+    pub location: &'a str,
+    pub link: Option<&'a str>,
+    pub expires_at: Option<OffsetDateTime>,
+    /// It follows a server problem, which it then says is over.
+    pub after_failure: bool,
+    /// The user's subscription URL, which keeps working across the change.
+    pub subscription_url: Option<&'a str>,
+}
+
 /// One language's texts. Arguments are plain values; the implementation escapes them.
 pub trait Texts: Send + Sync {
     // Commands as registered with Telegram (setMyCommands).
@@ -166,25 +205,29 @@ pub trait Texts: Send + Sync {
     fn button_confirm_refresh(&self) -> &str;
     fn button_confirm_revoke(&self) -> &str;
     fn button_cancel(&self) -> &str;
+    fn button_open_subscription(&self) -> &str;
+    fn button_new_link(&self) -> &str;
+    fn button_confirm_new_link(&self) -> &str;
 
     // Conversation.
     fn greeting(&self, first_name: &str) -> String;
-    fn help(&self) -> String;
+    /// `subscription`: subscriptions are served, so the help tells of them.
+    fn help(&self, subscription: bool) -> String;
     fn choose_location(&self) -> String;
-    /// A key's card: the link (copyable) and what state the key is in.
-    fn key_card(
-        &self,
-        location: &str,
-        state: CardState,
-        link: Option<&str>,
-        expires_at: Option<OffsetDateTime>,
-    ) -> String;
-    fn key_requested(&self, location: &str) -> String;
-    fn confirm_refresh(&self, location: &str) -> String;
+    /// A key's card: the link (copyable), what state the key is in, its expiry and traffic.
+    fn key_card(&self, card: &KeyCard<'_>) -> String;
+    /// The user's subscription: its URL (copyable) and which apps take it.
+    fn subscription(&self, url: &str) -> String;
+    /// `subscription`: the new key goes into the user's subscription too.
+    fn key_requested(&self, location: &str, subscription: bool) -> String;
+    /// `subscription`: the user's app picks up the new key through the subscription.
+    fn confirm_refresh(&self, location: &str, subscription: bool) -> String;
     fn confirm_revoke(&self, location: &str) -> String;
-    fn refresh_started(&self, location: &str) -> String;
+    fn refresh_started(&self, location: &str, subscription: bool) -> String;
     fn refresh_already_running(&self, location: &str) -> String;
     fn revoke_started(&self, location: &str) -> String;
+    fn confirm_new_link(&self) -> String;
+    fn new_link_done(&self) -> String;
     fn cancelled(&self) -> String;
     fn not_your_key(&self) -> String;
     fn stale_button(&self) -> String;
@@ -196,27 +239,48 @@ pub trait Texts: Send + Sync {
     fn unknown_location(&self) -> String;
 
     // Notifications.
-    fn notify_ready(
-        &self,
-        location: &str,
-        link: Option<&str>,
-        expires_at: Option<OffsetDateTime>,
-        after_failure: bool,
-    ) -> String;
-    fn notify_refreshed(
-        &self,
-        location: &str,
-        link: Option<&str>,
-        expires_at: Option<OffsetDateTime>,
-        after_failure: bool,
-    ) -> String;
+    fn notify_ready(&self, notice: &KeyNotice<'_>) -> String;
+    fn notify_refreshed(&self, notice: &KeyNotice<'_>) -> String;
     fn notify_revoked(&self, location: &str) -> String;
     fn notify_expired(&self, location: &str) -> String;
     fn notify_renewed(&self, location: &str, expires_at: OffsetDateTime) -> String;
     fn notify_failed(&self, location: &str) -> String;
     fn expiry_warning(&self, location: &str, expires_at: OffsetDateTime) -> String;
+    /// The panel paused the key: `used_bytes` of `limit_bytes` are used up.
+    fn notify_depleted(&self, location: &str, used_bytes: u64, limit_bytes: u64) -> String;
+    /// A new limit (0: none) brought the key back.
+    fn notify_restored(&self, location: &str, limit_bytes: u64) -> String;
 
     fn date(&self, at: OffsetDateTime) -> String;
+    /// An amount of traffic, in this language's units and decimal mark.
+    fn size(&self, bytes: u64) -> String;
+}
+
+/// Units of [`Texts::size`], each its attribute of the `size` message, in steps of 1024.
+const SIZE_UNITS: [&str; 5] = ["b", "kib", "mib", "gib", "tib"];
+
+/// `bytes` in the largest unit that keeps the number at 1 or more: the unit's index in
+/// [`SIZE_UNITS`], the whole part and the tenths (0–9). Numbers of 100 and more, and bytes,
+/// have no tenths, which would only be noise.
+fn scaled(bytes: u64) -> (usize, u64, Option<u64>) {
+    let mut unit = 0;
+    let mut scale: u64 = 1;
+    while unit + 1 < SIZE_UNITS.len() && bytes >= scale * 1024 {
+        unit += 1;
+        scale *= 1024;
+    }
+    if unit == 0 {
+        return (0, bytes, None);
+    }
+    // Rounded to tenths, in integers: no float ever shows 0.30000000000000004.
+    let tenths = (u128::from(bytes) * 10 + u128::from(scale) / 2) / u128::from(scale);
+    if tenths >= 1000 {
+        let whole = (u128::from(bytes) + u128::from(scale) / 2) / u128::from(scale);
+        return (unit, u64::try_from(whole).unwrap_or(u64::MAX), None);
+    }
+    let tenths = u64::try_from(tenths).unwrap_or(u64::MAX);
+    let (whole, tenth) = (tenths / 10, tenths % 10);
+    (unit, whole, (tenth != 0).then_some(tenth))
 }
 
 /// Escapes text for Telegram's HTML parse mode.
@@ -257,6 +321,10 @@ const FIXED: &[(&str, &str)] = &[
     ("button", "confirm-refresh"),
     ("button", "confirm-revoke"),
     ("button", "cancel"),
+    ("button", "open-subscription"),
+    ("button", "new-link"),
+    ("button", "confirm-new-link"),
+    ("number", "decimal-mark"),
     ("milestone", "issued"),
     ("milestone", "ready"),
     ("milestone", "refreshed"),
@@ -265,6 +333,8 @@ const FIXED: &[(&str, &str)] = &[
     ("milestone", "renewed"),
     ("milestone", "repaired"),
     ("milestone", "failed"),
+    ("milestone", "depleted"),
+    ("milestone", "quota-changed"),
 ];
 
 /// One language: its Fluent bundle (its own file over English's, so a message its file
@@ -375,36 +445,80 @@ impl Locale {
         }
     }
 
+    /// The `usage` line of a card.
+    fn usage(&self, usage: Usage) -> String {
+        let used = self.size(usage.used_bytes);
+        if usage.limit_bytes == 0 {
+            return self.format("usage", Some("unlimited"), &args([("used", used)]));
+        }
+        let left = usage.limit_bytes.saturating_sub(usage.used_bytes);
+        self.format(
+            "usage",
+            Some("limited"),
+            &args([
+                ("used", used),
+                ("limit", self.size(usage.limit_bytes)),
+                ("left", self.size(left)),
+            ]),
+        )
+    }
+
+    /// A card's `details`: the validity line, and the traffic line once there is one.
+    fn details(&self, expires_at: Option<OffsetDateTime>, usage: Option<Usage>) -> String {
+        let mut lines = vec![self.validity(expires_at)];
+        lines.extend(usage.map(|usage| self.usage(usage)));
+        lines.join("\n")
+    }
+
     /// The `link` block of a card.
-    fn link(&self, link: Option<&str>) -> String {
+    fn link(&self, link: Option<&str>, subscription: bool) -> String {
         match link {
-            Some(link) => self.format("link", Some("copy"), &args([("url", escape(link))])),
+            Some(link) => self.format(
+                "link",
+                Some("copy"),
+                &args([
+                    ("url", escape(link)),
+                    ("subscription", yes_no(subscription)),
+                ]),
+            ),
             None => self.format("link", Some("missing"), &FluentArgs::new()),
         }
     }
 
     /// A notification that hands out a key: `notify-ready` or `notify-refreshed`.
-    fn key_notification(
-        &self,
-        id: &str,
-        location: &str,
-        link: Option<&str>,
-        expires_at: Option<OffsetDateTime>,
-        after_failure: bool,
-    ) -> String {
+    fn key_notification(&self, id: &str, notice: &KeyNotice<'_>) -> String {
+        let subscription = notice.subscription_url.is_some();
         self.message(
             id,
             &args([
-                ("location", escape(location)),
-                ("validity", self.validity(expires_at)),
-                ("link", self.link(link)),
+                ("location", escape(notice.location)),
+                ("validity", self.validity(notice.expires_at)),
+                ("link", self.link(notice.link, subscription)),
+                ("after-failure", yes_no(notice.after_failure)),
+                ("subscription", yes_no(subscription)),
                 (
-                    "after-failure",
-                    if after_failure { "yes" } else { "no" }.to_owned(),
+                    "subscription-url",
+                    escape(notice.subscription_url.unwrap_or_default()),
                 ),
             ]),
         )
     }
+
+    /// `location`'s message `id` with its `subscription` selector.
+    fn about_with_subscription(&self, id: &str, location: &str, subscription: bool) -> String {
+        self.message(
+            id,
+            &args([
+                ("location", escape(location)),
+                ("subscription", yes_no(subscription)),
+            ]),
+        )
+    }
+}
+
+/// The value of a yes/no selector in the Fluent files.
+fn yes_no(yes: bool) -> String {
+    if yes { "yes" } else { "no" }.to_owned()
 }
 
 /// Fluent arguments, all strings: numbers and dates are formatted before they get here.
@@ -454,48 +568,56 @@ impl Texts for Locale {
     fn button_cancel(&self) -> &str {
         self.fixed("button", "cancel")
     }
+    fn button_open_subscription(&self) -> &str {
+        self.fixed("button", "open-subscription")
+    }
+    fn button_new_link(&self) -> &str {
+        self.fixed("button", "new-link")
+    }
+    fn button_confirm_new_link(&self) -> &str {
+        self.fixed("button", "confirm-new-link")
+    }
 
     fn greeting(&self, first_name: &str) -> String {
         self.message("greeting", &args([("name", escape(first_name))]))
     }
 
-    fn help(&self) -> String {
-        self.message("help", &FluentArgs::new())
+    fn help(&self, subscription: bool) -> String {
+        self.message("help", &args([("subscription", yes_no(subscription))]))
     }
 
     fn choose_location(&self) -> String {
         self.message("choose-location", &FluentArgs::new())
     }
 
-    fn key_card(
-        &self,
-        location: &str,
-        state: CardState,
-        link: Option<&str>,
-        expires_at: Option<OffsetDateTime>,
-    ) -> String {
-        let mut values = args([("location", escape(location))]);
-        if state == CardState::Active {
-            values.set("validity", self.validity(expires_at));
-            values.set("link", self.link(link));
+    fn key_card(&self, card: &KeyCard<'_>) -> String {
+        let mut values = args([("location", escape(card.location))]);
+        if matches!(card.state, CardState::Active | CardState::Depleted) {
+            values.set("details", self.details(card.expires_at, card.usage));
+            values.set("link", self.link(card.link, card.subscription));
+            values.set("subscription", yes_no(card.subscription));
         }
-        self.format("key-card", Some(state.attribute()), &values)
+        self.format("key-card", Some(card.state.attribute()), &values)
     }
 
-    fn key_requested(&self, location: &str) -> String {
-        self.about("key-requested", location)
+    fn subscription(&self, url: &str) -> String {
+        self.message("subscription", &args([("url", escape(url))]))
     }
 
-    fn confirm_refresh(&self, location: &str) -> String {
-        self.about("confirm-refresh", location)
+    fn key_requested(&self, location: &str, subscription: bool) -> String {
+        self.about_with_subscription("key-requested", location, subscription)
+    }
+
+    fn confirm_refresh(&self, location: &str, subscription: bool) -> String {
+        self.about_with_subscription("confirm-refresh", location, subscription)
     }
 
     fn confirm_revoke(&self, location: &str) -> String {
         self.about("confirm-revoke", location)
     }
 
-    fn refresh_started(&self, location: &str) -> String {
-        self.about("refresh-started", location)
+    fn refresh_started(&self, location: &str, subscription: bool) -> String {
+        self.about_with_subscription("refresh-started", location, subscription)
     }
 
     fn refresh_already_running(&self, location: &str) -> String {
@@ -504,6 +626,14 @@ impl Texts for Locale {
 
     fn revoke_started(&self, location: &str) -> String {
         self.about("revoke-started", location)
+    }
+
+    fn confirm_new_link(&self) -> String {
+        self.message("confirm-new-link", &FluentArgs::new())
+    }
+
+    fn new_link_done(&self) -> String {
+        self.message("new-link-done", &FluentArgs::new())
     }
 
     fn cancelled(&self) -> String {
@@ -542,30 +672,12 @@ impl Texts for Locale {
         self.message("unknown-location", &FluentArgs::new())
     }
 
-    fn notify_ready(
-        &self,
-        location: &str,
-        link: Option<&str>,
-        expires_at: Option<OffsetDateTime>,
-        after_failure: bool,
-    ) -> String {
-        self.key_notification("notify-ready", location, link, expires_at, after_failure)
+    fn notify_ready(&self, notice: &KeyNotice<'_>) -> String {
+        self.key_notification("notify-ready", notice)
     }
 
-    fn notify_refreshed(
-        &self,
-        location: &str,
-        link: Option<&str>,
-        expires_at: Option<OffsetDateTime>,
-        after_failure: bool,
-    ) -> String {
-        self.key_notification(
-            "notify-refreshed",
-            location,
-            link,
-            expires_at,
-            after_failure,
-        )
+    fn notify_refreshed(&self, notice: &KeyNotice<'_>) -> String {
+        self.key_notification("notify-refreshed", notice)
     }
 
     fn notify_revoked(&self, location: &str) -> String {
@@ -598,6 +710,45 @@ impl Texts for Locale {
                 ("date", self.date(expires_at)),
             ]),
         )
+    }
+
+    fn notify_depleted(&self, location: &str, used_bytes: u64, limit_bytes: u64) -> String {
+        self.message(
+            "notify-depleted",
+            &args([
+                ("location", escape(location)),
+                ("used", self.size(used_bytes)),
+                ("limit", self.size(limit_bytes)),
+            ]),
+        )
+    }
+
+    fn notify_restored(&self, location: &str, limit_bytes: u64) -> String {
+        let quota = if limit_bytes == 0 {
+            self.format("quota", Some("unlimited"), &FluentArgs::new())
+        } else {
+            self.format(
+                "quota",
+                Some("limited"),
+                &args([("limit", self.size(limit_bytes))]),
+            )
+        };
+        self.message(
+            "notify-restored",
+            &args([("location", escape(location)), ("quota", quota)]),
+        )
+    }
+
+    /// In binary units (as the panels count), one decimal below 100, the number formatted
+    /// here and the unit and decimal mark from the file.
+    fn size(&self, bytes: u64) -> String {
+        let (unit, whole, tenth) = scaled(bytes);
+        let value = match tenth {
+            Some(tenth) => format!("{whole}{}{tenth}", self.fixed("number", "decimal-mark")),
+            None => whole.to_string(),
+        };
+        let unit = SIZE_UNITS.get(unit).copied().unwrap_or("b");
+        self.format("size", Some(unit), &args([("value", value)]))
     }
 
     /// In UTC: users are everywhere, and a date with its zone named is never misread. The

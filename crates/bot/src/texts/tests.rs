@@ -130,6 +130,8 @@ fn every_message_renders_in_every_language() {
             assert!(!patterns.is_empty(), "{code}: {id} says nothing");
             for (attribute, pattern) in patterns {
                 for after_failure in ["yes", "no"] {
+                    // Every yes/no selector of the files follows `after_failure` here.
+                    let selector = after_failure;
                     let mut args = FluentArgs::new();
                     for (name, value) in [
                         ("location", "Amsterdam"),
@@ -144,6 +146,14 @@ fn every_message_renders_in_every_language() {
                         ("hour", "14"),
                         ("minute", "05"),
                         ("after-failure", after_failure),
+                        ("details", "Valid until: soon\nTraffic: 1 GB used"),
+                        ("subscription", selector),
+                        ("subscription-url", "https://sub.example.com/s/abc"),
+                        ("used", "1.5 GB"),
+                        ("limit", "10 GB"),
+                        ("left", "8.5 GB"),
+                        ("value", "1.5"),
+                        ("quota", "new traffic limit 10 GB"),
                     ] {
                         args.set(name, value);
                     }
@@ -180,6 +190,9 @@ fn everything(texts: &dyn Texts) -> Vec<String> {
         texts.button_confirm_refresh(),
         texts.button_confirm_revoke(),
         texts.button_cancel(),
+        texts.button_open_subscription(),
+        texts.button_new_link(),
+        texts.button_confirm_new_link(),
     ]
     .map(str::to_owned)
     .to_vec();
@@ -192,6 +205,8 @@ fn everything(texts: &dyn Texts) -> Vec<String> {
         Milestone::Renewed,
         Milestone::Repaired,
         Milestone::Failed,
+        Milestone::Depleted,
+        Milestone::QuotaChanged,
     ] {
         out.push(texts.milestone(milestone).to_owned());
     }
@@ -205,25 +220,67 @@ fn everything(texts: &dyn Texts) -> Vec<String> {
         CardState::Depleted,
         CardState::Failed,
     ] {
-        for (link, expires_at) in [(None, None), (Some("vless://x"), Some(at))] {
-            out.push(texts.key_card("Ams", state, link, expires_at));
+        for (link, expires_at, usage, subscription) in [
+            (None, None, None, false),
+            (Some("vless://x"), Some(at), Some(usage(5, 0)), true),
+            (
+                Some("vless://x"),
+                None,
+                Some(usage(5 << 30, 10 << 30)),
+                false,
+            ),
+        ] {
+            out.push(texts.key_card(&KeyCard {
+                location: "Ams",
+                state,
+                link,
+                expires_at,
+                usage,
+                subscription,
+            }));
         }
     }
-    for (link, expires_at, after_failure) in
-        [(None, None, false), (Some("vless://x"), Some(at), true)]
-    {
-        out.push(texts.notify_ready("Ams", link, expires_at, after_failure));
-        out.push(texts.notify_refreshed("Ams", link, expires_at, after_failure));
+    for (link, expires_at, after_failure, subscription_url) in [
+        (None, None, false, None),
+        (
+            Some("vless://x"),
+            Some(at),
+            true,
+            Some("https://s.example/s/t"),
+        ),
+    ] {
+        let notice = KeyNotice {
+            location: "Ams",
+            link,
+            expires_at,
+            after_failure,
+            subscription_url,
+        };
+        out.push(texts.notify_ready(&notice));
+        out.push(texts.notify_refreshed(&notice));
+    }
+    for subscription in [false, true] {
+        out.extend([
+            texts.key_requested("Ams", subscription),
+            texts.confirm_refresh("Ams", subscription),
+            texts.refresh_started("Ams", subscription),
+        ]);
     }
     out.extend([
         texts.greeting("Ann"),
-        texts.help(),
+        texts.help(false),
+        texts.help(true),
         texts.choose_location(),
-        texts.key_requested("Ams"),
-        texts.confirm_refresh("Ams"),
         texts.confirm_revoke("Ams"),
-        texts.refresh_started("Ams"),
         texts.refresh_already_running("Ams"),
+        texts.subscription("https://s.example/s/t"),
+        texts.confirm_new_link(),
+        texts.new_link_done(),
+        texts.notify_depleted("Ams", 10 << 30, 10 << 30),
+        texts.notify_restored("Ams", 0),
+        texts.notify_restored("Ams", 20 << 30),
+        texts.size(0),
+        texts.size(u64::MAX),
         texts.revoke_started("Ams"),
         texts.cancelled(),
         texts.not_your_key(),
@@ -241,6 +298,13 @@ fn everything(texts: &dyn Texts) -> Vec<String> {
         texts.date(at),
     ]);
     out
+}
+
+fn usage(used_bytes: u64, limit_bytes: u64) -> Usage {
+    Usage {
+        used_bytes,
+        limit_bytes,
+    }
 }
 
 #[test]
@@ -290,18 +354,25 @@ fn language_follows_the_telegram_code() {
 fn outside_values_are_escaped() {
     for lang in Lang::all() {
         let texts = lang.texts();
-        let card = texts.key_card(
-            "<b>Ams & co</b>",
-            CardState::Active,
-            Some("vless://x@h:1?a=1&b=2#tg<1>"),
-            Some(datetime!(2030-01-31 14:05 UTC)),
-        );
+        let card = texts.key_card(&KeyCard {
+            location: "<b>Ams & co</b>",
+            state: CardState::Active,
+            link: Some("vless://x@h:1?a=1&b=2#tg<1>"),
+            expires_at: Some(datetime!(2030-01-31 14:05 UTC)),
+            usage: None,
+            subscription: false,
+        });
         assert!(card.contains("&lt;b&gt;Ams &amp; co&lt;/b&gt;"), "{card}");
         assert!(
             card.contains("<code>vless://x@h:1?a=1&amp;b=2#tg&lt;1&gt;</code>"),
             "{card}"
         );
         assert!(card.contains("2030"), "{card}");
+        let subscription = texts.subscription("https://s.example/s/a&b<");
+        assert!(
+            subscription.contains("<code>https://s.example/s/a&amp;b&lt;</code>"),
+            "{subscription}"
+        );
         let greeting = texts.greeting("<i>\"Ann\"</i>");
         assert!(
             greeting.contains("&lt;i&gt;&quot;Ann&quot;&lt;/i&gt;"),
@@ -318,7 +389,16 @@ fn both_languages_differ_and_date_formats_are_their_own() {
     assert_eq!(russian.date(at), "31.01.2030 14:05 UTC");
     let moscow = datetime!(2030-01-01 01:02 +03:00);
     assert_eq!(english.date(moscow), "2029-12-31 22:02 UTC");
-    assert_ne!(english.help(), russian.help());
+    assert_ne!(english.help(false), russian.help(false));
+    assert_ne!(english.help(true), english.help(false));
+    for lang in Lang::all() {
+        let help = lang.texts().help(false);
+        assert!(
+            !help.contains("\n\n"),
+            "{lang:?}: no gap where a line is left out: {help}"
+        );
+        assert!(!help.contains("🔁"), "{lang:?}: {help}");
+    }
     assert_ne!(english.not_your_key(), russian.not_your_key());
 }
 
@@ -326,12 +406,13 @@ fn both_languages_differ_and_date_formats_are_their_own() {
 fn layout_survives_the_files() {
     let english = Lang::ENGLISH.texts();
     assert_eq!(
-        english.notify_ready(
-            "Ams",
-            Some("vless://x"),
-            Some(datetime!(2030-01-31 14:05 UTC)),
-            true
-        ),
+        english.notify_ready(&KeyNotice {
+            location: "Ams",
+            link: Some("vless://x"),
+            expires_at: Some(datetime!(2030-01-31 14:05 UTC)),
+            after_failure: true,
+            subscription_url: None,
+        }),
         "The server is answering again — sorry for the wait.\n\
          ✅ <b>Your key for Ams is ready.</b>\n\
          Valid until: 2030-01-31 14:05 UTC\n\n\
@@ -339,9 +420,157 @@ fn layout_survives_the_files() {
          Tap the link to copy it, or scan the QR code in v2rayNG, Hiddify or Streisand."
     );
     assert_eq!(
-        russian()
-            .texts()
-            .key_card("Ams", CardState::Revoked, None, None),
+        russian().texts().key_card(&KeyCard {
+            location: "Ams",
+            state: CardState::Revoked,
+            link: None,
+            expires_at: None,
+            usage: None,
+            subscription: false,
+        }),
         "Ваш ключ (Ams) отозван. Нажмите «🔑 Мой ключ», чтобы получить новый."
     );
+}
+
+#[test]
+fn a_card_shows_traffic_and_expiry_with_the_subscription_above_it() {
+    let english = Lang::ENGLISH.texts();
+    let card = KeyCard {
+        location: "Ams",
+        state: CardState::Active,
+        link: Some("vless://x"),
+        expires_at: Some(datetime!(2030-01-31 14:05 UTC)),
+        usage: Some(usage(1536 << 20, 10 << 30)),
+        subscription: true,
+    };
+    assert_eq!(
+        english.key_card(&card),
+        "🔧 <b>Manual set-up: your key for Ams</b>\n\
+         Valid until: 2030-01-31 14:05 UTC\n\
+         Traffic: 1.5 GB of 10 GB used, 8.5 GB left\n\n\
+         <code>vless://x</code>\n\n\
+         Only for an app that takes no subscription: tap the link to copy it, or scan the QR code."
+    );
+    let unlimited = KeyCard {
+        usage: Some(usage(0, 0)),
+        ..card
+    };
+    assert!(
+        english
+            .key_card(&unlimited)
+            .contains("Traffic: 0 B used, no limit")
+    );
+    let depleted = KeyCard {
+        state: CardState::Depleted,
+        usage: Some(usage(10 << 30, 10 << 30)),
+        ..card
+    };
+    let russian_card = russian().texts().key_card(&depleted);
+    assert!(
+        russian_card.contains("израсходовано 10 ГБ из 10 ГБ, осталось 0 Б"),
+        "{russian_card}"
+    );
+    assert!(russian_card.contains("31.01.2030"), "{russian_card}");
+    let unreported = KeyCard {
+        usage: None,
+        ..card
+    };
+    assert!(!english.key_card(&unreported).contains("Traffic"));
+}
+
+#[test]
+fn sizes_read_naturally_in_each_language() {
+    let (english, russian) = (Lang::ENGLISH.texts(), russian().texts());
+    assert_eq!(english.size(0), "0 B");
+    assert_eq!(english.size(1023), "1023 B");
+    assert_eq!(english.size(1024), "1 KB");
+    assert_eq!(english.size(1536), "1.5 KB");
+    assert_eq!(english.size(1024 * 1024 - 1), "1024 KB");
+    assert_eq!(english.size(250 << 20), "250 MB");
+    assert_eq!(english.size((10 << 30) - (1 << 20)), "10 GB");
+    assert_eq!(russian.size(1536 << 20), "1,5 ГБ");
+    assert_eq!(russian.size(3 << 40), "3 ТБ");
+    assert_eq!(english.size(u64::MAX), "16777216 TB");
+}
+
+#[test]
+fn the_refreshed_key_keeps_the_subscription_url() {
+    for lang in Lang::all() {
+        let text = lang.texts().notify_refreshed(&KeyNotice {
+            location: "Ams",
+            link: Some("vless://x"),
+            expires_at: None,
+            after_failure: false,
+            subscription_url: Some("https://s.example/s/tok"),
+        });
+        assert!(
+            text.contains("<code>https://s.example/s/tok</code>"),
+            "{lang:?}: {text}"
+        );
+        assert!(text.contains("<code>vless://x</code>"), "{lang:?}: {text}");
+    }
+}
+
+/// What Telegram counts of an HTML text: the characters left once tags and entities are
+/// read (UTF-16 units, as its limits are stated in).
+fn telegram_length(html: &str) -> usize {
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    let text = text
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&");
+    text.encode_utf16().count()
+}
+
+#[test]
+fn photo_captions_fit_telegrams_limit_in_every_language() {
+    // Telegram refuses a photo whose caption is longer than 1024 characters. A long but
+    // real link: REALITY with every parameter the panel's "copy link" gives.
+    let link = format!(
+        "vless://{}@ams-01.vpn.example.com:443?type=tcp&encryption=none&security=reality\
+         &pbk={}&fp=chrome&sni=www.microsoft.com&sid=0123456789abcdef&spx=%2F\
+         &flow=xtls-rprx-vision#Amsterdam%20%F0%9F%87%B3%F0%9F%87%B1-tg1234567890-ams",
+        uuid::Uuid::nil(),
+        "A".repeat(43)
+    );
+    let url = format!("https://subscriptions.vpn.example.com/s/{}", "t".repeat(24));
+    let location = "Amsterdam 🇳🇱 (Equinix AM5)";
+    let at = Some(datetime!(2030-01-31 14:05 UTC));
+    for lang in Lang::all() {
+        let texts = lang.texts();
+        let notice = KeyNotice {
+            location,
+            link: Some(&link),
+            expires_at: at,
+            after_failure: true,
+            subscription_url: Some(&url),
+        };
+        let card = KeyCard {
+            location,
+            state: CardState::Active,
+            link: Some(&link),
+            expires_at: at,
+            usage: Some(usage(1 << 40, 2 << 40)),
+            subscription: true,
+        };
+        for caption in [
+            texts.notify_ready(&notice),
+            texts.notify_refreshed(&notice),
+            texts.key_card(&card),
+            texts.subscription(&url),
+        ] {
+            let length = telegram_length(&caption);
+            assert!(length <= 1024, "{lang:?}: {length} characters: {caption}");
+        }
+    }
 }

@@ -5,6 +5,7 @@ use crate::common;
 
 use std::collections::BTreeSet;
 
+use bot::texts::Lang;
 use common::{Harness, check_key_message};
 use domain::EventType;
 use telegram_fake::TestUser;
@@ -332,5 +333,67 @@ async fn odd_input_gets_a_helpful_answer_and_retried_updates_act_once() {
         }
     }
     assert_eq!(h.telegram.unauthorized(), 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_card_shows_traffic_used_and_left_and_the_expiry() {
+    let h = Harness::with(&[("ams", "Amsterdam")], |config| {
+        config.key_lifetime = Some(std::time::Duration::from_secs(30 * 24 * 3600));
+    })
+    .await;
+    let user = TestUser::new(4101, "Tess", Some("en"));
+    let key = Harness::key_id(&user, "ams");
+    let mark = h.say(&user, "/key").await;
+    h.expect(&user, mark, "is ready").await;
+    let expires_at = h.state(key).await.details.unwrap().expires_at.unwrap();
+    let expiry = Lang::ENGLISH.texts().date(expires_at);
+
+    // Before the panel has reported any traffic: the expiry, no traffic line.
+    let mark = h.say(&user, "/key").await;
+    let card = h.expect(&user, mark, "Your key for Amsterdam").await;
+    assert!(
+        card.text.contains(&format!("Valid until: {expiry}")),
+        "{}",
+        card.text
+    );
+    assert!(!card.text.contains("Traffic"), "{}", card.text);
+
+    // The panel's counters, as the worker keeps them: 1 GiB up, 0.5 GiB down of 10 GiB.
+    sqlx::query(
+        "INSERT INTO key_usage (key_id, up_bytes, down_bytes, limit_bytes, enabled_on_panel)
+         VALUES ($1, $2, $3, $4, true)",
+    )
+    .bind(key.as_uuid())
+    .bind(1_i64 << 30)
+    .bind(1_i64 << 29)
+    .bind(10_i64 << 30)
+    .execute(h.db.pool())
+    .await
+    .unwrap();
+    let mark = h.say(&user, "/key").await;
+    let card = h.expect(&user, mark, "Your key for Amsterdam").await;
+    assert!(
+        card.text
+            .contains("Traffic: 1.5 GB of 10 GB used, 8.5 GB left"),
+        "{}",
+        card.text
+    );
+    assert!(card.text.contains(&format!("Valid until: {expiry}")));
+    check_key_message(&card, h.only_panel_client(&user, "ams"));
+
+    // No limit on the panel: "no limit", never "0 B left".
+    sqlx::query("UPDATE key_usage SET limit_bytes = 0 WHERE key_id = $1")
+        .bind(key.as_uuid())
+        .execute(h.db.pool())
+        .await
+        .unwrap();
+    let mark = h.say(&user, "/key").await;
+    let card = h.expect(&user, mark, "Your key for Amsterdam").await;
+    assert!(
+        card.text.contains("Traffic: 1.5 GB used, no limit"),
+        "{}",
+        card.text
+    );
     h.stop().await;
 }

@@ -3,3 +3,4 @@
 mod common;
 mod conversation;
 mod notifications;
+mod subscription;

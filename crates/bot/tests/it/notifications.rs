@@ -233,3 +233,58 @@ async fn an_expired_and_a_repaired_key_are_told_and_in_the_history() {
     assert_eq!(h.count(key, EventType::Requested.as_str()).await, 2);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn used_up_traffic_and_the_key_working_again_are_told_in_the_users_language() {
+    use domain::{ChangeQuota, KeyCommand, Phase, RecordDepletion};
+    use eventstore::{Actor, ActorKind, EventMetadata};
+
+    let h = Harness::start().await;
+    let user = TestUser::new(5501, "Ира", Some("ru-RU"));
+    let key = Harness::key_id(&user, "ams");
+    let mark = h.say(&user, "/key").await;
+    h.expect(&user, mark, "готов").await;
+
+    // The panel paused the client at its limit, as the worker records it.
+    let depleted = KeyCommand::RecordDepletion(RecordDepletion {
+        used_bytes: 10 << 30,
+        limit_bytes: 10 << 30,
+    });
+    let metadata =
+        EventMetadata::for_command(uuid::Uuid::new_v4(), Actor::new(ActorKind::Worker, "test"));
+    h.ledger.execute(key, &depleted, &metadata).await.unwrap();
+    let told = h
+        .expect(&user, mark, "израсходовал весь трафик: 10 ГБ из 10 ГБ")
+        .await;
+    assert!(told.text.contains("увеличить лимит"), "{}", told.text);
+    assert_eq!(h.state(key).await.phase, Phase::Depleted);
+
+    // The card says so too, with no refresh offered.
+    let mark = h.say(&user, "/key").await;
+    let card = h.expect(&user, mark, "приостановлен").await;
+    assert!(card.button("Обновить").is_none(), "{:?}", card.buttons);
+    assert!(card.text.contains("Действует"), "{}", card.text);
+    let mark = h.say(&user, "/history").await;
+    let history = h.expect(&user, mark, "трафик израсходован").await;
+    assert!(history.text.contains("— выдан"), "{}", history.text);
+
+    // A new limit brings it back, and the user hears of it.
+    let quota = KeyCommand::ChangeQuota(ChangeQuota {
+        traffic_limit_bytes: 20 << 30,
+        reset_usage: false,
+        used_bytes: 10 << 30,
+    });
+    let metadata =
+        EventMetadata::for_command(uuid::Uuid::new_v4(), Actor::new(ActorKind::Admin, "test"));
+    h.ledger.execute(key, &quota, &metadata).await.unwrap();
+    h.expect(&user, mark, "снова работает: новый лимит трафика — 20 ГБ")
+        .await;
+    let told = h
+        .telegram
+        .sent_to(user.id, 0)
+        .iter()
+        .filter(|s| s.text.contains("израсходовал весь трафик:"))
+        .count();
+    assert_eq!(told, 1, "told once");
+    h.stop().await;
+}

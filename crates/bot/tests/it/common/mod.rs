@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bot::BotConfig;
-use domain::{KeyId, KeyState, LocationId, UserId};
+use domain::{KeyId, KeyState, LocationId, SubscriptionId, SubscriptionUrls, UserId};
 use domain::{Location, Secret};
 use eventstore::KeyLedger;
 use serde_json::{Map, Value};
@@ -35,6 +35,14 @@ impl Harness {
     /// One location, `ams` ("Amsterdam").
     pub async fn start() -> Self {
         Self::with(&[("ams", "Amsterdam")], |_| {}).await
+    }
+
+    /// One location, `ams`, with subscriptions served at [`subscription_urls`].
+    pub async fn with_subscriptions() -> Self {
+        Self::with(&[("ams", "Amsterdam")], |config| {
+            config.subscription_urls = Some(subscription_urls());
+        })
+        .await
     }
 
     pub async fn with(locations: &[(&str, &str)], tune: impl FnOnce(&mut BotConfig)) -> Self {
@@ -182,6 +190,15 @@ impl Harness {
         testkit::wait_until(what, telegram_fake::DEADLINE, condition).await;
     }
 
+    /// The generation of the user's subscription as the log holds it (0: none issued).
+    pub async fn subscription_generation(&self, user: &TestUser) -> u32 {
+        eventstore::Subscriptions::new(self.db.store.clone())
+            .load(UserId::new(user.id).unwrap())
+            .await
+            .unwrap()
+            .generation
+    }
+
     pub async fn stop(self) {
         tokio::time::timeout(Duration::from_secs(30), self.running.stop())
             .await
@@ -213,4 +230,54 @@ pub fn check_key_message(message: &Sent, panel_uuid: Uuid) -> String {
         .expect("a UUID in the link");
     assert_eq!(uuid, panel_uuid, "the link is the panel's client");
     link
+}
+
+/// The subscription settings of [`Harness::with_subscriptions`].
+pub fn subscription_urls() -> SubscriptionUrls {
+    SubscriptionUrls::new(
+        url::Url::parse("https://sub.example.com/").unwrap(),
+        Secret::new("a test secret of more than thirty-two bytes"),
+    )
+    .unwrap()
+}
+
+/// The user's subscription URL at `generation`, as the bot must show it.
+pub fn subscription_url(user: &TestUser, generation: u32) -> String {
+    let id = SubscriptionId::for_user(UserId::new(user.id).unwrap());
+    subscription_urls().url(id, generation)
+}
+
+/// The text a QR code in a photo reads as.
+pub fn qr_content(message: &Sent) -> String {
+    let png = message.photo.as_ref().expect("a photo");
+    let image = image::load_from_memory(png).expect("a PNG").to_luma8();
+    let mut prepared = rqrr::PreparedImage::prepare(image);
+    let grids = prepared.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code in the picture");
+    grids[0].decode().expect("the QR code reads").1
+}
+
+/// Checks that a message is the subscription: a photo whose QR code is the URL in its
+/// caption, with a button opening that same URL. Returns the URL.
+pub fn check_subscription_message(message: &Sent) -> String {
+    assert_eq!(message.method, "sendPhoto", "{message:#?}");
+    let start = message
+        .text
+        .find("<code>https://")
+        .expect("the URL, copyable")
+        + "<code>".len();
+    let end = start + message.text[start..].find("</code>").unwrap();
+    let url = message.text[start..end].to_owned();
+    assert_eq!(qr_content(message), url, "the QR code is the URL");
+    let opens: Vec<&str> = message
+        .url_buttons
+        .iter()
+        .map(|(_, u)| u.as_str())
+        .collect();
+    assert_eq!(
+        opens,
+        [url.as_str()],
+        "one button, opening the subscription page: {message:#?}"
+    );
+    url
 }
