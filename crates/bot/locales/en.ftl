@@ -178,6 +178,11 @@ milestone =
 unknown-input = I only understand the buttons and the commands /key, /history and /help.
 try-again-later = Something went wrong on our side. Please try again in a minute.
 unknown-location = This location is no longer offered. Please choose another one.
+limit-reached = ⏸ That was a lot in a short time. Please try again in { $minutes ->
+        [one] a minute
+       *[other] { $minutes } minutes
+    }.
+revoked-by-admin = 🚫 Your key for { $location } was switched off by an administrator, so I cannot issue a new one myself. Please contact support.
 
 ## Notifications.
 

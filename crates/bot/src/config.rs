@@ -8,6 +8,8 @@
 use std::time::Duration;
 
 use domain::{Location, Secret, SubscriptionUrls};
+
+use crate::limits::UserLimits;
 use url::Url;
 
 /// Everything the bot role needs besides the event store and the broker.
@@ -32,6 +34,8 @@ pub struct BotConfig {
     /// How users' subscription URLs are made; `None` when no `sub` role serves them, and
     /// the bot then hands out per-location links only.
     pub subscription_urls: Option<SubscriptionUrls>,
+    /// How much of each costly thing one user may do per window.
+    pub limits: UserLimits,
 }
 
 impl BotConfig {
@@ -48,6 +52,7 @@ impl BotConfig {
             poll_timeout: Duration::from_secs(25),
             send_poll_every: Duration::from_millis(500),
             subscription_urls: None,
+            limits: UserLimits::default(),
         }
     }
 

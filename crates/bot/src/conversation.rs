@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use domain::{
-    DomainError, KeyCommand, KeyId, KeyState, LocationId, Phase, RequestKey, RevokeKey, RotateKey,
-    SubscriptionId, SubscriptionState, UserId,
+    DomainError, EventType, KeyCommand, KeyId, KeyState, LocationId, Phase, RequestKey, RevokeKey,
+    RotateKey, SubscriptionId, SubscriptionState, UserId,
 };
 use eventstore::{
     Actor, ActorKind, EventMetadata, ExecuteError, KeyLedger, RecordedEvent, Subscriptions,
@@ -24,6 +24,7 @@ use crate::card::{
 };
 use crate::config::BotConfig;
 use crate::error::BotError;
+use crate::limits::{self, Costly, Spent};
 use crate::store;
 use crate::telegram::{Button, Keyboard, SendError, Telegram, with_rate_limit};
 use crate::texts::{CardState, KeyCard, Lang, Texts};
@@ -125,6 +126,9 @@ impl Context {
         let Some(speaker) = self.speaker(from, message.chat.id.0).await? else {
             return Ok(());
         };
+        if self.over_limit(&speaker, Costly::Message).await? {
+            return Ok(());
+        }
         let command = message.text().and_then(command_of);
         let outcome = match command.as_deref() {
             Some("start") => self.greet(&speaker, &from.first_name).await,
@@ -267,13 +271,23 @@ impl Context {
     ) -> Result<(), BotError> {
         let texts = speaker.texts();
         let key_id = KeyId::for_user_at(speaker.user, location);
-        let (state, _) = self.ledger.load(key_id).await?;
+        let (state, events) = self.ledger.load(key_id).await?;
         let name = self.config.location_name(location.as_str());
         if state.phase.is_live() || state.phase == Phase::Revoking {
             if lead_with_subscription && state.phase.is_live() {
                 self.show_subscription(speaker).await?;
             }
             return self.show_key(speaker, key_id).await;
+        }
+        if state.phase == Phase::Revoked && revoked_by_staff(&events) {
+            tracing::info!(user_id = %speaker.user, %key_id, "refused a new key: revoked by an administrator");
+            let texts = speaker.texts();
+            return self
+                .send(speaker, &texts.revoked_by_admin(&name), None)
+                .await;
+        }
+        if self.over_limit(speaker, Costly::KeyRequest).await? {
+            return Ok(());
         }
         let now = OffsetDateTime::now_utc();
         let command = KeyCommand::Request(RequestKey {
@@ -405,6 +419,9 @@ impl Context {
 
     /// Every key of the user, each with its timeline from the log.
     async fn history(&self, speaker: &Speaker) -> Result<(), BotError> {
+        if self.over_limit(speaker, Costly::History).await? {
+            return Ok(());
+        }
         let texts = speaker.texts();
         let mut keys: Vec<KeyId> = self
             .config
@@ -453,6 +470,9 @@ impl Context {
         let Some(speaker) = self.speaker(&query.from, chat).await? else {
             return Ok(());
         };
+        if self.over_limit(&speaker, Costly::Message).await? {
+            return self.answer(&query.id.0, None).await;
+        }
         let texts = speaker.texts();
         let Some(action) = query.data.as_deref().and_then(Action::decode) else {
             tracing::warn!(user_id = %speaker.user, "button press with data this bot never made");
@@ -637,6 +657,14 @@ impl Context {
             }
             return self.stale(speaker, query_id, key.key_id).await;
         }
+        let costly = if refresh {
+            Costly::Rotation
+        } else {
+            Costly::Revocation
+        };
+        if self.over_limit(speaker, costly).await? {
+            return self.answer(query_id, None).await;
+        }
         let (command, name_of_command, done) = if refresh {
             let rotate = KeyCommand::Rotate(RotateKey {
                 fresh_client_uuid: Uuid::new_v4(),
@@ -679,6 +707,32 @@ impl Context {
 }
 
 impl Context {
+    /// Counts one `action` by the speaker. Over the limit, the first refusal of the window
+    /// tells the user when to try again and later ones are ignored quietly (answering each
+    /// would be the very cost the limit saves); `true` means: do not go on.
+    async fn over_limit(&self, speaker: &Speaker, action: Costly) -> Result<bool, BotError> {
+        let limit = self.config.limits.of(action);
+        let spent = limits::spend(
+            self.pool(),
+            speaker.user,
+            action,
+            limit,
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
+        let Spent::Limited { retry_after, first } = spent else {
+            return Ok(false);
+        };
+        tracing::info!(user_id = %speaker.user, ?action, ?retry_after, "per-user limit reached");
+        metrics::counter!("keyledger_bot_limited_total", "action" => action.name()).increment(1);
+        if first {
+            let minutes = retry_after.as_secs().div_ceil(60);
+            self.send(speaker, &speaker.texts().limit_reached(minutes), None)
+                .await?;
+        }
+        Ok(true)
+    }
+
     /// The subscription a button names, if it is the presser's and subscriptions are
     /// served; otherwise a polite refusal. The id in the button is only compared: the
     /// subscription acted on is always the one of the user who pressed.
@@ -736,6 +790,9 @@ impl Context {
         if state.generation != sub.generation {
             return self.stale_subscription(speaker, query_id).await;
         }
+        if self.over_limit(speaker, Costly::NewLink).await? {
+            return self.answer(query_id, None).await;
+        }
         let locations: Vec<LocationId> =
             self.config.locations.iter().map(|l| l.id.clone()).collect();
         // Named by the subscription and the generation the button was shown for: a second
@@ -771,6 +828,22 @@ impl Context {
         self.send_subscription(speaker, replaced.subscription.generation)
             .await
     }
+}
+
+/// Whether the key's last revocation was an administrator's or the service's: such a key
+/// is not the user's to re-issue by pressing "My key" (docs/bot.md, "Limits").
+fn revoked_by_staff(events: &[RecordedEvent]) -> bool {
+    let Some(revocation) = events
+        .iter()
+        .rev()
+        .find(|e| e.event_type == EventType::RevocationRequested.as_str())
+    else {
+        return false;
+    };
+    matches!(
+        revocation.metadata["actor"]["kind"].as_str(),
+        Some("admin" | "service")
+    )
 }
 
 fn telegram_error(error: SendError) -> BotError {

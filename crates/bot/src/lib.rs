@@ -21,6 +21,7 @@ mod card;
 mod config;
 mod conversation;
 mod error;
+mod limits;
 mod notify;
 mod qr;
 mod store;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 pub use callback::{Action, KeyRef};
 pub use config::BotConfig;
 pub use error::BotError;
+pub use limits::{Costly, Limit, UserLimits};
 pub use notify::NotifyHandler;
 pub use qr::{QrError, png as qr_png};
 

@@ -388,7 +388,8 @@ async fn subscription_url(context: &Context, user: UserId) -> Result<Option<Stri
     ))
 }
 
-/// Owes expiry warnings every `every`, and prunes the handled-update table.
+/// Owes expiry warnings every `every`, and prunes the handled-update table and old
+/// per-user limit counts.
 pub async fn run_expiry_warnings(context: Arc<Context>, stop: CancellationToken) {
     let pool = context.ledger.store().pool().clone();
     let within =
@@ -404,6 +405,9 @@ pub async fn run_expiry_warnings(context: Arc<Context>, stop: CancellationToken)
         }
         if let Err(error) = store::prune_updates(&pool).await {
             tracing::warn!(%error, "could not prune handled updates");
+        }
+        if let Err(error) = crate::limits::prune(&pool, time::OffsetDateTime::now_utc()).await {
+            tracing::warn!(%error, "could not prune per-user limit counts");
         }
         tokio::select! {
             _ = stop.cancelled() => break,

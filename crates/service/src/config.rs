@@ -122,6 +122,8 @@ pub struct Config {
     /// `KEYLEDGER_SUB_PUBLIC_URL` and `KEYLEDGER_SUB_SECRET`: both set, or the `sub` role is
     /// off and nobody is shown a subscription URL.
     pub subscription_urls: Option<domain::SubscriptionUrls>,
+    /// Per-user limits of the bot (file section `[limits]`).
+    pub user_limits: bot::UserLimits,
 }
 
 /// When the worker role's reconciler runs (file section `[reconcile]`).
@@ -165,6 +167,20 @@ struct FileConfig {
     reconcile: FileReconcile,
     #[serde(default)]
     notary: crate::notary::FileNotary,
+    #[serde(default)]
+    limits: FileLimits,
+}
+
+/// `[limits]`: how much of each costly thing one Telegram user may do.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    messages_per_minute: Option<u32>,
+    key_requests_per_hour: Option<u32>,
+    rotations_per_hour: Option<u32>,
+    revocations_per_hour: Option<u32>,
+    history_per_minute: Option<u32>,
+    new_links_per_day: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -275,6 +291,7 @@ impl Config {
             )
         })?;
         let subscription_urls = subscription_urls(&env)?;
+        let user_limits = user_limits(&file.limits)?;
 
         let admin_token = token(&env, "KEYLEDGER_ADMIN_TOKEN")?;
         let auditor_token = token(&env, "KEYLEDGER_AUDITOR_TOKEN")?;
@@ -303,8 +320,62 @@ impl Config {
             notary: crate::notary::notary_settings(&file.notary)?,
             sub_addr,
             subscription_urls,
+            user_limits,
         })
     }
+}
+
+fn user_limits(file: &FileLimits) -> Result<bot::UserLimits, ConfigError> {
+    const MINUTE: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    let defaults = bot::UserLimits::default();
+    let limit = |field: &str, value: Option<u32>, per: Duration, default: bot::Limit| match value {
+        None => Ok(default),
+        Some(count) if (1..=10_000).contains(&count) => Ok(bot::Limit { count, per }),
+        Some(count) => Err(ConfigError::new(
+            format!("limits.{field}"),
+            format!("{count} is outside 1 to 10000"),
+        )),
+    };
+    Ok(bot::UserLimits {
+        messages: limit(
+            "messages_per_minute",
+            file.messages_per_minute,
+            MINUTE,
+            defaults.messages,
+        )?,
+        key_requests: limit(
+            "key_requests_per_hour",
+            file.key_requests_per_hour,
+            HOUR,
+            defaults.key_requests,
+        )?,
+        rotations: limit(
+            "rotations_per_hour",
+            file.rotations_per_hour,
+            HOUR,
+            defaults.rotations,
+        )?,
+        revocations: limit(
+            "revocations_per_hour",
+            file.revocations_per_hour,
+            HOUR,
+            defaults.revocations,
+        )?,
+        history: limit(
+            "history_per_minute",
+            file.history_per_minute,
+            MINUTE,
+            defaults.history,
+        )?,
+        new_links: limit(
+            "new_links_per_day",
+            file.new_links_per_day,
+            DAY,
+            defaults.new_links,
+        )?,
+    })
 }
 
 /// Files are read by more people and tools than the environment is: a URL in one may name

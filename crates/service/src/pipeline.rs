@@ -113,6 +113,10 @@ impl Pipeline {
                 pipeline.locations.clone(),
             )
             .with_subscription_urls(config.subscription_urls.clone());
+            let bot = bot::BotConfig {
+                limits: config.user_limits,
+                ..bot
+            };
             pipeline = pipeline.with_bot(bot);
         }
         Ok(pipeline)

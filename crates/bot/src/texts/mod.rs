@@ -237,6 +237,10 @@ pub trait Texts: Send + Sync {
     fn unknown_input(&self) -> String;
     fn try_again_later(&self) -> String;
     fn unknown_location(&self) -> String;
+    /// The user did too much of something costly; they may again in `minutes` (at least 1).
+    fn limit_reached(&self, minutes: u64) -> String;
+    /// The user's key at `location` was revoked by an administrator: no new one by themselves.
+    fn revoked_by_admin(&self, location: &str) -> String;
 
     // Notifications.
     fn notify_ready(&self, notice: &KeyNotice<'_>) -> String;
@@ -670,6 +674,16 @@ impl Texts for Locale {
 
     fn unknown_location(&self) -> String {
         self.message("unknown-location", &FluentArgs::new())
+    }
+
+    fn limit_reached(&self, minutes: u64) -> String {
+        let mut args = FluentArgs::new();
+        args.set("minutes", minutes.max(1));
+        self.message("limit-reached", &args)
+    }
+
+    fn revoked_by_admin(&self, location: &str) -> String {
+        self.about("revoked-by-admin", location)
     }
 
     fn notify_ready(&self, notice: &KeyNotice<'_>) -> String {

@@ -157,6 +157,7 @@ fn every_message_renders_in_every_language() {
                     ] {
                         args.set(name, value);
                     }
+                    args.set("minutes", 3);
                     let mut errors = Vec::new();
                     let text = bundle.format_pattern(pattern, Some(&args), &mut errors);
                     assert!(errors.is_empty(), "{code}: {id} {attribute:?}: {errors:?}");
@@ -290,6 +291,10 @@ fn everything(texts: &dyn Texts) -> Vec<String> {
         texts.unknown_input(),
         texts.try_again_later(),
         texts.unknown_location(),
+        texts.limit_reached(1),
+        texts.limit_reached(3),
+        texts.limit_reached(25),
+        texts.revoked_by_admin("Ams"),
         texts.notify_revoked("Ams"),
         texts.notify_expired("Ams"),
         texts.notify_renewed("Ams", at),

@@ -2,5 +2,6 @@
 
 mod common;
 mod conversation;
+mod limits;
 mod notifications;
 mod subscription;
