@@ -2,8 +2,9 @@
 //! it is committed.
 //!
 //! It follows the log itself (the store's gap-free `read_all`), so there is no outbox to
-//! keep in step. Publishes are pipelined: up to `window` are in flight, and their broker
-//! confirms are collected in order; the checkpoint only ever moves to a position whose
+//! keep in step. Publishes are pipelined: up to `window` are in flight, from one page of
+//! the log to the next, while the next page is read; their broker confirms are collected
+//! in order, and the checkpoint only ever moves to a position whose
 //! event, and every one before it, the broker acked. A nack, a return (unroutable) or a
 //! confirm that does not come in time ends the session: the relay reconnects and
 //! publishes again from the checkpoint. So events can be published twice around a
@@ -177,6 +178,12 @@ impl Relay {
         result
     }
 
+    /// Publishes the log from `position` on, until stopped or a publish fails.
+    ///
+    /// The pipeline never empties while there is work: the next page is read while the
+    /// current one is published, and the window of unconfirmed publishes carries over from
+    /// page to page. The checkpoint moves to whatever the broker has confirmed so far after
+    /// each page, and to the end once the log has nothing new (every confirm awaited).
     async fn publish_loop(
         &self,
         leader: &mut PgConnection,
@@ -184,12 +191,27 @@ impl Relay {
         position: &mut i64,
         stop: &CancellationToken,
     ) -> Result<(), BrokerError> {
-        loop {
+        let mut window = Window::new(*position, &self.config);
+        let mut read_up_to = *position;
+        let mut prefetched: Option<Prefetch> = None;
+        let result = loop {
             if stop.is_cancelled() {
-                return Ok(());
+                break window.settle().await;
             }
-            let events = self.store.read_all(*position, self.config.page).await?;
+            let events = match prefetched.take() {
+                Some(next) => next.page().await,
+                None => self.store.read_all(read_up_to, self.config.page).await,
+            };
+            let events = match events {
+                Ok(events) => events,
+                Err(error) => break Err(error.into()),
+            };
             if events.is_empty() {
+                // Nothing new: have everything in flight confirmed and recorded.
+                if let Err(error) = window.settle().await {
+                    break Err(error);
+                }
+                self.advance(leader, position, &mut window).await?;
                 // An idle relay would not notice a lost broker connection until its next
                 // publish; find out now, so a broker restart is recovered from at once.
                 if !channel.status().connected() {
@@ -208,27 +230,164 @@ impl Relay {
                 count = events.len(),
                 "relay publishing"
             );
-            let outcome = publish_confirmed(channel, &events, &self.config).await;
-            tracing::debug!(acked = outcome.acked, error = ?outcome.error, "relay published");
-            if outcome.acked > *position {
-                save_checkpoint(leader, &self.config.name, outcome.acked).await?;
-                let published = events
-                    .iter()
-                    .filter(|e| e.position <= outcome.acked)
-                    .count();
-                self.stats
-                    .published
-                    .fetch_add(published as u64, std::sync::atomic::Ordering::Relaxed);
-                metrics::counter!("keyledger_events_published_total").increment(published as u64);
-                self.stats
-                    .checkpoint
-                    .store(outcome.acked, std::sync::atomic::Ordering::SeqCst);
-                *position = outcome.acked;
+            read_up_to = events[events.len() - 1].position;
+            // Gap-free reads may start anywhere the reader has seen: the next page comes
+            // in while this one goes out.
+            prefetched = Some(Prefetch::start(
+                self.store.clone(),
+                read_up_to,
+                self.config.page,
+            ));
+            if let Err(error) = window.publish_all(channel, &events).await {
+                break Err(error);
             }
-            if let Some(error) = outcome.error {
-                return Err(error);
+            if let Err(error) = window.collect_ready() {
+                break Err(error);
             }
+            self.advance(leader, position, &mut window).await?;
+        };
+        // Whatever was confirmed before a failure stays published: record it, so that a
+        // new session starts after it.
+        self.advance(leader, position, &mut window).await?;
+        result
+    }
+
+    /// Moves the checkpoint (and the stats) to what the broker has confirmed, if that is
+    /// further.
+    async fn advance(
+        &self,
+        leader: &mut PgConnection,
+        position: &mut i64,
+        window: &mut Window<'_>,
+    ) -> Result<(), BrokerError> {
+        let acked = window.acked;
+        if acked <= *position {
+            return Ok(());
         }
+        save_checkpoint(leader, &self.config.name, acked).await?;
+        let published = std::mem::take(&mut window.confirmed);
+        self.stats
+            .published
+            .fetch_add(published, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("keyledger_events_published_total").increment(published);
+        self.stats
+            .checkpoint
+            .store(acked, std::sync::atomic::Ordering::SeqCst);
+        *position = acked;
+        Ok(())
+    }
+}
+
+/// The next page of the log, read by a task of its own while the relay publishes; the
+/// task is aborted if the relay drops it unread.
+struct Prefetch(
+    tokio_util::task::AbortOnDropHandle<Result<Vec<RecordedEvent>, eventstore::StoreError>>,
+);
+
+impl Prefetch {
+    fn start(store: EventStore, after: i64, page: i64) -> Self {
+        Self(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            async move { store.read_all(after, page).await },
+        )))
+    }
+
+    async fn page(self) -> Result<Vec<RecordedEvent>, eventstore::StoreError> {
+        match self.0.await {
+            Ok(page) => page,
+            Err(error) => Err(eventstore::StoreError::Database(sqlx::Error::Io(
+                std::io::Error::other(format!("the relay's page read ended: {error}")),
+            ))),
+        }
+    }
+}
+
+/// Publishes awaiting their confirm, oldest first, and how far the broker confirmed.
+struct Window<'a> {
+    in_flight: VecDeque<(Published, PublisherConfirm)>,
+    /// Every event up to this position was confirmed.
+    acked: i64,
+    /// Events confirmed since the checkpoint last moved.
+    confirmed: u64,
+    config: &'a RelayConfig,
+}
+
+/// What a confirm is about.
+struct Published {
+    position: i64,
+    event_type: String,
+}
+
+impl<'a> Window<'a> {
+    fn new(acked: i64, config: &'a RelayConfig) -> Self {
+        Self {
+            in_flight: VecDeque::new(),
+            acked,
+            confirmed: 0,
+            config,
+        }
+    }
+
+    /// Publishes `events` in order, waiting for the oldest confirm whenever `window`
+    /// publishes are unconfirmed.
+    async fn publish_all(
+        &mut self,
+        channel: &Channel,
+        events: &[RecordedEvent],
+    ) -> Result<(), BrokerError> {
+        for event in events {
+            if self.in_flight.len() >= self.config.window.max(1) {
+                self.confirm_oldest().await?;
+            }
+            let confirm = publish(channel, event).await?;
+            self.in_flight.push_back((
+                Published {
+                    position: event.position,
+                    event_type: event.event_type.clone(),
+                },
+                confirm,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes the confirms that have already come in, without waiting for any.
+    fn collect_ready(&mut self) -> Result<(), BrokerError> {
+        use futures::FutureExt;
+        while let Some((_, confirm)) = self.in_flight.front_mut() {
+            let Some(confirmation) = confirm.now_or_never() else {
+                return Ok(());
+            };
+            let Some((published, _)) = self.in_flight.pop_front() else {
+                return Ok(());
+            };
+            check_confirmation(&published, confirmation)?;
+            self.acked = published.position;
+            self.confirmed += 1;
+        }
+        Ok(())
+    }
+
+    async fn confirm_oldest(&mut self) -> Result<(), BrokerError> {
+        let Some((published, confirm)) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let confirmation = tokio::time::timeout(self.config.confirm_timeout, confirm)
+            .await
+            .map_err(|_| BrokerError::ConfirmTimeout {
+                position: published.position,
+            })?;
+        check_confirmation(&published, confirmation)?;
+        self.acked = published.position;
+        self.confirmed += 1;
+        Ok(())
+    }
+
+    /// Waits for every confirm still outstanding.
+    async fn settle(&mut self) -> Result<(), BrokerError> {
+        while !self.in_flight.is_empty() {
+            self.confirm_oldest().await?;
+        }
+        Ok(())
     }
 }
 
@@ -268,54 +427,6 @@ async fn save_checkpoint(
     Ok(())
 }
 
-/// How far a run of publishes got: every event up to `acked` was confirmed.
-pub(crate) struct PublishOutcome {
-    pub acked: i64,
-    pub error: Option<BrokerError>,
-}
-
-/// Publishes `events` in order with up to `window` confirms outstanding.
-pub(crate) async fn publish_confirmed(
-    channel: &Channel,
-    events: &[RecordedEvent],
-    config: &RelayConfig,
-) -> PublishOutcome {
-    let mut in_flight: VecDeque<(&RecordedEvent, PublisherConfirm)> = VecDeque::new();
-    let mut acked = events.first().map(|e| e.position - 1).unwrap_or(0);
-    for event in events {
-        if in_flight.len() >= config.window.max(1)
-            && let Some((oldest, confirm)) = in_flight.pop_front()
-        {
-            if let Err(error) = await_confirm(oldest, confirm, config.confirm_timeout).await {
-                return PublishOutcome {
-                    acked,
-                    error: Some(error),
-                };
-            }
-            acked = oldest.position;
-        }
-        match publish(channel, event).await {
-            Ok(confirm) => in_flight.push_back((event, confirm)),
-            Err(error) => {
-                return PublishOutcome {
-                    acked,
-                    error: Some(error),
-                };
-            }
-        }
-    }
-    while let Some((event, confirm)) = in_flight.pop_front() {
-        if let Err(error) = await_confirm(event, confirm, config.confirm_timeout).await {
-            return PublishOutcome {
-                acked,
-                error: Some(error),
-            };
-        }
-        acked = event.position;
-    }
-    PublishOutcome { acked, error: None }
-}
-
 async fn publish(
     channel: &Channel,
     event: &RecordedEvent,
@@ -338,24 +449,18 @@ async fn publish(
     .await
 }
 
-async fn await_confirm(
-    event: &RecordedEvent,
-    confirm: PublisherConfirm,
-    timeout: Duration,
+fn check_confirmation(
+    published: &Published,
+    confirmation: Result<Confirmation, lapin::Error>,
 ) -> Result<(), BrokerError> {
-    let confirmation = tokio::time::timeout(timeout, confirm).await.map_err(|_| {
-        BrokerError::ConfirmTimeout {
-            position: event.position,
-        }
-    })??;
-    match confirmation {
+    match confirmation? {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_returned)) => Err(BrokerError::Unroutable {
-            position: event.position,
-            event_type: event.event_type.clone(),
+            position: published.position,
+            event_type: published.event_type.clone(),
         }),
         Confirmation::Nack(_) => Err(BrokerError::Nacked {
-            position: event.position,
+            position: published.position,
         }),
         Confirmation::NotRequested => Err(BrokerError::ConfirmsOff),
     }

@@ -42,9 +42,22 @@ const MIGRATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1
 /// without bound would stall them all behind it. Instead it gives up after the timeout,
 /// lets them through, and tries again, until it gets its turn.
 async fn apply_migrations(store: &EventStore) -> anyhow::Result<()> {
+    with_migration_patience(|| store.migrate()).await
+}
+
+/// Runs `migrate` (migrations on a store whose sessions bound their lock waits) until it
+/// succeeds, trying again while it fails only for a lock it could not take, for up to
+/// 120 s. `keyledger migrate` applies its migrations through this; it is public so that the
+/// rolling-upgrade test (crates/keyledger/tests/it/rolling_upgrade.rs) applies a migration
+/// of its own the very same way.
+pub async fn with_migration_patience<F, Fut>(mut migrate: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), eventstore::StoreError>>,
+{
     let deadline = std::time::Instant::now() + MIGRATION_PATIENCE;
     loop {
-        match store.migrate().await {
+        match migrate().await {
             Ok(()) => return Ok(()),
             Err(error) if error.is_lock_timeout() && std::time::Instant::now() < deadline => {
                 tracing::info!(%error, "a migration could not take its locks yet; trying again");

@@ -1,6 +1,7 @@
 //! keyledger on a PostgreSQL server other services share. A long write transaction in
 //! another database must not hold keys back (readers wait only for keyledger's own
-//! appends). And when somebody else asks for a strong lock on `events` while keys flow —
+//! appends), nor the relay: every event is published (confirmed by the broker) within 1 s
+//! of its append. And when somebody else asks for a strong lock on `events` while keys flow —
 //! an operator's `TRUNCATE` (refused by the trigger, but only once it holds the lock), an
 //! `ALTER TABLE`, a `LOCK TABLE … ACCESS EXCLUSIVE` — each gets its turn within seconds
 //! (keyledger's sessions give up their lock waits and retry instead of queueing behind it
@@ -14,7 +15,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::common::stack::{Stack, request_command};
+use crate::common::stack::{DEADLINE, Stack, request_command};
 
 /// How long an outside statement may wait for its lock.
 const OUTSIDE_TURN: Duration = Duration::from_secs(10);
@@ -106,9 +107,72 @@ async fn outside_lock_requests_get_their_turn_and_no_key_is_lost() {
 /// (about 1.5 s on this machine when nothing else runs).
 const KEYS_WHILE_ELSEWHERE_BUSY: Duration = Duration::from_secs(20);
 
+/// The longest an event may wait between its append and the broker's confirm of its
+/// publication (the issue's "relay lag stays under 1 s").
+const RELAY_LAG_BOUND: Duration = Duration::from_secs(1);
+
+/// How often [`RelayProgress`] looks at the relay's checkpoint.
+const PROGRESS_POLL: Duration = Duration::from_millis(10);
+
+/// Watches the relay's checkpoint (it moves only once the broker has confirmed every event
+/// up to it) and notes when, by the database's clock, it first reached each position: with
+/// the events' `recorded_at`, also the database's clock, that gives each event's lag from
+/// its append to its confirmed publication, up to one poll late.
+struct RelayProgress {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Vec<(i64, time::OffsetDateTime)>>,
+}
+
+impl RelayProgress {
+    fn start(pool: sqlx::PgPool) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut seen: Vec<(i64, time::OffsetDateTime)> = Vec::new();
+                while !stop.is_cancelled() {
+                    let row: Result<(Option<i64>, time::OffsetDateTime), _> = sqlx::query_as(
+                        "SELECT (SELECT max(position) FROM relay_checkpoints), clock_timestamp()",
+                    )
+                    .fetch_one(&pool)
+                    .await;
+                    if let Ok((Some(position), at)) = row
+                        && seen.last().is_none_or(|(last, _)| position > *last)
+                    {
+                        seen.push((position, at));
+                    }
+                    tokio::time::sleep(PROGRESS_POLL).await;
+                }
+                seen
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Each event's lag, worst first, once the checkpoint has passed them all.
+    async fn lags(self, events: &[eventstore::RecordedEvent]) -> Vec<(Duration, i64)> {
+        self.stop.cancel();
+        let seen = self.task.await.expect("progress task");
+        let mut lags: Vec<(Duration, i64)> = events
+            .iter()
+            .map(|event| {
+                let (_, at) = seen
+                    .iter()
+                    .find(|(position, _)| *position >= event.position)
+                    .unwrap_or_else(|| panic!("the checkpoint never passed {}", event.position));
+                let lag = (*at - event.recorded_at).unsigned_abs();
+                (lag, event.position)
+            })
+            .collect();
+        lags.sort_by(|a, b| b.cmp(a));
+        lags
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_long_transaction_in_another_database_holds_no_key_back() {
     let stack = Stack::start().await;
+    let progress = RelayProgress::start(stack.db.store.pool().clone());
     let neighbour = testkit::TestDatabase::create().await;
     let mut other = PgConnection::connect(&neighbour.url)
         .await
@@ -136,6 +200,43 @@ async fn a_long_transaction_in_another_database_holds_no_key_back() {
     assert!(
         took < KEYS_WHILE_ELSEWHERE_BUSY,
         "200 keys took {took:?} while another database's transaction was open"
+    );
+    // Every event so far (requests and acknowledgements) was published, with its lag.
+    let events = stack.db.store.read_committed(0).await.expect("the log");
+    assert!(
+        events.len() >= 400,
+        "a request and an acknowledgement per key"
+    );
+    let last = events.last().map_or(0, |e| e.position);
+    let pool = stack.db.store.pool().clone();
+    testkit::wait_until(
+        "the relay's checkpoint passes the log",
+        DEADLINE,
+        || async {
+            let checkpoint: Result<Option<i64>, _> =
+                sqlx::query_scalar("SELECT max(position) FROM relay_checkpoints")
+                    .fetch_one(&pool)
+                    .await;
+            matches!(checkpoint, Ok(Some(position)) if position >= last)
+        },
+    )
+    .await;
+    let lags = progress.lags(&events).await;
+    let percentile = |p: usize| lags[(lags.len() * (100 - p) / 100).min(lags.len() - 1)].0;
+    eprintln!(
+        "relay lag over {} events: max {:?} (position {}), p99 {:?}, p50 {:?}",
+        lags.len(),
+        lags[0].0,
+        lags[0].1,
+        percentile(99),
+        percentile(50)
+    );
+    assert!(
+        lags[0].0 < RELAY_LAG_BOUND,
+        "the relay published the event at position {} {:?} after its append, while another \
+         database's transaction was open",
+        lags[0].1,
+        lags[0].0
     );
     // The other transaction was open throughout: it still runs now.
     let still_open: bool =
