@@ -122,6 +122,11 @@ pub struct Config {
     /// `KEYLEDGER_SUB_PUBLIC_URL` and `KEYLEDGER_SUB_SECRET`: both set, or the `sub` role is
     /// off and nobody is shown a subscription URL.
     pub subscription_urls: Option<domain::SubscriptionUrls>,
+    /// `KEYLEDGER_SUB_WEB_PAGE_URL`: the bot's t.me link, sent to apps as
+    /// `Profile-Web-Page-Url`.
+    pub sub_web_page_url: Option<Url>,
+    /// `KEYLEDGER_SUB_SUPPORT_URL`: sent to apps as `Support-Url`.
+    pub sub_support_url: Option<Url>,
 }
 
 /// When the worker role's reconciler runs (file section `[reconcile]`).
@@ -269,6 +274,9 @@ impl Config {
             )
         })?;
         let subscription_urls = subscription_urls(&env)?;
+        let optional_url = |name: &str| env(name).map(|raw| http_url(name, &raw)).transpose();
+        let sub_web_page_url = optional_url("KEYLEDGER_SUB_WEB_PAGE_URL")?;
+        let sub_support_url = optional_url("KEYLEDGER_SUB_SUPPORT_URL")?;
 
         Ok(Self {
             database_url,
@@ -288,6 +296,8 @@ impl Config {
             notary: crate::notary::notary_settings(&file.notary)?,
             sub_addr,
             subscription_urls,
+            sub_web_page_url,
+            sub_support_url,
         })
     }
 }

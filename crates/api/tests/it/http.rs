@@ -60,6 +60,7 @@ impl Api {
             locations,
             amqp_url,
             panels,
+            subscription_urls: None,
         };
         let router = api::router(db.store.clone(), config, api::metrics::recorder());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

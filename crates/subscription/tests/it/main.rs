@@ -1,0 +1,1 @@
+//! The subscription crate's integration tests.
