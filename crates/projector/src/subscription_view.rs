@@ -6,9 +6,7 @@
 
 use std::collections::HashMap;
 
-use domain::{
-    EventType, StreamKind, SubscriptionEvent, SubscriptionState, evolve_subscription,
-};
+use domain::{EventType, StreamKind, SubscriptionEvent, SubscriptionState, evolve_subscription};
 use eventstore::{EventStore, RecordedEvent};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
@@ -52,14 +50,15 @@ pub fn subscription_view_of(
     let mut state = SubscriptionState::default();
     let mut last = None;
     for event in events {
-        let decoded = SubscriptionEvent::from_parts(&event.event_type, &event.data).map_err(
-            |e| ViewError::UndecodableEvent {
-                key_id: event.stream_id,
-                event_id: event.event_id,
-                version: event.version,
-                reason: e.to_string(),
-            },
-        )?;
+        let decoded =
+            SubscriptionEvent::from_parts(&event.event_type, &event.data).map_err(|e| {
+                ViewError::UndecodableEvent {
+                    key_id: event.stream_id,
+                    event_id: event.event_id,
+                    version: event.version,
+                    reason: e.to_string(),
+                }
+            })?;
         state = evolve_subscription(state, &decoded);
         last = Some((event.version, event.recorded_at));
     }
@@ -200,10 +199,8 @@ pub async fn verify_subscription_views(
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM subscription_views"))
             .fetch_all(&mut *conn)
             .await?;
-    let mut stored: HashMap<Uuid, SubscriptionView> = stored
-        .into_iter()
-        .map(|v| (v.subscription_id, v))
-        .collect();
+    let mut stored: HashMap<Uuid, SubscriptionView> =
+        stored.into_iter().map(|v| (v.subscription_id, v)).collect();
     let mut report = SubscriptionViewReport {
         subscriptions: streams.len(),
         ..SubscriptionViewReport::default()

@@ -170,7 +170,11 @@ pub const REPLACED: &str = "🔒 link replaced — open the bot";
 pub const NO_KEY: &str = "🔑 no key yet — open the bot";
 
 /// The entries and userinfo for a fetch of generation `token_generation` of `data`.
-pub fn contents(data: &SubscriptionData, token_generation: u32, locations: &[Location]) -> Contents {
+pub fn contents(
+    data: &SubscriptionData,
+    token_generation: u32,
+    locations: &[Location],
+) -> Contents {
     if token_generation != data.generation {
         return Contents {
             entries: vec![Entry::placeholder(REPLACED.to_owned())],

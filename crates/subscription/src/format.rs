@@ -80,8 +80,14 @@ mod tests {
         let cases = [
             ("v2rayNG/1.8.5", Format::B64),
             ("v2rayN/6.42", Format::B64),
-            ("HiddifyNext/2.5.7 (android) like ClashMeta v2ray sing-box", Format::B64),
-            ("NekoBox/Android/1.3.4 (Prefer ClashMeta Format)", Format::B64),
+            (
+                "HiddifyNext/2.5.7 (android) like ClashMeta v2ray sing-box",
+                Format::B64,
+            ),
+            (
+                "NekoBox/Android/1.3.4 (Prefer ClashMeta Format)",
+                Format::B64,
+            ),
             ("SFA/1.9.0 (Android)", Format::Singbox),
             ("SFI/1.9.0", Format::Singbox),
             ("sing-box 1.14.4", Format::Singbox),

@@ -93,13 +93,22 @@ impl TokenIndex {
             let from = known.get(&id).copied().unwrap_or(0) + 1;
             for g in from..=generation {
                 let sid = SubscriptionId::from_uuid(id);
-                fresh.push((self.urls.token(sid, g), Target { id: sid, generation: g }));
+                fresh.push((
+                    self.urls.token(sid, g),
+                    Target {
+                        id: sid,
+                        generation: g,
+                    },
+                ));
             }
             if generation >= from {
-                fresh.push((String::new(), Target {
-                    id: SubscriptionId::from_uuid(id),
-                    generation,
-                }));
+                fresh.push((
+                    String::new(),
+                    Target {
+                        id: SubscriptionId::from_uuid(id),
+                        generation,
+                    },
+                ));
             }
         }
         let mut map = self.map.write().await;

@@ -137,9 +137,11 @@ mod tests {
         let links = app_links("https://sub.example.com/s/abc", "VPN");
         assert!(links.iter().any(|(_, l)| l
             == "v2rayng://install-sub?url=https%3A%2F%2Fsub.example.com%2Fs%2Fabc&name=VPN"));
-        assert!(links
-            .iter()
-            .any(|(_, l)| l == "hiddify://import/https://sub.example.com/s/abc#VPN"));
+        assert!(
+            links
+                .iter()
+                .any(|(_, l)| l == "hiddify://import/https://sub.example.com/s/abc#VPN")
+        );
         assert!(escape("<a href=\"x\">") == "&lt;a href=&quot;x&quot;&gt;");
         assert!(qr_svg("https://sub.example.com/s/abc").is_some_and(|s| s.contains("<svg")));
     }

@@ -225,7 +225,9 @@ pub fn clash(entries: &[Entry]) -> String {
     }
     let names: Vec<&str> = entries.iter().map(|e| e.remark.as_str()).collect();
     let group = json!({"name": "PROXY", "type": "select", "proxies": names});
-    out.push_str(&format!("proxy-groups:\n  - {group}\nrules:\n  - MATCH,PROXY\n"));
+    out.push_str(&format!(
+        "proxy-groups:\n  - {group}\nrules:\n  - MATCH,PROXY\n"
+    ));
     out
 }
 
@@ -293,10 +295,7 @@ pub fn render(contents: &Contents, format: Format, profile: &Profile<'_>) -> Ren
         Format::Clash => ("text/yaml; charset=utf-8", clash(&contents.entries)),
     };
     let mut headers = vec![
-        (
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(content_type),
-        ),
+        (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ];
     headers.extend(profile_headers(contents, profile));
@@ -352,7 +351,10 @@ mod tests {
         );
         assert_eq!(get("profile-update-interval").as_deref(), Some("12"));
         let disposition = get("content-disposition").expect("disposition");
-        assert!(disposition.contains("filename=\"VPN ____\""), "{disposition}");
+        assert!(
+            disposition.contains("filename=\"VPN ____\""),
+            "{disposition}"
+        );
         assert!(
             disposition.contains("filename*=UTF-8''VPN%20%D0%BA%D0%BB%D1%8E%D1%87"),
             "{disposition}"
@@ -365,7 +367,10 @@ mod tests {
         let link = "vless://11112222-3333-4444-5555-666677778888@h.example:443?type=ws&security=tls&sni=h.example&path=%2Fws&host=h.example#x";
         let entries = [entry("A \"quoted\" name", link, true)];
         let profile = clash(&entries);
-        assert!(profile.contains(r#""name":"A \"quoted\" name""#), "{profile}");
+        assert!(
+            profile.contains(r#""name":"A \"quoted\" name""#),
+            "{profile}"
+        );
         assert!(profile.contains(r#""ws-opts":{"headers":{"Host":"h.example"},"path":"/ws"}"#));
         assert!(profile.ends_with("rules:\n  - MATCH,PROXY\n"));
     }

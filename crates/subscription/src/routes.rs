@@ -170,7 +170,10 @@ fn unavailable() -> Response {
 
 fn respond(rendered: Rendered) -> Response {
     let mut response = (rendered.status, rendered.body).into_response();
-    response.headers_mut().extend(rendered.headers);
+    let headers = response.headers_mut();
+    for (name, value) in rendered.headers {
+        headers.insert(name, value);
+    }
     response
 }
 
@@ -244,8 +247,7 @@ async fn decide(
     if let Some(rendered) = state.cached(&key) {
         return (respond(rendered), Some(target));
     }
-    let data = match tokio::time::timeout(timeout, entries::load(pool, target.id.as_uuid())).await
-    {
+    let data = match tokio::time::timeout(timeout, entries::load(pool, target.id.as_uuid())).await {
         Ok(Ok(Some(data))) => data,
         // The index knew it, the view does not (a rebuild dropped it): nothing to show.
         Ok(Ok(None)) => return (empty(StatusCode::NOT_FOUND), Some(target)),

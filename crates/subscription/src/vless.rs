@@ -34,7 +34,10 @@ impl VlessLink {
         }
         let uuid = Uuid::parse_str(url.username()).map_err(|_| VlessError::Uuid)?;
         let host = url.host_str().ok_or(VlessError::Address)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = url.port().ok_or(VlessError::Address)?;
         let params = url.query_pairs().into_owned().collect();
         Ok(Self {
@@ -93,7 +96,10 @@ mod tests {
         assert_eq!(parsed.param("spx"), Some("/"));
         assert_eq!(parsed.security(), "reality");
         let renamed = with_remark(link, "Amsterdam 🇳🇱");
-        assert!(renamed.ends_with("#Amsterdam%20%F0%9F%87%B3%F0%9F%87%B1"), "{renamed}");
+        assert!(
+            renamed.ends_with("#Amsterdam%20%F0%9F%87%B3%F0%9F%87%B1"),
+            "{renamed}"
+        );
         assert!(VlessLink::parse("vmess://x@h:1").is_err());
     }
 }

@@ -12,3 +12,4 @@ mod faults;
 mod http_api;
 mod panel_sim;
 mod roles;
+mod subscription_clients;
