@@ -54,7 +54,10 @@ pub async fn sub(config: &Config, args: &SubBenchArgs, out: &mut impl Write) -> 
 }
 
 /// A user with a subscription and an active key at each of five locations, with usage.
-async fn seed(store: &EventStore, urls: &SubscriptionUrls) -> anyhow::Result<(Vec<Location>, String)> {
+async fn seed(
+    store: &EventStore,
+    urls: &SubscriptionUrls,
+) -> anyhow::Result<(Vec<Location>, String)> {
     let user = UserId::new(USER)?;
     let id = SubscriptionId::for_user(user);
     sqlx::query("INSERT INTO subscription_views VALUES ($1, $2, 1, 1, now())")
@@ -175,7 +178,11 @@ async fn run(scratch: &ScratchDatabase, args: &SubBenchArgs) -> anyhow::Result<S
     );
     let server = tokio::spawn(subscription::serve(listener, router, stop.clone()));
     let sub_url = format!("{base}/s/{token}");
-    let body = reqwest::get(&sub_url).await?.error_for_status()?.bytes().await?;
+    let body = reqwest::get(&sub_url)
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
     let body_bytes = body.len();
     let _ = fixed.set(axum::body::Bytes::from(vec![b'A'; body_bytes]));
     let baseline_url = format!("{base}/baseline");
@@ -189,7 +196,11 @@ async fn run(scratch: &ScratchDatabase, args: &SubBenchArgs) -> anyhow::Result<S
     let _ = server.await;
     let (sub_rate, sub_p50, sub_p99) = best(subs);
     let (base_rate, base_p50, base_p99) = best(baselines);
-    let ratio = if base_rate > 0.0 { sub_rate / base_rate } else { 0.0 };
+    let ratio = if base_rate > 0.0 {
+        sub_rate / base_rate
+    } else {
+        0.0
+    };
     Ok(SubReport {
         locations: LOCATIONS,
         concurrency: args.concurrency,

@@ -660,3 +660,65 @@ async fn reality_links_match_the_inbound_and_the_base64_body_and_headers_parse()
     assert!(disposition.contains("filename*=UTF-8''"), "{disposition}");
     stack.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_views_follow_the_log_and_audit_compares_them_with_a_replay() {
+    let stack = Stack::start(tls_stream(), free_port()).await;
+    stack.request_key().await;
+    let store = stack.db.store.clone();
+    let user = Stack::user();
+    let view = eventually("the subscription view", DEADLINE, || async {
+        projector::load_subscription_view(store.pool(), user.get())
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert_eq!(view.generation, 1);
+    assert_eq!(
+        view.subscription_id,
+        SubscriptionId::for_user(user).as_uuid()
+    );
+    Subscriptions::new(store.clone())
+        .replace_link(user, "test", &[], Uuid::new_v4(), Stack::actor())
+        .await
+        .expect("new link");
+    eventually("generation 2 projected", DEADLINE, || async {
+        let view = projector::load_subscription_view(store.pool(), user.get())
+            .await
+            .ok()??;
+        (view.generation == 2).then_some(())
+    })
+    .await;
+    let report = projector::verify_subscription_views(&store)
+        .await
+        .expect("verify");
+    assert!(report.holds(), "{report:?}");
+    assert_eq!(report.subscriptions, 1);
+    let keys = projector::verify_views(&store).await.expect("key views");
+    assert!(keys.holds(), "subscription streams are not keys: {keys:?}");
+
+    // A tampered view is caught, and a rebuild puts it back.
+    sqlx::query("UPDATE subscription_views SET generation = 7")
+        .execute(store.pool())
+        .await
+        .expect("tamper");
+    let report = projector::verify_subscription_views(&store)
+        .await
+        .expect("verify");
+    assert_eq!(report.differences.len(), 1);
+    let rebuilt = projector::rebuild(&store).await.expect("rebuild");
+    assert_eq!(rebuilt.subscriptions, 1);
+    let view = projector::load_subscription_view(store.pool(), user.get())
+        .await
+        .expect("load")
+        .expect("view");
+    assert_eq!(view.generation, 2);
+    assert!(
+        projector::verify_subscription_views(&store)
+            .await
+            .expect("verify")
+            .holds()
+    );
+    stack.stop().await;
+}
