@@ -146,6 +146,18 @@ impl Drop for Door {
     }
 }
 
+/// A row of `subscription_fetches`: id, generation, address hash, User-Agent, hwid, format,
+/// status.
+type FetchRow = (
+    Option<Uuid>,
+    Option<i32>,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    i16,
+);
+
 fn is_placeholder(link: &str) -> bool {
     link.starts_with("vless://00000000-0000-0000-0000-000000000000@0.0.0.0:1?")
 }
@@ -364,15 +376,7 @@ async fn fetches_are_recorded_without_the_address_or_the_token() {
     .await;
     door.get(&format!("{}/s/{}", door.base, "C".repeat(24)), &[])
         .await;
-    let rows: Vec<(
-        Option<Uuid>,
-        Option<i32>,
-        String,
-        Option<String>,
-        Option<String>,
-        String,
-        i16,
-    )> = eventually("two fetches recorded", DEADLINE, || async {
+    let rows: Vec<FetchRow> = eventually("two fetches recorded", DEADLINE, || async {
         let rows: Vec<_> = sqlx::query_as(
             "SELECT subscription_id, generation, address_hash, user_agent, hwid, format, status
                    FROM subscription_fetches ORDER BY id",
