@@ -680,6 +680,8 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         "POST /v1/keys/{key_id}/renew",
         "GET /v1/keys/{key_id}",
         "GET /v1/users/{user_id}/keys",
+        "GET /v1/users/{user_id}/subscription",
+        "POST /v1/users/{user_id}/subscription/rotate",
         "GET /v1/keys/{key_id}/history",
         "GET /v1/events",
         "GET /v1/audit/verify",
