@@ -99,6 +99,7 @@ pub(crate) async fn request_key(
     let now = OffsetDateTime::now_utc();
     future_expiry(body.expires_at, now)?;
     let key_id = KeyId::for_user_at(user, &location);
+    ensure_subscription(&state, command_context.role, user).await?;
     let command = KeyCommand::Request(RequestKey {
         user_id: user,
         location,
@@ -274,6 +275,19 @@ pub(crate) async fn user_keys(
     Ok(Json(views))
 }
 
+/// Issues the user's subscription with their first key, when subscriptions are configured,
+/// so the URL exists by the time anyone shows it; later requests find it and record nothing.
+async fn ensure_subscription(state: &AppState, role: Role, user: UserId) -> Result<(), ApiError> {
+    if state.config.subscription_urls.is_none() {
+        return Ok(());
+    }
+    let metadata = EventMetadata::for_command(Uuid::new_v4(), actor(role));
+    eventstore::Subscriptions::new(state.store.clone())
+        .ensure_issued(user, &metadata)
+        .await?;
+    Ok(())
+}
+
 fn future_expiry(expires_at: Option<OffsetDateTime>, now: OffsetDateTime) -> Result<(), ApiError> {
     match expires_at {
         Some(at) if at <= now => Err(ApiError::bad_request(
@@ -375,7 +389,7 @@ async fn run_command(
     .await
 }
 
-fn actor(role: Role) -> Actor {
+pub(crate) fn actor(role: Role) -> Actor {
     let kind = match role {
         Role::Admin => ActorKind::Admin,
         Role::Service | Role::Auditor => ActorKind::Service,

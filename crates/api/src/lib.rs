@@ -20,7 +20,7 @@ pub mod metrics;
 mod panels;
 mod probes;
 mod role;
-mod server;
+mod subscriptions;
 
 use std::sync::Arc;
 
@@ -40,7 +40,7 @@ pub use domain::Secret;
 pub use error::ApiError;
 pub use panels::{BoxFuture, Breaker, PanelHealth, PanelProbe, PanelStatus};
 pub use role::Role;
-pub use server::{ServeLimits, serve_with};
+pub use http_listener::{ServeLimits, serve_with};
 
 /// Largest request body accepted; every body of this API is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -54,6 +54,9 @@ pub struct ApiConfig {
     /// The panels of this process, for `/readyz` and `/v1/locations`, as the binary
     /// injects them; `None` when the worker runs elsewhere.
     pub panels: Option<Arc<dyn PanelStatus>>,
+    /// How users' subscription URLs are made; `None` when subscriptions are not configured
+    /// (the subscription routes then answer 409).
+    pub subscription_urls: Option<domain::SubscriptionUrls>,
 }
 
 impl std::fmt::Debug for ApiConfig {
@@ -63,6 +66,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("tokens", &self.tokens)
             .field("locations", &self.locations)
             .field("panels", &self.panels.is_some())
+            .field("subscriptions", &self.subscription_urls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +97,7 @@ pub(crate) type AppState = Arc<ApiState>;
     modifiers(&BearerScheme),
     tags(
         (name = "keys", description = "Request, rotate, revoke and renew keys; read their views"),
+        (name = "subscriptions", description = "Users' subscription URLs and new links"),
         (name = "audit", description = "The log itself: histories, paging, verification"),
         (name = "operations", description = "Probes, metrics and locations")
     )
@@ -108,6 +113,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::renew_key))
         .routes(routes!(keys::user_keys))
+        .routes(routes!(subscriptions::get_subscription))
+        .routes(routes!(subscriptions::rotate_subscription))
         .routes(routes!(audit::key_history))
         .routes(routes!(audit::events))
         .routes(routes!(audit::verify))

@@ -136,7 +136,28 @@ pub async fn verify(store: &EventStore, out: &mut impl Write) -> anyhow::Result<
         views.keys,
         views.lagging.len()
     )?;
-    Ok(report.holds() && views.holds())
+    let subscriptions = projector::verify_subscription_views(store).await?;
+    for difference in &subscriptions.differences {
+        writeln!(
+            out,
+            "VIEW   subscription {}: stored {} but the log replays to {}",
+            difference.subscription_id,
+            serde_json::to_string(&difference.stored)?,
+            serde_json::to_string(&difference.replayed)?
+        )?;
+    }
+    let verdict = if subscriptions.holds() {
+        "every subscription view equals a replay"
+    } else {
+        "subscription views differ from the log"
+    };
+    writeln!(
+        out,
+        "checked the views of {} subscriptions: {verdict} ({} still catching up)",
+        subscriptions.subscriptions,
+        subscriptions.lagging.len()
+    )?;
+    Ok(report.holds() && views.holds() && subscriptions.holds())
 }
 
 /// `keyledger projections rebuild`.
@@ -144,8 +165,8 @@ pub async fn rebuild_projections(store: &EventStore, out: &mut impl Write) -> an
     let report = projector::rebuild(store).await?;
     writeln!(
         out,
-        "rebuilt {} key views from {} events ({} keys caught up during the rebuild)",
-        report.views, report.events, report.caught_up
+        "rebuilt {} key views from {} events ({} keys caught up during the rebuild) and {} subscription views",
+        report.views, report.events, report.caught_up, report.subscriptions
     )?;
     Ok(())
 }

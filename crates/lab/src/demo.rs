@@ -1,5 +1,7 @@
 //! `keyledger demo`: the whole pipeline in one process against the local PostgreSQL and
 //! RabbitMQ and the built-in panel simulator, with a scripted user, told as it happens.
+//! After each step it also shows what the user's subscription URL serves, as their VPN app
+//! would see it.
 //!
 //! It works in a database and a RabbitMQ vhost of its own, both removed at the end, so it
 //! can run beside a real deployment on the same servers without touching it.
@@ -65,6 +67,7 @@ async fn play(config: &Config, scratch: &Scratch, out: &mut impl Write) -> anyho
         Role::Projector,
         Role::Worker,
         Role::Scheduler,
+        Role::Sub,
     ];
     let running = start_roles(&demo, &store, &roles)
         .await
@@ -75,8 +78,24 @@ async fn play(config: &Config, scratch: &Scratch, out: &mut impl Write) -> anyho
             "  http api     http://{address} (no tokens set: only probes and /metrics)"
         )?;
     }
+    let user = UserId::new(DEMO_USER)?;
+    let subscription = match &demo.subscription_urls {
+        Some(urls) => {
+            let metadata = EventMetadata::for_command(
+                Uuid::new_v4(),
+                Actor::new(ActorKind::TelegramUser, DEMO_USER.to_string()),
+            );
+            let state = eventstore::Subscriptions::new(store.clone())
+                .ensure_issued(user, &metadata)
+                .await?;
+            let url = urls.url(domain::SubscriptionId::for_user(user), state.generation);
+            writeln!(out, "  subscription {url}")?;
+            Some(url)
+        }
+        None => None,
+    };
     writeln!(out)?;
-    let mut story = Story::new(store.clone(), panel.handle());
+    let mut story = Story::new(store.clone(), panel.handle(), subscription);
     let told = tell(&mut story, out).await;
     running.stop().await;
     told
@@ -88,6 +107,15 @@ fn demo_config(config: &Config, scratch: &Scratch, panel_url: Url) -> anyhow::Re
     let mut demo = scratch.config_with_simulator(config, DEMO_LOCATION, panel_url)?;
     demo.http_addr = "127.0.0.1:0".parse()?;
     demo.telegram_bot_token = None;
+    // The sub role on a free port, with a secret of this run only.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    demo.sub_addr = ([127, 0, 0, 1], port).into();
+    demo.subscription_urls = Some(domain::SubscriptionUrls::new(
+        Url::parse(&format!("http://127.0.0.1:{port}"))?,
+        domain::Secret::new(format!("{}{}", Uuid::new_v4(), Uuid::new_v4())),
+    )?);
     Ok(demo)
 }
 
@@ -128,6 +156,7 @@ async fn tell(story: &mut Story, out: &mut impl Write) -> anyhow::Result<()> {
         .until(out, "the key to be active", |v| v.status == "active", key)
         .await?;
     story.show_key_and_panel(out, &view)?;
+    story.show_subscription(out).await?;
 
     for round in 1..=2 {
         writeln!(
@@ -149,6 +178,7 @@ async fn tell(story: &mut Story, out: &mut impl Write) -> anyhow::Result<()> {
             )
             .await?;
         story.show_key_and_panel(out, &view)?;
+        story.show_subscription(out).await?;
         if story
             .panel
             .clients(INBOUND_ID)
@@ -168,10 +198,12 @@ async fn tell(story: &mut Story, out: &mut impl Write) -> anyhow::Result<()> {
         .until(out, "the key to be revoked", |v| v.status == "revoked", key)
         .await?;
     story.show_key_and_panel(out, &view)?;
+    story.show_subscription(out).await?;
 
     writeln!(out, "5. audit verify")?;
     let chains = eventstore::verify_chains(story.store.pool()).await?;
     let views = projector::verify_views(&story.store).await?;
+    let subscriptions = projector::verify_subscription_views(&story.store).await?;
     writeln!(
         out,
         "   {} events in {} streams: {}",
@@ -193,7 +225,17 @@ async fn tell(story: &mut Story, out: &mut impl Write) -> anyhow::Result<()> {
             "VIEWS DIFFER FROM THE LOG"
         }
     )?;
-    if !(chains.holds() && views.holds()) {
+    writeln!(
+        out,
+        "   {} subscription views: {}",
+        subscriptions.subscriptions,
+        if subscriptions.holds() {
+            "each equals a replay of the log"
+        } else {
+            "VIEWS DIFFER FROM THE LOG"
+        }
+    )?;
+    if !(chains.holds() && views.holds() && subscriptions.holds()) {
         bail!("audit verify failed");
     }
     writeln!(
@@ -208,15 +250,43 @@ struct Story {
     store: EventStore,
     panel: SimHandle,
     after: i64,
+    /// The user's subscription URL, when the sub role runs.
+    subscription: Option<String>,
 }
 
 impl Story {
-    fn new(store: EventStore, panel: SimHandle) -> Self {
+    fn new(store: EventStore, panel: SimHandle, subscription: Option<String>) -> Self {
         Self {
             store,
             panel,
             after: 0,
+            subscription,
         }
+    }
+
+    /// Prints what the subscription URL serves (its `plain` format), as an app sees it.
+    async fn show_subscription(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        let Some(url) = &self.subscription else {
+            return Ok(());
+        };
+        // A subscription issued a moment ago is found within a second.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let body = loop {
+            let response = reqwest::get(format!("{url}/plain")).await?;
+            if response.status().is_success() {
+                break response.text().await?;
+            }
+            if Instant::now() >= deadline {
+                bail!("the subscription URL answered {}", response.status());
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        writeln!(out, "   subscription serves:")?;
+        for line in body.lines() {
+            writeln!(out, "     {line}")?;
+        }
+        writeln!(out)?;
+        Ok(())
     }
 
     /// Prints every event recorded since the last call.

@@ -11,6 +11,7 @@
 mod bench;
 mod bench_e2e;
 mod bench_rebuild;
+mod bench_sub;
 mod demo;
 mod panel_sim;
 mod scratch;
@@ -44,6 +45,7 @@ pub async fn bench(
         BenchCommand::Relay(args) => bench::relay(config, args, out).await,
         BenchCommand::E2e(args) => bench_e2e::e2e(config, args, out).await,
         BenchCommand::Rebuild(args) => bench_rebuild::rebuild(config, args, out).await,
+        BenchCommand::Sub(args) => bench_sub::sub(config, args, out).await,
     }
 }
 
@@ -60,6 +62,22 @@ pub enum BenchCommand {
     /// Simulated users through every role against the panel simulator, against the
     /// simulator's own capacity at the same latency.
     E2e(E2eBenchArgs),
+    /// Fetches of one subscription URL with five locations, against the same listener
+    /// answering a fixed body of the same size.
+    Sub(SubBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubBenchArgs {
+    /// Fetches in flight at once, for the subscription and the baseline alike.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Alternating rounds of baseline and subscription; the best of each counts.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
 }
 
 #[derive(Debug, Clone, Args)]

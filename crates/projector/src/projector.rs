@@ -1,13 +1,15 @@
 //! The live projector: the `keyledger.projector` consumer that keeps `key_views` current. On
 //! each event it reads the key's stream up to that event and recomputes the whole view rather
 //! than patching the stored one, so a redelivered or repeated message cannot leave a view that
-//! differs from a replay; the upsert only ever replaces a view with a newer version.
+//! differs from a replay; the upsert only ever replaces a view with a newer version. Events of
+//! a subscription's stream update its subscription view the same way.
 
 use broker::{Consumer, ConsumerConfig, EventHandler, HandlerError, Queue};
 use eventstore::{EventStore, RecordedEvent};
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
+use crate::subscription_view::{is_subscription_event, subscription_view_of, upsert_subscription};
 use crate::view::{ViewError, upsert, view_of};
 
 /// The live projector: on each event, recomputes the key's view from the log (up to that
@@ -34,16 +36,28 @@ impl EventHandler for KeyViewProjector {
             .read_stream_after_on(tx, event.stream_id, 0, event.version.max(0) as u32)
             .await
             .map_err(|e| HandlerError::Retry(format!("reading key {}: {e}", event.stream_id)))?;
-        let view = view_of(event.stream_id, &events).map_err(|error| match error {
-            // The log itself holds something this build cannot read: no retry fixes that.
-            ViewError::UndecodableEvent { .. } => HandlerError::Reject(error.to_string()),
-            other => HandlerError::Retry(other.to_string()),
-        })?;
+        if is_subscription_event(event) {
+            let view = subscription_view_of(event.stream_id, &events).map_err(handler_error)?;
+            if let Some(view) = view {
+                upsert_subscription(tx, &view).await?;
+                tracing::debug!(subscription_id = %view.subscription_id, generation = view.generation, "subscription view updated");
+            }
+            return Ok(());
+        }
+        let view = view_of(event.stream_id, &events).map_err(handler_error)?;
         if let Some(view) = view {
             upsert(tx, "key_views", &view).await?;
             tracing::debug!(key_id = %view.key_id, version = view.version, status = %view.status, "key view updated");
         }
         Ok(())
+    }
+}
+
+fn handler_error(error: ViewError) -> HandlerError {
+    match error {
+        // The log itself holds something this build cannot read: no retry fixes that.
+        ViewError::UndecodableEvent { .. } => HandlerError::Reject(error.to_string()),
+        other => HandlerError::Retry(other.to_string()),
     }
 }
 

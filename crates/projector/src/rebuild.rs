@@ -1,7 +1,8 @@
 //! `keyledger projections rebuild`: every key view recomputed from position 0 into a fresh
 //! table (`key_views_next`) that is swapped in at the end. Building beside the live table
 //! instead of truncating it means readers keep the old views until the new set is complete,
-//! and a rebuild that fails halfway leaves the old views as they were.
+//! and a rebuild that fails halfway leaves the old views as they were. The subscription views
+//! are rebuilt after them, in one transaction of their own (a small table).
 
 use std::collections::HashMap;
 
@@ -9,6 +10,7 @@ use eventstore::EventStore;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::subscription_view::{is_subscription_event, rebuild_subscription_views};
 use crate::view::{KeyFold, KeyView, ViewError, upsert, view_of};
 
 /// What a rebuild did.
@@ -18,6 +20,8 @@ pub struct RebuildReport {
     pub views: usize,
     /// Keys that got events while the rebuild ran, brought up to date before the swap.
     pub caught_up: usize,
+    /// Subscription views written.
+    pub subscriptions: usize,
 }
 
 const PAGE: i64 = 5_000;
@@ -51,7 +55,7 @@ async fn fold_log(
     let mut folds: HashMap<Uuid, KeyFold> = HashMap::new();
     let mut events = 0usize;
     while let Some(page) = received.recv().await {
-        for event in &page {
+        for event in page.iter().filter(|e| !is_subscription_event(e)) {
             folds.entry(event.stream_id).or_default().apply(event)?;
         }
         events += page.len();
@@ -138,11 +142,16 @@ pub async fn rebuild(store: &EventStore) -> Result<RebuildReport, ViewError> {
     sqlx::query("LOCK TABLE key_views IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *tx)
         .await?;
-    let late: Vec<Uuid> =
-        sqlx::query_scalar("SELECT DISTINCT stream_id FROM events WHERE position > $1")
-            .bind(position)
-            .fetch_all(&mut *tx)
-            .await?;
+    let key_types: Vec<&str> = domain::EventType::key_types()
+        .map(domain::EventType::as_str)
+        .collect();
+    let late: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT stream_id FROM events WHERE position > $1 AND type = ANY($2)",
+    )
+    .bind(position)
+    .bind(key_types)
+    .fetch_all(&mut *tx)
+    .await?;
     for key_id in &late {
         let history = store
             .read_stream_after_on(&mut tx, *key_id, 0, u32::MAX >> 1)
@@ -161,9 +170,11 @@ pub async fn rebuild(store: &EventStore) -> Result<RebuildReport, ViewError> {
     .await?;
     tx.commit().await?;
     tracing::info!(events, views, caught_up = late.len(), "key views rebuilt");
+    let subscriptions = rebuild_subscription_views(store).await?;
     Ok(RebuildReport {
         events,
         views,
         caught_up: late.len(),
+        subscriptions,
     })
 }

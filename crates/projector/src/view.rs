@@ -178,7 +178,11 @@ impl ViewReport {
 pub async fn verify_views(store: &EventStore) -> Result<ViewReport, ViewError> {
     let events = store.read_committed(0).await?;
     let mut by_key: HashMap<Uuid, Vec<RecordedEvent>> = HashMap::new();
-    for event in events {
+    // Subscription streams have views of their own (crate::subscription_view).
+    for event in events
+        .into_iter()
+        .filter(|e| !crate::subscription_view::is_subscription_event(e))
+    {
         by_key.entry(event.stream_id).or_default().push(event);
     }
     let sql = format!("SELECT {VIEW_COLUMNS} FROM key_views");

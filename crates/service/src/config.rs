@@ -124,6 +124,11 @@ pub struct Config {
     pub subscription_urls: Option<domain::SubscriptionUrls>,
     /// Per-user limits of the bot (file section `[limits]`).
     pub user_limits: bot::UserLimits,
+    /// `KEYLEDGER_SUB_WEB_PAGE_URL`: the bot's t.me link, sent to apps as
+    /// `Profile-Web-Page-Url`.
+    pub sub_web_page_url: Option<Url>,
+    /// `KEYLEDGER_SUB_SUPPORT_URL`: sent to apps as `Support-Url`.
+    pub sub_support_url: Option<Url>,
 }
 
 /// When the worker role's reconciler runs (file section `[reconcile]`).
@@ -301,6 +306,9 @@ impl Config {
             ("KEYLEDGER_AUDITOR_TOKEN", &auditor_token),
             ("KEYLEDGER_SERVICE_TOKEN", &service_token),
         ])?;
+        let optional_url = |name: &str| env(name).map(|raw| http_url(name, &raw)).transpose();
+        let sub_web_page_url = optional_url("KEYLEDGER_SUB_WEB_PAGE_URL")?;
+        let sub_support_url = optional_url("KEYLEDGER_SUB_SUPPORT_URL")?;
 
         Ok(Self {
             database_url,
@@ -321,6 +329,8 @@ impl Config {
             sub_addr,
             subscription_urls,
             user_limits,
+            sub_web_page_url,
+            sub_support_url,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! keyledger's service: its configuration and the wiring of its roles into one process.
 //!
 //! Every role lives in a crate of its own (`api`, `broker`'s relay, `projector`,
-//! `x3ui-worker`, `bot`, `scheduler`); this crate reads the configuration (environment over
+//! `x3ui-worker`, `bot`, `scheduler`, `subscription`); this crate reads the configuration (environment over
 //! an optional TOML file), opens the event store, and starts and stops any subset of the
 //! roles together ([`pipeline::Pipeline`]). The binary (`crates/keyledger`) parses the
 //! command line and calls in here; the lab (`crates/lab`) and the test kit
@@ -50,6 +50,9 @@ pub enum Role {
     Worker,
     Bot,
     Scheduler,
+    /// Serves users' subscription URLs (docs/subscriptions.md); needs
+    /// `KEYLEDGER_SUB_PUBLIC_URL` and `KEYLEDGER_SUB_SECRET`.
+    Sub,
     /// Signs checkpoints of the log (docs/checkpoints.md); needs `KEYLEDGER_NOTARY_KEY`.
     Notary,
 }

@@ -55,6 +55,15 @@ pub struct Pipeline {
     scheduler_tick: Duration,
     broker_policies: bool,
     notary: Option<crate::notary::Notary>,
+    sub: Option<SubRole>,
+    subscription_urls: Option<domain::SubscriptionUrls>,
+}
+
+/// What the `sub` role needs: where to listen and how to answer.
+#[derive(Debug, Clone)]
+pub struct SubRole {
+    pub listen: SocketAddr,
+    pub settings: subscription::SubSettings,
 }
 
 impl Pipeline {
@@ -74,6 +83,8 @@ impl Pipeline {
             scheduler_tick: SCHEDULER_TICK,
             broker_policies: false,
             notary: None,
+            sub: None,
+            subscription_urls: None,
         }
     }
 
@@ -106,6 +117,16 @@ impl Pipeline {
             let settings = &config.notary;
             pipeline = pipeline.with_notary(key, settings.interval, settings.file.clone());
         }
+        if let Some(urls) = &config.subscription_urls {
+            let mut settings =
+                subscription::SubSettings::new(urls.clone(), pipeline.locations.clone());
+            settings.web_page_url = config.sub_web_page_url.clone();
+            settings.support_url = config.sub_support_url.clone();
+            pipeline = pipeline.with_sub(SubRole {
+                listen: config.sub_addr,
+                settings,
+            });
+        }
         if let Some(token) = &config.telegram_bot_token {
             let bot = bot::BotConfig::new(
                 token.clone(),
@@ -136,6 +157,14 @@ impl Pipeline {
 
     pub fn with_api(mut self, api: ApiSettings) -> Self {
         self.api = Some(api);
+        self
+    }
+
+    /// The `sub` role's listener and settings; the API shows URLs with the same base and
+    /// secret.
+    pub fn with_sub(mut self, sub: SubRole) -> Self {
+        self.subscription_urls = Some(sub.settings.urls.clone());
+        self.sub = Some(sub);
         self
     }
 
@@ -201,6 +230,7 @@ impl Pipeline {
             tasks: tokio::task::JoinSet::new(),
             stop: CancellationToken::new(),
             http_addr: None,
+            sub_addr: None,
             worker_stats: None,
         };
         for role in roles {
@@ -218,6 +248,7 @@ impl Pipeline {
                         .spawn(async move { projector::run_projector(store, &url, stop).await });
                 }
                 Role::Worker => self.start_worker(&mut running),
+                Role::Sub => self.start_sub(&mut running).await?,
                 Role::Bot => self.start_bot(&mut running),
                 Role::Scheduler => {
                     let scheduler =
@@ -257,6 +288,7 @@ impl Pipeline {
             tokens: settings.tokens.clone(),
             locations: self.locations.clone(),
             amqp_url: Some(self.amqp_url.clone()),
+            subscription_urls: self.subscription_urls.clone(),
             panels: self.panels.clone().map(|panels| {
                 Arc::new(crate::panels::PanelsStatus::new(panels)) as Arc<dyn api::PanelStatus>
             }),
@@ -273,6 +305,32 @@ impl Pipeline {
             Some(self.amqp_url.clone()),
             running.stop.clone(),
         ));
+        Ok(())
+    }
+
+    async fn start_sub(&self, running: &mut RunningRoles) -> Result<(), Failure> {
+        let Some(sub) = &self.sub else {
+            tracing::info!(
+                "sub role off: KEYLEDGER_SUB_PUBLIC_URL and KEYLEDGER_SUB_SECRET not set"
+            );
+            return Ok(());
+        };
+        let listener = tokio::net::TcpListener::bind(sub.listen)
+            .await
+            .map_err(|e| {
+                Failure::Runtime(anyhow::anyhow!(
+                    "cannot listen on {} (KEYLEDGER_SUB_ADDR): {e}",
+                    sub.listen
+                ))
+            })?;
+        running.sub_addr = listener.local_addr().ok();
+        let stop = running.stop.clone();
+        let router = subscription::router(self.store.clone(), sub.settings.clone(), stop.clone());
+        running.tasks.spawn(async move {
+            if let Err(error) = subscription::serve(listener, router, stop).await {
+                tracing::error!(%error, "subscription server stopped");
+            }
+        });
         Ok(())
     }
 
@@ -324,6 +382,8 @@ pub struct RunningRoles {
     stop: CancellationToken,
     /// Where the API listens, when the `api` role runs.
     pub http_addr: Option<SocketAddr>,
+    /// Where the subscription server listens, when the `sub` role runs.
+    pub sub_addr: Option<SocketAddr>,
     /// The worker's consumer counters, when the `worker` role runs.
     pub worker_stats: Option<Arc<ConsumerStats>>,
 }

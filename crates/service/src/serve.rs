@@ -8,13 +8,14 @@ use crate::config::Config;
 use crate::pipeline::{Pipeline, RunningRoles};
 
 /// Roles this build can run: every role of docs/cli.md.
-pub const AVAILABLE_ROLES: [Role; 7] = [
+pub const AVAILABLE_ROLES: [Role; 8] = [
     Role::Api,
     Role::Relay,
     Role::Projector,
     Role::Worker,
     Role::Bot,
     Role::Scheduler,
+    Role::Sub,
     Role::Notary,
 ];
 

@@ -364,6 +364,14 @@ impl SimHandle {
         self.shared.data().add_inbound(remark, port)
     }
 
+    /// Adds a VLESS inbound with the given `streamSettings` (tls, ws, a real REALITY key
+    /// pair…) and no clients; returns its id.
+    pub fn add_inbound_with_stream(&self, remark: &str, port: u16, stream: &Value) -> i64 {
+        self.shared
+            .data()
+            .add_inbound_with_stream(remark, port, stream)
+    }
+
     /// The clients of an inbound, as stored in its settings.
     pub fn clients(&self, inbound_id: i64) -> Vec<Map<String, Value>> {
         self.shared.data().clients(inbound_id).unwrap_or_default()

@@ -217,9 +217,6 @@ fn settings_text(clients: &[Map<String, Value>], rest: &Map<String, Value>) -> S
 
 impl Data {
     pub(crate) fn add_inbound(&mut self, remark: &str, port: u16) -> i64 {
-        let id = self.inbounds.keys().next_back().map_or(1, |last| last + 1);
-        let rest = json!({"decryption": "none", "encryption": "none", "fallbacks": []});
-        let rest = rest.as_object().cloned().unwrap_or_default();
         let stream = json!({
             "network": "tcp",
             "security": "reality",
@@ -232,6 +229,19 @@ impl Data {
             },
             "tcpSettings": {"acceptProxyProtocol": false, "header": {"type": "none"}}
         });
+        self.add_inbound_with_stream(remark, port, &stream)
+    }
+
+    /// Adds a VLESS inbound with the given `streamSettings`, no clients; returns its id.
+    pub(crate) fn add_inbound_with_stream(
+        &mut self,
+        remark: &str,
+        port: u16,
+        stream: &Value,
+    ) -> i64 {
+        let id = self.inbounds.keys().next_back().map_or(1, |last| last + 1);
+        let rest = json!({"decryption": "none", "encryption": "none", "fallbacks": []});
+        let rest = rest.as_object().cloned().unwrap_or_default();
         self.inbounds.insert(
             id,
             SimInbound {
@@ -239,7 +249,7 @@ impl Data {
                 remark: remark.to_owned(),
                 port,
                 settings: settings_text(&[], &rest),
-                stream_settings: serde_json::to_string_pretty(&stream).unwrap_or_default(),
+                stream_settings: serde_json::to_string_pretty(stream).unwrap_or_default(),
                 sniffing: r#"{"enabled":false,"destOverride":["http","tls"]}"#.into(),
                 version: 0,
             },

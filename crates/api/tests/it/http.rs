@@ -60,6 +60,7 @@ impl Api {
             locations,
             amqp_url,
             panels,
+            subscription_urls: None,
         };
         let router = api::router(db.store.clone(), config, api::metrics::recorder());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -721,6 +722,8 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         "POST /v1/keys/{key_id}/renew",
         "GET /v1/keys/{key_id}",
         "GET /v1/users/{user_id}/keys",
+        "GET /v1/users/{user_id}/subscription",
+        "POST /v1/users/{user_id}/subscription/rotate",
         "GET /v1/keys/{key_id}/history",
         "GET /v1/events",
         "GET /v1/audit/verify",
@@ -870,6 +873,7 @@ async fn bounded_listener(
         locations: vec![],
         amqp_url: None,
         panels: None,
+        subscription_urls: None,
     };
     let router = api::router(db.store.clone(), config, api::metrics::recorder());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

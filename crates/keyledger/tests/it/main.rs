@@ -13,3 +13,4 @@ mod http_api;
 mod panel_sim;
 mod roles;
 mod rolling_upgrade;
+mod subscription_clients;

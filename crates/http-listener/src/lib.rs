@@ -15,6 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,8 +23,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-
-use crate::error::ApiError;
 
 /// The bounds a listener serves within.
 #[derive(Debug, Clone, Copy)]
@@ -120,9 +119,17 @@ async fn request_deadline(
 ) -> Response {
     match tokio::time::timeout(deadline, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::Unavailable {
-            what: format!("an answer within {deadline:?}"),
+        Err(_) => {
+            tracing::warn!(?deadline, "a request ran out of time");
+            let mut response = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the request took too long; try again\n",
+            )
+                .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
         }
-        .into_response(),
     }
 }
