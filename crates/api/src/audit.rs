@@ -138,9 +138,13 @@ pub struct VerifyReport {
     pub chains: ChainReport,
     #[schema(value_type = Object)]
     pub views: ViewReport,
+    /// The subscription views against a replay of the subscription streams.
+    #[schema(value_type = Object)]
+    pub subscriptions: projector::SubscriptionViewReport,
 }
 
-/// The same checks as `keyledger audit verify`: hash chains, append-only guards, views.
+/// The same checks as `keyledger audit verify`: hash chains, append-only guards, key and
+/// subscription views.
 #[utoipa::path(
     get, path = "/v1/audit/verify", tag = "audit",
     responses(
@@ -155,13 +159,20 @@ pub(crate) async fn verify(
 ) -> Result<Json<VerifyReport>, ApiError> {
     let chains = eventstore::verify_chains(state.store.pool()).await?;
     let views = projector::verify_views(&state.store).await?;
-    let ok = chains.holds() && views.holds();
+    let subscriptions = projector::verify_subscription_views(&state.store).await?;
+    let ok = chains.holds() && views.holds() && subscriptions.holds();
     if !ok {
         tracing::warn!(
             chain_breaks = chains.breaks.len(),
             view_differences = views.differences.len(),
+            subscription_differences = subscriptions.differences.len(),
             "audit verify found differences"
         );
     }
-    Ok(Json(VerifyReport { ok, chains, views }))
+    Ok(Json(VerifyReport {
+        ok,
+        chains,
+        views,
+        subscriptions,
+    }))
 }
