@@ -178,7 +178,7 @@ impl Worker {
             }
         })?;
         let applied = match state.desired_client() {
-            Some(desired) => location.ensure(location.spec_for(&desired)).await.map(|outcome| {
+            Some(desired) => location.ensure(location.desired_spec(&desired).await).await.map(|outcome| {
                 tracing::debug!(%key_id, location = location.id(), ?outcome, enable = desired.enable, "panel holds the key's client");
             }),
             None => location

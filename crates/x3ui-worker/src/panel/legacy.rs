@@ -64,8 +64,46 @@ pub(crate) async fn fetch_inbound(
         .map_err(|detail| session.protocol(operation, format!("inbound {inbound_id}: {detail}")))
 }
 
+/// Our inbound from `list`, the one read that carries the traffic rows (`clientStats`).
+pub(crate) async fn fetch_listed(
+    session: &Session,
+    operation: Operation,
+) -> Result<InboundClients, PanelError> {
+    let inbound_id = session.config().inbound_id;
+    let envelope = session
+        .call(operation, Method::GET, "panel/api/inbounds/list", None)
+        .await?;
+    if !envelope.success {
+        return Err(session.refused(operation, "", &envelope));
+    }
+    InboundClients::from_list(envelope.obj, inbound_id)
+        .map_err(|detail| session.protocol(operation, detail))
+}
+
+/// `POST {id}/resetClientTraffic/{email}`: the counters back to zero. The route sits with
+/// the inbound routes on every version we speak (the v3.1 clients API has no route of its
+/// own for it).
+pub(crate) async fn reset_traffic(session: &Session, email: &str) -> Result<(), PanelError> {
+    let operation = Operation::ResetTraffic;
+    let path = format!(
+        "panel/api/inbounds/{}/resetClientTraffic/{}",
+        session.config().inbound_id,
+        super::path_segment(email)
+    );
+    let envelope = session.call(operation, Method::POST, &path, None).await?;
+    if envelope.success {
+        Ok(())
+    } else {
+        Err(session.refused(operation, email, &envelope))
+    }
+}
+
 impl PanelApi for LegacyApi {
     super::session_basics!();
+
+    async fn list_with_traffic(&self) -> Result<InboundClients, PanelError> {
+        fetch_listed(&self.session, Operation::ListTraffic).await
+    }
 
     async fn list_clients(&self) -> Result<InboundClients, PanelError> {
         fetch_inbound(&self.session, Operation::ListClients).await
