@@ -427,10 +427,13 @@ mod tests {
 
     #[test]
     fn a_get_answer_has_no_traffic_rows_and_odd_counters_read_as_zero() {
-        let listed = InboundClients::from_answer(
-            br#"{"success":true,"msg":"","obj":{"id":1,"settings":"{"clients":[{"id":"x","email":"a"}]}","streamSettings":"{"network":"ws","security":"tls"}","clientStats":null}}"#,
-        )
-        .expect("parses");
+        let answer = serde_json::json!({"success": true, "msg": "", "obj": {
+            "id": 1,
+            "settings": serde_json::json!({"clients": [{"id": "x", "email": "a"}]}).to_string(),
+            "streamSettings": serde_json::json!({"network": "ws", "security": "tls"}).to_string(),
+            "clientStats": null
+        }});
+        let listed = InboundClients::from_answer(answer.to_string().as_bytes()).expect("parses");
         assert!(listed.traffic.is_none());
         assert!(listed.effectively_enabled(&listed.clients[0]));
         assert_eq!(listed.inbound.default_flow(), "", "no Vision over ws");
