@@ -6,6 +6,7 @@
 mod conn;
 mod routes;
 mod state;
+mod traffic;
 
 use std::io;
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use url::Url;
 
 use state::Shared;
 pub use state::SimStats;
+pub use traffic::{TrafficPass, TrafficRow};
 use x3ui_worker::{ApiKind, Credentials, PanelConfig, Secret};
 
 /// Which route family the simulated panel serves.
@@ -62,16 +64,27 @@ pub struct SimConfig {
     pub last_client_deletable: bool,
     /// Seeds the fault dice, so a failing test can be replayed.
     pub seed: u64,
+    /// How often the panel's traffic job runs: 10 s before v3.0, 5 s from v3.0. `None`:
+    /// only when asked ([`SimHandle::run_traffic_job`]).
+    pub traffic_job_period: Option<Duration>,
+    /// v2.9.4+: the job disables a depleted or expired client in the inbound's settings
+    /// too (`"enable": false`); before, only its traffic row (`clientStats`) shows it.
+    pub disable_sets_settings_flag: bool,
+    /// v2.9.4+ (`restartXrayOnClientDisable`, on by default): the job restarts Xray after
+    /// disabling clients, which empties `onlines`.
+    pub restart_xray_on_disable: bool,
 }
 
 impl SimConfig {
-    /// v2.6 – v2.8.3: 401/307 without a session, unknown deletes succeed.
+    /// v2.6 – v2.8.3: 401/307 without a session, unknown deletes succeed, and the
+    /// traffic job disables clients in their traffic rows only.
     pub fn v2_6() -> Self {
         Self {
             unauthenticated: Unauthenticated::Status401OrRedirect,
             unknown_delete_succeeds: true,
             ..Self::v2_9()
         }
+        .with_disable_before_v2_9_4()
     }
 
     /// v2.9.4: the most common panel; 404 without a session.
@@ -87,14 +100,18 @@ impl SimConfig {
             unknown_delete_succeeds: false,
             last_client_deletable: false,
             seed: 7,
+            traffic_job_period: Some(Duration::from_secs(10)),
+            disable_sets_settings_flag: true,
+            restart_xray_on_disable: true,
         }
     }
 
-    /// v3.0: CSRF tokens and Bearer API tokens.
+    /// v3.0: CSRF tokens and Bearer API tokens; the traffic job every 5 s.
     pub fn v3_0() -> Self {
         Self {
             csrf: true,
             api_token: Some("sim-api-token".into()),
+            traffic_job_period: Some(Duration::from_secs(5)),
             ..Self::v2_9()
         }
     }
@@ -106,6 +123,35 @@ impl SimConfig {
             unauthenticated: Unauthenticated::Status401OrNotFound,
             last_client_deletable: true,
             ..Self::v3_0()
+        }
+    }
+}
+
+impl SimConfig {
+    /// The traffic job before v2.9.4: a depleted or expired client is disabled in its
+    /// traffic row only (its settings entry keeps `"enable": true`), Xray not restarted.
+    pub fn with_disable_before_v2_9_4(self) -> Self {
+        Self {
+            disable_sets_settings_flag: false,
+            restart_xray_on_disable: false,
+            ..self
+        }
+    }
+
+    /// The traffic job from v2.9.4: disabled in the settings too, then Xray restarted.
+    pub fn with_disable_from_v2_9_4(self) -> Self {
+        Self {
+            disable_sets_settings_flag: true,
+            restart_xray_on_disable: true,
+            ..self
+        }
+    }
+
+    /// The traffic job's period; `None` runs it only on demand.
+    pub fn with_traffic_job_period(self, period: Option<Duration>) -> Self {
+        Self {
+            traffic_job_period: period,
+            ..self
         }
     }
 }
@@ -159,6 +205,7 @@ pub struct PanelSimulator {
     addr: SocketAddr,
     handle: SimHandle,
     running: Mutex<Option<Running>>,
+    traffic_job: Option<JoinHandle<()>>,
 }
 
 impl PanelSimulator {
@@ -183,10 +230,16 @@ impl PanelSimulator {
         };
         handle.add_inbound(remark, inbound_port);
         let running = serve(listener, &handle);
+        let traffic_job = handle
+            .shared
+            .config
+            .traffic_job_period
+            .map(|period| tokio::spawn(traffic_job(handle.clone(), period)));
         Ok(Self {
             addr,
             handle,
             running: Mutex::new(Some(running)),
+            traffic_job,
         })
     }
 
@@ -259,6 +312,22 @@ impl Drop for PanelSimulator {
         if let Some(running) = self.running.get_mut().take() {
             running.task.abort();
         }
+        if let Some(job) = self.traffic_job.take() {
+            job.abort();
+        }
+    }
+}
+
+/// The panel's cron entry for the traffic job. It runs while the panel's web server is
+/// down too: that is a proxy or the listener, not the panel process.
+async fn traffic_job(handle: SimHandle, period: Duration) {
+    let mut ticks = tokio::time::interval(period.max(Duration::from_millis(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the panel's first pass comes one period after start.
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        handle.run_traffic_job();
     }
 }
 
@@ -314,27 +383,32 @@ impl SimHandle {
         self.shared.data().settings_text(inbound_id)
     }
 
-    /// Puts a client straight into an inbound, bypassing every check.
+    /// Puts a client straight into an inbound, bypassing every check. Its traffic row is
+    /// created as the panel's UI would.
     pub fn insert_client(&self, inbound_id: i64, client: Map<String, Value>) {
-        self.shared
-            .data()
-            .edit_clients(inbound_id, |clients| clients.push(client));
+        self.insert_clients(inbound_id, vec![client]);
     }
 
     /// Puts many clients straight into an inbound at once, bypassing every check (one
-    /// rewrite of the inbound's settings, however many clients).
+    /// rewrite of the inbound's settings, however many clients), with their traffic rows.
     pub fn insert_clients(&self, inbound_id: i64, new: Vec<Map<String, Value>>) {
-        self.shared
-            .data()
-            .edit_clients(inbound_id, |clients| clients.extend(new));
+        let mut data = self.shared.data();
+        if !data.inbounds.contains_key(&inbound_id) {
+            return;
+        }
+        for client in &new {
+            data.add_traffic_row(inbound_id, client);
+        }
+        data.edit_clients(inbound_id, |clients| clients.extend(new));
     }
 
-    /// Removes a client behind our back; true if it was there.
+    /// Removes a client behind our back, traffic row included; true if it was there.
     pub fn remove_client(&self, email: &str) -> bool {
         self.edit_client(email, |_| false)
     }
 
-    /// Changes a client behind our back; true if it was there.
+    /// Changes a client behind our back; true if it was there. Its traffic row follows,
+    /// as after an updateClient: new fields, counters kept.
     pub fn modify_client(&self, email: &str, change: impl Fn(&mut Map<String, Value>)) -> bool {
         self.edit_client(email, |client| {
             change(client);
@@ -345,20 +419,91 @@ impl SimHandle {
     /// `keep` sees each matching client and says whether it stays.
     fn edit_client(&self, email: &str, keep: impl Fn(&mut Map<String, Value>) -> bool) -> bool {
         let mut data = self.shared.data();
-        let mut found = false;
+        // Each matching client as it ended up: `None` when it went.
+        let mut edited: Vec<Option<Map<String, Value>>> = Vec::new();
         for id in data.inbound_ids() {
             data.edit_clients(id, |clients| {
                 clients.retain_mut(|c| {
-                    if state::email_of(c).eq_ignore_ascii_case(email) {
-                        found = true;
-                        keep(c)
-                    } else {
-                        true
+                    if !state::email_of(c).eq_ignore_ascii_case(email) {
+                        return true;
                     }
+                    let stays = keep(c);
+                    edited.push(stays.then(|| c.clone()));
+                    stays
                 });
             });
         }
-        found
+        for client in &edited {
+            match client {
+                Some(client) => data.update_traffic_row(email, client),
+                None => data.remove_traffic_row(email),
+            }
+        }
+        !edited.is_empty()
+    }
+
+    /// Xray counts `up` and `down` bytes for the client with this email (any case). The
+    /// traffic job adds them to its row at its next pass, which also marks the client
+    /// online (`onlines`) and sets its `lastOnline`. Xray counts only clients it serves:
+    /// false, and nothing counted, for a client that is unknown or disabled in its row or
+    /// its settings entry.
+    pub fn add_traffic(&self, email: &str, up: i64, down: i64) -> bool {
+        self.shared.data().count_traffic(email, up, down)
+    }
+
+    /// The client's traffic row (`client_traffics`), if it has one.
+    pub fn client_traffic(&self, email: &str) -> Option<TrafficRow> {
+        self.shared.data().traffic_row(email).cloned()
+    }
+
+    /// Every traffic row, in id order.
+    pub fn client_traffics(&self) -> Vec<TrafficRow> {
+        self.shared.data().traffic.clone()
+    }
+
+    /// What `onlines` answers now: `None` is the panel's `null`.
+    pub fn onlines(&self) -> Option<Vec<String>> {
+        self.shared.data().onlines.clone()
+    }
+
+    /// One pass of the panel's traffic job, now: add the bytes Xray counted, start
+    /// "after first use" expiries, renew clients with a `reset` period, disable clients
+    /// over their quota or past their expiry (in their settings too, and then restart
+    /// Xray, as `SimConfig` says). The timed job (`traffic_job_period`) runs the same.
+    pub fn run_traffic_job(&self) -> TrafficPass {
+        let shared = &self.shared;
+        let mut data = shared.data();
+        let pass = data.traffic_pass(&shared.config, state::now_ms());
+        state::Counters::bump(&shared.stats.traffic_job_runs);
+        if pass.restarted_xray {
+            state::Counters::bump(&shared.stats.xray_restarts);
+        }
+        // Still under the data lock: whoever waits for a pass sees one that saw them.
+        shared.passes.send_modify(|passes| *passes += 1);
+        drop(data);
+        pass
+    }
+
+    /// Resolves when the traffic job's next pass ends, timed or on demand. That pass saw
+    /// every change made before this was called (not awaited: called).
+    pub fn next_traffic_pass(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut passes = self.shared.passes.subscribe();
+        async move {
+            // An error means the panel is gone: no pass will come, nothing to wait for.
+            let _ = passes.changed().await;
+        }
+    }
+
+    /// Restarts Xray, as the panel's "restart Xray" button does: `onlines` answers
+    /// null until traffic moves again.
+    pub fn restart_xray(&self) {
+        self.shared.data().restart_xray();
+        state::Counters::bump(&self.shared.stats.xray_restarts);
+    }
+
+    /// Xray restarts so far (also in [`SimStats`]).
+    pub fn xray_restarts(&self) -> u64 {
+        self.shared.stats.xray_restarts.load(Ordering::Relaxed)
     }
 
     pub fn faults(&self) -> Faults {

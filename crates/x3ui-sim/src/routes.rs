@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::conn::ConnectionCutter;
 use super::state::{Client, Counters, Shared, email_of, go_error, id_of, now_ms};
+use super::traffic::TrafficRow;
 use super::{Flavour, Unauthenticated};
 
 const COOKIE_NAME: &str = "3x-ui";
@@ -49,14 +50,25 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
                 "/panel/api/inbounds/getClientTraffics/{email}",
                 get(client_traffics),
             )
-            .route("/panel/api/inbounds/onlines", post(onlines)),
+            .route(
+                "/panel/api/inbounds/{id}/resetClientTraffic/{email}",
+                post(reset_client_traffic),
+            )
+            .route("/panel/api/inbounds/onlines", post(onlines))
+            .route("/panel/api/inbounds/lastOnline", post(last_online)),
         Flavour::Clients => api
             .route("/panel/api/clients/list", get(records_list))
             .route("/panel/api/clients/get/{email}", get(record_get))
             .route("/panel/api/clients/add", post(record_add))
             .route("/panel/api/clients/update/{email}", post(record_update))
             .route("/panel/api/clients/del/{email}", post(record_delete))
-            .route("/panel/api/clients/onlines", post(onlines)),
+            .route("/panel/api/clients/traffic/{email}", get(client_traffics))
+            .route(
+                "/panel/api/clients/resetTraffic/{email}",
+                post(record_reset_traffic),
+            )
+            .route("/panel/api/clients/onlines", post(onlines))
+            .route("/panel/api/clients/lastOnline", post(last_online)),
     };
     // The panel answers unknown routes and wrong methods alike: 404, empty.
     api = api
@@ -368,8 +380,7 @@ fn inbound_json(shared: &Shared, id: i64, with_stats: bool) -> Option<Value> {
         Flavour::Clients => serde_json::from_str(text).unwrap_or(Value::String(text.to_owned())),
     };
     let stats = if with_stats {
-        let clients = data.clients(id).unwrap_or_default();
-        Value::Array(clients.iter().map(|c| traffic_row(id, c)).collect())
+        Value::Array(data.inbound_traffic(id))
     } else {
         Value::Null
     };
@@ -382,15 +393,6 @@ fn inbound_json(shared: &Shared, id: i64, with_stats: bool) -> Option<Value> {
         "tag": format!("inbound-{}", inbound.port),
         "sniffing": column(&inbound.sniffing),
     }))
-}
-
-fn traffic_row(inbound_id: i64, client: &Map<String, Value>) -> Value {
-    json!({
-        "id": 0, "inboundId": inbound_id, "enable": client.get("enable").cloned().unwrap_or(Value::Bool(true)),
-        "email": email_of(client), "up": 0, "down": 0,
-        "expiryTime": client.get("expiryTime").cloned().unwrap_or(json!(0)),
-        "total": client.get("totalGB").cloned().unwrap_or(json!(0)), "reset": 0,
-    })
 }
 
 async fn list_inbounds(State(shared): Shr, headers: HeaderMap) -> Response {
@@ -493,6 +495,7 @@ async fn add_client(State(shared): Shr, headers: HeaderMap, body: Bytes) -> Resp
     for client in &mut clients {
         stamp(client, None);
     }
+    let added = clients.clone();
     match shared
         .write_clients(inbound_id, |_, existing| {
             existing.extend(clients);
@@ -500,7 +503,13 @@ async fn add_client(State(shared): Shr, headers: HeaderMap, body: Bytes) -> Resp
         })
         .await
     {
-        Ok(()) => ok("Inbound client(s) have been added."),
+        Ok(()) => {
+            let mut data = shared.data();
+            for client in &added {
+                data.add_traffic_row(inbound_id, client);
+            }
+            ok("Inbound client(s) have been added.")
+        }
         Err(e) => refuse(WRONG, &e),
     }
 }
@@ -525,19 +534,23 @@ async fn update_client(
         })
         .await;
     match result {
-        Ok(()) => ok("Inbound client has been updated."),
+        Ok(old_email) => {
+            shared.data().update_traffic_row(&old_email, &new);
+            ok("Inbound client has been updated.")
+        }
         Err(e) => refuse(WRONG, &e),
     }
 }
 
-/// updateClient's core: a full replace of the client whose id is `old_id`.
+/// updateClient's core: a full replace of the client whose id is `old_id`; the replaced
+/// client's email.
 fn replace_client(
     data: &super::state::Data,
     inbound_id: i64,
     existing: &mut [Map<String, Value>],
     old_id: &str,
     new: &mut Map<String, Value>,
-) -> Result<(), String> {
+) -> Result<String, String> {
     // An unknown old id and an empty new id give the same text.
     let slot = existing
         .iter()
@@ -553,8 +566,9 @@ fn replace_client(
         return Err(go_error(&["Duplicate email:", &email]));
     }
     stamp(new, existing[slot].get("created_at"));
+    let old_email = email_of(&existing[slot]).to_owned();
     existing[slot] = new.clone();
-    Ok(())
+    Ok(old_email)
 }
 
 async fn del_client(
@@ -597,27 +611,33 @@ impl ClientKey {
     }
 }
 
+/// Deletes the matching clients of an inbound and their traffic rows.
 async fn delete_where(shared: &Shared, inbound: &str, key: &ClientKey) -> Result<(), String> {
     let inbound_id: i64 = inbound.parse().unwrap_or(0);
     let unknown_ok = shared.config.unknown_delete_succeeds;
     let last_ok = shared.config.last_client_deletable;
-    shared
+    let removed = shared
         .write_clients(inbound_id, |_, clients| {
-            let before = clients.len();
+            let removed: Vec<String> = clients
+                .iter()
+                .filter(|c| key.matches(c))
+                .map(|c| email_of(c).to_owned())
+                .collect();
             clients.retain(|c| !key.matches(c));
-            if clients.len() == before {
-                return if unknown_ok {
-                    Ok(())
-                } else {
-                    Err(key.not_found())
-                };
+            if removed.is_empty() && !unknown_ok {
+                return Err(key.not_found());
             }
-            if clients.is_empty() && !last_ok {
+            if !removed.is_empty() && clients.is_empty() && !last_ok {
                 return Err(go_error(&["no client remained in Inbound"]));
             }
-            Ok(())
+            Ok(removed)
         })
-        .await
+        .await?;
+    let mut data = shared.data();
+    for email in removed {
+        data.remove_traffic_row(&email);
+    }
+    Ok(())
 }
 
 fn deleted(result: Result<(), String>) -> Response {
@@ -633,22 +653,59 @@ async fn client_traffics(
     Path(email): Path<String>,
 ) -> Response {
     authorized!(shared, headers, Method::GET);
-    let found = shared
-        .data()
-        .all_clients()
-        .into_iter()
-        .find(|(_, c)| email_of(c).eq_ignore_ascii_case(&email));
-    envelope(
-        true,
-        "",
-        found.map_or(Value::Null, |(inbound, c)| traffic_row(inbound, &c)),
-    )
+    let row = shared.data().traffic_row(&email).map(TrafficRow::to_json);
+    match row {
+        Some(row) => envelope(true, "", row),
+        None => refuse(
+            "Error getting traffics",
+            &go_error(&["Inbound Not Found For Email:", &email]),
+        ),
+    }
+}
+
+/// resetClientTraffic: up and down to 0 and the traffic row enabled; the settings entry
+/// keeps its `enable`, so a client the job disabled there stays off until an update.
+async fn reset_client_traffic(
+    State(shared): Shr,
+    headers: HeaderMap,
+    Path((_inbound, email)): Path<(String, String)>,
+) -> Response {
+    authorized!(shared, headers, Method::POST);
+    reset_traffic(&shared, &email)
+}
+
+async fn record_reset_traffic(
+    State(shared): Shr,
+    headers: HeaderMap,
+    Path(email): Path<String>,
+) -> Response {
+    authorized!(shared, headers, Method::POST);
+    reset_traffic(&shared, &email)
+}
+
+fn reset_traffic(shared: &Shared, email: &str) -> Response {
+    if shared.data().reset_traffic(email) {
+        ok("Traffic has been reset.")
+    } else {
+        refuse(WRONG, &go_error(&["Inbound Not Found For Email:", email]))
+    }
 }
 
 async fn onlines(State(shared): Shr, headers: HeaderMap) -> Response {
     authorized!(shared, headers, Method::POST);
-    // Nothing has carried traffic yet: the panel answers null, not [].
-    envelope(true, "", Value::Null)
+    // Nobody moved traffic in the job's last pass, or Xray restarted since: null, not [].
+    let onlines = shared.data().onlines.clone();
+    envelope(
+        true,
+        "",
+        onlines.map_or(Value::Null, |emails| json!(emails)),
+    )
+}
+
+async fn last_online(State(shared): Shr, headers: HeaderMap) -> Response {
+    authorized!(shared, headers, Method::POST);
+    let last = shared.data().last_online();
+    envelope(true, "", last)
 }
 
 // ---- v3.1+ clients routes ----
@@ -767,6 +824,7 @@ async fn record_add(State(shared): Shr, headers: HeaderMap, body: Bytes) -> Resp
         {
             return refuse(WRONG, &e);
         }
+        shared.data().add_traffic_row(inbound_id, &client);
     }
     ok("Inbound client(s) have been added.")
 }
@@ -811,13 +869,14 @@ async fn record_update(
             new.insert("subId".into(), sub.clone());
         }
         let old_id = id_of(&old).to_owned();
-        if let Err(e) = shared
+        match shared
             .write_clients(inbound_id, |data, existing| {
                 replace_client(data, inbound_id, existing, &old_id, &mut new)
             })
             .await
         {
-            return refuse(WRONG, &e);
+            Ok(old_email) => shared.data().update_traffic_row(&old_email, &new),
+            Err(e) => return refuse(WRONG, &e),
         }
     }
     ok("Inbound client has been updated.")

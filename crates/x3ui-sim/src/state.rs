@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
+use super::traffic::TrafficRow;
 use super::{Faults, SimConfig};
 
 /// What the panel did so far, for tests to assert on.
@@ -23,6 +24,10 @@ pub struct SimStats {
     pub lost_writes: u64,
     /// Connections closed without an answer by the drop faults.
     pub dropped_connections: u64,
+    /// Passes of the panel's traffic job, timed or on demand.
+    pub traffic_job_runs: u64,
+    /// Xray restarts: after the traffic job disabled clients (v2.9.4+), or on demand.
+    pub xray_restarts: u64,
 }
 
 #[derive(Default)]
@@ -34,6 +39,8 @@ pub(crate) struct Counters {
     pub injected_errors: AtomicU64,
     pub lost_writes: AtomicU64,
     pub dropped_connections: AtomicU64,
+    pub traffic_job_runs: AtomicU64,
+    pub xray_restarts: AtomicU64,
 }
 
 impl Counters {
@@ -47,6 +54,8 @@ impl Counters {
             injected_errors: get(&self.injected_errors),
             lost_writes: get(&self.lost_writes),
             dropped_connections: get(&self.dropped_connections),
+            traffic_job_runs: get(&self.traffic_job_runs),
+            xray_restarts: get(&self.xray_restarts),
         }
     }
 
@@ -61,6 +70,9 @@ pub(crate) struct Shared {
     data: Mutex<Data>,
     faults: Mutex<Faults>,
     dice: Mutex<fastrand::Rng>,
+    /// The traffic job's passes so far, bumped while the data is still locked, so a
+    /// waiter that saw a change knows the pass saw everything done before it waited.
+    pub passes: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,6 +88,7 @@ impl Shared {
             stats: Counters::default(),
             data: Mutex::new(Data::default()),
             faults: Mutex::new(Faults::default()),
+            passes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -159,6 +172,14 @@ pub(crate) struct Data {
     pub login_failures: Vec<Instant>,
     /// The clients API's numeric record ids, by lower-case email.
     pub record_ids: HashMap<String, i64>,
+    /// The `client_traffics` table, in id order.
+    pub traffic: Vec<TrafficRow>,
+    pub last_traffic_id: i64,
+    /// Bytes Xray counted since the traffic job's last pass, by lower-case email.
+    pub xray_counted: HashMap<String, (i64, i64)>,
+    /// The emails that moved traffic in the job's last pass; `None` when none did or
+    /// Xray restarted since (the panel answers `null`, not `[]`).
+    pub onlines: Option<Vec<String>>,
 }
 
 /// A client as stored inside an inbound's settings.

@@ -11,4 +11,5 @@ mod reconcile;
 mod session;
 mod shared_server;
 mod simulator;
+mod traffic;
 mod worker;

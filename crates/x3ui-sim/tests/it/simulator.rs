@@ -7,13 +7,13 @@ use url::Url;
 use uuid::Uuid;
 use x3ui_sim::{PanelSimulator, SimConfig};
 
-struct Raw {
-    http: reqwest::Client,
+pub(crate) struct Raw {
+    pub(crate) http: reqwest::Client,
     base: Url,
 }
 
 impl Raw {
-    async fn logged_in(sim: &PanelSimulator) -> Self {
+    pub(crate) async fn logged_in(sim: &PanelSimulator) -> Self {
         let raw = Self::anonymous(sim);
         let answer = raw
             .http
@@ -34,7 +34,7 @@ impl Raw {
         raw
     }
 
-    fn anonymous(sim: &PanelSimulator) -> Self {
+    pub(crate) fn anonymous(sim: &PanelSimulator) -> Self {
         let http = reqwest::Client::builder()
             .cookie_store(true)
             .redirect(reqwest::redirect::Policy::none())
@@ -46,11 +46,11 @@ impl Raw {
         }
     }
 
-    fn url(&self, path: &str) -> Url {
+    pub(crate) fn url(&self, path: &str) -> Url {
         self.base.join(path).unwrap()
     }
 
-    async fn post(&self, path: &str, body: Option<Value>) -> (u16, String) {
+    pub(crate) async fn post(&self, path: &str, body: Option<Value>) -> (u16, String) {
         let mut request = self.http.post(self.url(path));
         if let Some(body) = body {
             request = request.json(&body);
@@ -59,17 +59,17 @@ impl Raw {
         (answer.status().as_u16(), answer.text().await.unwrap())
     }
 
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         let answer = self.http.get(self.url(path)).send().await.unwrap();
         (answer.status().as_u16(), answer.text().await.unwrap())
     }
 }
 
-fn add_body(inbound: i64, clients: Value) -> Value {
+pub(crate) fn add_body(inbound: i64, clients: Value) -> Value {
     json!({"id": inbound, "settings": json!({"clients": clients}).to_string()})
 }
 
-fn parse(text: &str) -> Value {
+pub(crate) fn parse(text: &str) -> Value {
     serde_json::from_str(text).unwrap()
 }
 
