@@ -104,6 +104,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::rotate_key))
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::renew_key))
+        .routes(routes!(keys::change_quota))
         .routes(routes!(keys::user_keys))
         .routes(routes!(audit::key_history))
         .routes(routes!(audit::events))
