@@ -137,6 +137,11 @@ impl PanelApi for ClientsApi {
         self.with_records(snapshot, operation).await
     }
 
+    async fn reset_client_traffic(&self, email: &str) -> Result<(), PanelError> {
+        let path = email_path("resetTraffic", email);
+        super::legacy::reset_traffic(&self.session, &path, email).await
+    }
+
     async fn add_clients(&self, clients: &[PanelClient]) -> Result<(), PanelError> {
         // No batch route here: one client per request.
         for client in clients {

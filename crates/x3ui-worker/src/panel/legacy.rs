@@ -80,17 +80,14 @@ pub(crate) async fn fetch_listed(
         .map_err(|detail| session.protocol(operation, detail))
 }
 
-/// `POST {id}/resetClientTraffic/{email}`: the counters back to zero. The route sits with
-/// the inbound routes on every version we speak (the v3.1 clients API has no route of its
-/// own for it).
-pub(crate) async fn reset_traffic(session: &Session, email: &str) -> Result<(), PanelError> {
+/// A reset of the client's counters at `path` (`POST`, no body).
+pub(crate) async fn reset_traffic(
+    session: &Session,
+    path: &str,
+    email: &str,
+) -> Result<(), PanelError> {
     let operation = Operation::ResetTraffic;
-    let path = format!(
-        "panel/api/inbounds/{}/resetClientTraffic/{}",
-        session.config().inbound_id,
-        super::path_segment(email)
-    );
-    let envelope = session.call(operation, Method::POST, &path, None).await?;
+    let envelope = session.call(operation, Method::POST, path, None).await?;
     if envelope.success {
         Ok(())
     } else {
@@ -103,6 +100,15 @@ impl PanelApi for LegacyApi {
 
     async fn list_with_traffic(&self) -> Result<InboundClients, PanelError> {
         fetch_listed(&self.session, Operation::ListTraffic).await
+    }
+
+    async fn reset_client_traffic(&self, email: &str) -> Result<(), PanelError> {
+        let path = format!(
+            "panel/api/inbounds/{}/resetClientTraffic/{}",
+            self.inbound_id(),
+            super::path_segment(email)
+        );
+        reset_traffic(&self.session, &path, email).await
     }
 
     async fn list_clients(&self) -> Result<InboundClients, PanelError> {

@@ -106,10 +106,6 @@ macro_rules! session_basics {
             self.session.login().await
         }
 
-        async fn reset_client_traffic(&self, email: &str) -> Result<(), PanelError> {
-            crate::panel::legacy::reset_traffic(&self.session, email).await
-        }
-
         async fn get_inbound(&self) -> Result<Inbound, PanelError> {
             Ok(crate::panel::legacy::fetch_inbound(
                 &self.session,
