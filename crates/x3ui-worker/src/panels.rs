@@ -208,15 +208,13 @@ impl PanelLocation {
     }
 
     /// [`PanelLocation::spec_for`] once the inbound is known, so that a default flow is
-    /// the inbound's. An inbound that cannot be read now leaves the flow to the ensure's
-    /// own list and the reconciler's next pass.
-    pub async fn desired_spec(&self, desired: &DesiredClient) -> ClientSpec {
-        if self.flow.is_none()
-            && let Err(error) = self.panel.inbound().await
-        {
-            tracing::debug!(location = %self.id, %error, "inbound unknown; default flow not known yet");
+    /// the inbound's: without a configured flow, reads the inbound first (once; it is
+    /// cached). A panel that cannot be read fails here as the write would.
+    pub async fn desired_spec(&self, desired: &DesiredClient) -> Result<ClientSpec, PanelError> {
+        if self.flow.is_none() {
+            self.panel.inbound().await?;
         }
-        self.spec_for(desired)
+        Ok(self.spec_for(desired))
     }
 
     /// The panel client that holds `desired`, in this location's shape.

@@ -179,7 +179,11 @@ impl Worker {
             }
         })?;
         let applied = match state.desired_client() {
-            Some(desired) => location.ensure(location.desired_spec(&desired).await).await.map(|outcome| {
+            Some(desired) => match location.desired_spec(&desired).await {
+                Ok(spec) => location.ensure(spec).await,
+                Err(error) => Err(Arc::new(error)),
+            }
+            .map(|outcome| {
                 tracing::debug!(%key_id, location = location.id(), ?outcome, enable = desired.enable, "panel holds the key's client");
             }),
             None => location
@@ -227,14 +231,24 @@ impl Worker {
             _ => return self.sync_key(key_id, cause).await,
         };
         let location = self.location_of(key_id, &state)?;
-        let spec = location.desired_spec(&desired).await;
-        if let Err(error) = location.panel().restore_client(&spec, reset_usage).await {
-            self.record_failure(key_id, &state, &error, cause).await;
-            return Err(SyncError::Panel {
-                key_id,
-                source: Arc::new(error),
-            });
-        }
+        let restored = match location.desired_spec(&desired).await {
+            Ok(spec) => location
+                .panel()
+                .restore_client(&spec, reset_usage)
+                .await
+                .map(|_| spec),
+            Err(error) => Err(error),
+        };
+        let spec = match restored {
+            Ok(spec) => spec,
+            Err(error) => {
+                self.record_failure(key_id, &state, &error, cause).await;
+                return Err(SyncError::Panel {
+                    key_id,
+                    source: Arc::new(error),
+                });
+            }
+        };
         tracing::info!(%key_id, location = location.id(), reset_usage, total_bytes = spec.total_bytes, enable = spec.enable, "quota applied on the panel");
         self.inner.attempts().remove(&key_id);
         Ok(Synced {
