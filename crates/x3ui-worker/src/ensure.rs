@@ -303,9 +303,10 @@ impl<A: PanelApi> Panel<A> {
             let mut missing = Vec::new();
             for (i, spec) in specs.iter().enumerate() {
                 match snapshot.by_email(&spec.email) {
+                    // A client that should be on counts as on only when its row is too.
                     Some(observed)
                         if spec.matches(observed)
-                            && !(spec.enable && !snapshot.effectively_enabled(observed)) => {}
+                            && (!spec.enable || snapshot.effectively_enabled(observed)) => {}
                     Some(observed) => {
                         let observed = observed.clone();
                         self.update(&observed, &with_sub_id(spec.apply_to(Some(&observed))))

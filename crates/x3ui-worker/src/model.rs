@@ -153,8 +153,8 @@ pub struct Inbound {
 
 impl Inbound {
     /// The flow a client of this inbound gets when the location's configuration names
-    /// none: [`FLOW_VISION`] on tcp (Xray's newer name: raw) with tls or reality, the only
-    /// transports Vision runs on; `""` otherwise.
+    /// none: [`FLOW_VISION`] on tcp with tls or reality, the only transports Vision runs
+    /// on (and the only ones whose links carry a flow, as the panel's own); `""` otherwise.
     pub fn default_flow(&self) -> &'static str {
         let text = |key: &str| {
             self.stream_settings
@@ -162,7 +162,7 @@ impl Inbound {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
         };
-        let tcp = matches!(text("network"), "tcp" | "raw");
+        let tcp = text("network") == "tcp";
         let secured = matches!(text("security"), "tls" | "reality");
         if tcp && secured { FLOW_VISION } else { "" }
     }
