@@ -1,11 +1,15 @@
-//! `/v1/keys…` and `/v1/users/{user_id}/keys`: commands on keys and their views.
+//! `/v1/keys…` and `/v1/users/{user_id}/keys`: commands on keys and their views. A view is
+//! the projector's, replayed from the log, with the panel's traffic counters beside it
+//! (`usage`, from the worker's usage view `key_usage`, which is observation, not log).
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use domain::{KeyCommand, KeyId, LocationId, RenewKey, RequestKey, RevokeKey, RotateKey, UserId};
+use domain::{
+    ChangeQuota, KeyCommand, KeyId, LocationId, RenewKey, RequestKey, RevokeKey, RotateKey, UserId,
+};
 use eventstore::{Actor, ActorKind, EventMetadata};
 use projector::KeyView;
 use serde::{Deserialize, Serialize};
@@ -61,13 +65,88 @@ pub struct RenewKeyBody {
     pub expires_at: OffsetDateTime,
 }
 
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeQuotaBody {
+    /// The new traffic limit in bytes; 0 = no limit.
+    pub traffic_limit_bytes: u64,
+    /// Also set the panel's counters back to zero.
+    #[serde(default)]
+    pub reset_usage: bool,
+}
+
+/// A key's traffic as its panel last reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct KeyUsage {
+    pub up_bytes: i64,
+    pub down_bytes: i64,
+    /// The panel's quota in bytes; 0 = no limit.
+    pub limit_bytes: i64,
+    /// When the client last moved traffic; null if never.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_online: Option<OffsetDateTime>,
+}
+
+/// The key view (docs/http-api.md "Key view"): the projector's view and the usage.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KeyViewBody {
+    #[serde(flatten)]
+    pub view: KeyView,
+    /// Null before the panel's first report.
+    pub usage: Option<KeyUsage>,
+}
+
+/// The usage of each of `key_ids` that has one.
+async fn usages(
+    pool: &sqlx::PgPool,
+    key_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, KeyUsage>, ApiError> {
+    let rows: Vec<(Uuid, i64, i64, i64, Option<OffsetDateTime>)> = sqlx::query_as(
+        "SELECT key_id, up_bytes, down_bytes, limit_bytes, last_online
+         FROM key_usage WHERE key_id = ANY($1)",
+    )
+    .bind(key_ids)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| ApiError::Internal(format!("reading key usage: {e}")))?;
+    Ok(rows
+        .into_iter()
+        .map(|(key_id, up_bytes, down_bytes, limit_bytes, last_online)| {
+            let usage = KeyUsage {
+                up_bytes,
+                down_bytes,
+                limit_bytes,
+                last_online,
+            };
+            (key_id, usage)
+        })
+        .collect())
+}
+
+/// `views` with their usage.
+async fn with_usage(
+    pool: &sqlx::PgPool,
+    views: Vec<KeyView>,
+) -> Result<Vec<KeyViewBody>, ApiError> {
+    let ids: Vec<Uuid> = views.iter().map(|v| v.key_id).collect();
+    let mut usage = usages(pool, &ids).await?;
+    Ok(views
+        .into_iter()
+        .map(|view| KeyViewBody {
+            usage: usage.remove(&view.key_id),
+            view,
+        })
+        .collect())
+}
+
 /// Request a key for a user at a location.
 #[utoipa::path(
     post, path = "/v1/keys", tag = "keys",
     request_body = RequestKeyBody,
     params(("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")),
     responses(
-        (status = 202, description = "Recorded; the view shows `provisioning` until the panel confirms", body = KeyView),
+        (status = 202, description = "Recorded; the view shows `provisioning` until the panel confirms", body = KeyViewBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 422, body = ErrorBody)
@@ -122,7 +201,7 @@ pub(crate) async fn request_key(
     ),
     request_body(content = Option<RotateKeyBody>, description = "Empty or {}"),
     responses(
-        (status = 202, description = "Recorded; the view shows `rotating` until the panel confirms", body = KeyView),
+        (status = 202, description = "Recorded; the view shows `rotating` until the panel confirms", body = KeyViewBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)
@@ -154,7 +233,7 @@ pub(crate) async fn rotate_key(
     ),
     request_body = RevokeKeyBody,
     responses(
-        (status = 202, description = "Recorded; the view shows `revoking` until the panel confirms", body = KeyView),
+        (status = 202, description = "Recorded; the view shows `revoking` until the panel confirms", body = KeyViewBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)
@@ -196,7 +275,7 @@ pub(crate) async fn revoke_key(
     ),
     request_body = RenewKeyBody,
     responses(
-        (status = 202, description = "Recorded", body = KeyView),
+        (status = 202, description = "Recorded", body = KeyViewBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)
@@ -222,12 +301,61 @@ pub(crate) async fn renew_key(
         .await
 }
 
+/// Set a key's traffic limit, optionally resetting its usage: brings a depleted key back.
+#[utoipa::path(
+    post, path = "/v1/keys/{key_id}/quota", tag = "keys",
+    params(
+        ("key_id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")
+    ),
+    request_body = ChangeQuotaBody,
+    responses(
+        (status = 202, description = "Recorded; the worker applies it to the panel", body = KeyViewBody),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 422, description = "Refused, e.g. `quota_still_used_up`: the new limit is not above the usage", body = ErrorBody)
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn change_quota(
+    command_context: CommandContext,
+    State(state): State<AppState>,
+    Path(key_id): Path<String>,
+    JsonBody(body): JsonBody<ChangeQuotaBody>,
+) -> Result<Response, ApiError> {
+    let key_id = parse_key_id(&key_id)?;
+    if body.traffic_limit_bytes > MAX_TRAFFIC_LIMIT_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_traffic_limit",
+            format!("traffic_limit_bytes must be at most {MAX_TRAFFIC_LIMIT_BYTES}"),
+        ));
+    }
+    // What the panel last reported: a depleted key is not brought back under a limit it
+    // has already used up (0 when nothing was reported yet).
+    let used_bytes = usages(state.store.pool(), &[key_id.as_uuid()])
+        .await?
+        .remove(&key_id.as_uuid())
+        .map_or(0, |u| {
+            u64::try_from(u.up_bytes.saturating_add(u.down_bytes)).unwrap_or(0)
+        });
+    let command = KeyCommand::ChangeQuota(ChangeQuota {
+        traffic_limit_bytes: body.traffic_limit_bytes,
+        reset_usage: body.reset_usage,
+        used_bytes,
+    });
+    let route = format!("POST /v1/keys/{key_id}/quota");
+    command_context
+        .record(&state, &route, &body, key_id, command)
+        .await
+}
+
 /// A key's view.
 #[utoipa::path(
     get, path = "/v1/keys/{key_id}", tag = "keys",
     params(("key_id" = Uuid, Path)),
     responses(
-        (status = 200, body = KeyView),
+        (status = 200, body = KeyViewBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)
     ),
@@ -237,10 +365,14 @@ pub(crate) async fn get_key(
     _caller: Caller<Readers>,
     State(state): State<AppState>,
     Path(key_id): Path<String>,
-) -> Result<Json<KeyView>, ApiError> {
+) -> Result<Json<KeyViewBody>, ApiError> {
     let key_id = parse_key_id(&key_id)?;
-    projector::load_view(state.store.pool(), key_id.as_uuid())
+    let view = projector::load_view(state.store.pool(), key_id.as_uuid())
         .await?
+        .ok_or(ApiError::KeyNotFound(key_id.as_uuid()))?;
+    with_usage(state.store.pool(), vec![view])
+        .await?
+        .pop()
         .map(Json)
         .ok_or(ApiError::KeyNotFound(key_id.as_uuid()))
 }
@@ -250,7 +382,7 @@ pub(crate) async fn get_key(
     get, path = "/v1/users/{user_id}/keys", tag = "keys",
     params(("user_id" = i64, Path, description = "Telegram user id")),
     responses(
-        (status = 200, body = Vec<KeyView>),
+        (status = 200, body = Vec<KeyViewBody>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)
     ),
@@ -260,7 +392,7 @@ pub(crate) async fn user_keys(
     _caller: Caller<Readers>,
     State(state): State<AppState>,
     Path(user_id): Path<String>,
-) -> Result<Json<Vec<KeyView>>, ApiError> {
+) -> Result<Json<Vec<KeyViewBody>>, ApiError> {
     let user = user_id
         .parse::<i64>()
         .ok()
@@ -272,7 +404,7 @@ pub(crate) async fn user_keys(
             )
         })?;
     let views = projector::user_views(state.store.pool(), user.get()).await?;
-    Ok(Json(views))
+    Ok(Json(with_usage(state.store.pool(), views).await?))
 }
 
 /// Issues the user's subscription with their first key, when subscriptions are configured,
@@ -381,6 +513,10 @@ async fn run_command(
         tracing::info!(recorded = outcome.recorded.len(), "command recorded");
         let events = state.store.read_stream(key_id.as_uuid()).await?;
         let view = projector::view_of(key_id.as_uuid(), &events)?
+            .ok_or(ApiError::KeyNotFound(key_id.as_uuid()))?;
+        let view = with_usage(state.store.pool(), vec![view])
+            .await?
+            .pop()
             .ok_or(ApiError::KeyNotFound(key_id.as_uuid()))?;
         let body = serde_json::to_value(view).map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok((StatusCode::ACCEPTED, body))

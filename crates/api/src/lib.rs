@@ -38,9 +38,9 @@ use auth::BearerScheme;
 pub use auth::Tokens;
 pub use domain::Secret;
 pub use error::ApiError;
+pub use http_listener::{ServeLimits, serve_with};
 pub use panels::{BoxFuture, Breaker, PanelHealth, PanelProbe, PanelStatus};
 pub use role::Role;
-pub use http_listener::{ServeLimits, serve_with};
 
 /// Largest request body accepted; every body of this API is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -112,6 +112,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::rotate_key))
         .routes(routes!(keys::revoke_key))
         .routes(routes!(keys::renew_key))
+        .routes(routes!(keys::change_quota))
         .routes(routes!(keys::user_keys))
         .routes(routes!(subscriptions::get_subscription))
         .routes(routes!(subscriptions::rotate_subscription))

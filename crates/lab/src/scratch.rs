@@ -139,6 +139,7 @@ impl Scratch {
             public_host: format!("vpn.{location}.example"),
             accept_invalid_certs: false,
             api: ApiKind::Legacy,
+            flow: None,
         }];
         Ok(scratch)
     }

@@ -93,6 +93,9 @@ pub struct LocationConfig {
     pub public_host: String,
     pub accept_invalid_certs: bool,
     pub api: ApiKind,
+    /// The clients' `flow` (`""` or `xtls-rprx-vision`); `None`: the worker picks the
+    /// inbound's default (Vision on tcp with tls or reality, none otherwise).
+    pub flow: Option<String>,
 }
 
 /// The resolved configuration every role runs with.
@@ -140,6 +143,9 @@ pub struct ReconcileSettings {
     /// the reconciler (its message was dead-lettered or lost). Longer than the worker's
     /// own retries (about four minutes before dead-lettering), so the two rarely overlap.
     pub stuck_after: Duration,
+    /// Between two reads of the panels' traffic counters for the usage view
+    /// (`usage_interval_seconds`); full passes read them too.
+    pub usage_interval: Duration,
 }
 
 impl Default for ReconcileSettings {
@@ -147,6 +153,7 @@ impl Default for ReconcileSettings {
         Self {
             interval: Duration::from_secs(300),
             stuck_after: Duration::from_secs(300),
+            usage_interval: x3ui_worker::DEFAULT_USAGE_INTERVAL,
         }
     }
 }
@@ -156,6 +163,7 @@ impl Default for ReconcileSettings {
 struct FileReconcile {
     interval_seconds: Option<u64>,
     stuck_after_seconds: Option<u64>,
+    usage_interval_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,6 +215,7 @@ struct FileLocation {
     /// password (or token) would otherwise cross the network in clear.
     #[serde(default)]
     allow_plain_http: bool,
+    flow: Option<String>,
 }
 
 impl Config {
@@ -455,6 +464,11 @@ fn reconcile_settings(file: &FileReconcile) -> Result<ReconcileSettings, ConfigE
             file.stuck_after_seconds,
             defaults.stuck_after,
         )?,
+        usage_interval: seconds(
+            "usage_interval_seconds",
+            file.usage_interval_seconds,
+            defaults.usage_interval,
+        )?,
     })
 }
 
@@ -624,7 +638,21 @@ fn resolve_location(
             ));
         }
     };
+    let flow = match raw.flow {
+        None => None,
+        Some(flow) if flow.is_empty() || flow == x3ui_worker::FLOW_VISION => Some(flow),
+        Some(other) => {
+            return Err(ConfigError::new(
+                field("flow"),
+                format!(
+                    "{other:?} is not a flow keyledger sets: \"\" or {:?}",
+                    x3ui_worker::FLOW_VISION
+                ),
+            ));
+        }
+    };
     Ok(LocationConfig {
+        flow,
         id,
         name: raw.name,
         panel_url,

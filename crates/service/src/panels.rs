@@ -26,6 +26,7 @@ pub fn panel_configs(config: &Config) -> Vec<PanelConfig> {
             .with_api(location.api);
             panel.accept_invalid_certs = location.accept_invalid_certs;
             panel.public_host = Some(location.public_host.clone());
+            panel.flow = location.flow.clone();
             panel
         })
         .collect()

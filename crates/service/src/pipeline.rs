@@ -355,7 +355,8 @@ impl Pipeline {
             return;
         }
         let reconciler = x3ui_worker::Reconciler::new(self.store.clone(), panels)
-            .with_in_flight_grace(self.reconcile.stuck_after);
+            .with_in_flight_grace(self.reconcile.stuck_after)
+            .with_usage_interval(self.reconcile.usage_interval);
         running
             .tasks
             .spawn(reconciler.run(self.reconcile.interval, running.stop.clone()));

@@ -90,7 +90,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, "subscription server listening");
-    http_listener::serve_with(listener, router, stop, http_listener::ServeLimits::default()).await
+    http_listener::serve_with(
+        listener,
+        router,
+        stop,
+        http_listener::ServeLimits::default(),
+    )
+    .await
 }
 
 /// A short, non-reversible name of a token for logs: the first 8 hex digits of its SHA-256.

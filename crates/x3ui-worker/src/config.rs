@@ -48,6 +48,9 @@ pub struct PanelConfig {
     /// The host put into `vless://` links (config `public_host`); without it no links
     /// are rendered for this location.
     pub public_host: Option<String>,
+    /// The `flow` of this location's clients (config `flow`: `""` or
+    /// [`crate::FLOW_VISION`]); `None` picks it from the inbound's stream settings.
+    pub flow: Option<String>,
     /// Upper bound for one HTTP exchange, connect included.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
@@ -68,6 +71,7 @@ impl PanelConfig {
             accept_invalid_certs: false,
             api: ApiKind::Legacy,
             public_host: None,
+            flow: None,
             request_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
         }
@@ -80,6 +84,11 @@ impl PanelConfig {
 
     pub fn with_public_host(mut self, host: impl Into<String>) -> Self {
         self.public_host = Some(host.into());
+        self
+    }
+
+    pub fn with_flow(mut self, flow: impl Into<String>) -> Self {
+        self.flow = Some(flow.into());
         self
     }
 

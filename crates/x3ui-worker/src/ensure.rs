@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 
 use crate::config::PanelConfig;
 use crate::error::{Operation, PanelError, Refusal};
-use crate::model::{ClientSpec, Inbound, InboundClients, PanelClient};
+use crate::model::{ClientSpec, Inbound, InboundClients, PanelClient, random_sub_id};
 use crate::panel::{AnyPanelApi, PanelApi};
 use crate::resilience::{BreakerState, CircuitBreaker, ResiliencePolicy};
 use crate::session_lock::SessionLock;
@@ -138,6 +138,13 @@ impl<A: PanelApi> Panel<A> {
         self.guarded(Operation::ListClients, || self.list()).await
     }
 
+    /// The inbound and its clients with their traffic rows (`clientStats`): what usage
+    /// and the panel's own decisions are read from.
+    pub async fn list_with_traffic(&self) -> Result<InboundClients, PanelError> {
+        self.guarded(Operation::ListTraffic, || self.list_with_traffic_once())
+            .await
+    }
+
     /// The inbound as last seen by any list of this panel (every ensure and every
     /// reconcile pass lists it), or `None` before the first.
     pub fn cached_inbound(&self) -> Option<Arc<Inbound>> {
@@ -202,6 +209,59 @@ impl<A: PanelApi> Panel<A> {
             .unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
+    /// Brings a client back after a quota change: with `reset_usage`, first sets its
+    /// counters to zero (so the panel's job does not disable it again at once), then makes
+    /// the panel hold `spec`. Unlike [`Panel::ensure_client`], a client whose settings
+    /// already match but whose traffic row the panel switched off is written again, since
+    /// only an update puts it back into Xray (docs/panel.md "Traffic, limits and the
+    /// panel's own decisions").
+    pub async fn restore_client(
+        &self,
+        spec: &ClientSpec,
+        reset_usage: bool,
+    ) -> Result<Ensured, PanelError> {
+        let turn = self.write_turn().await?;
+        let outcomes = std::sync::Mutex::new(vec![Ensured::Unchanged]);
+        let specs = std::slice::from_ref(spec);
+        let written = self
+            .guarded(Operation::UpdateClient, || async {
+                if reset_usage {
+                    self.reset_usage(&spec.email).await?;
+                }
+                self.ensure_with(specs, &outcomes, Wake::RowDisabled).await
+            })
+            .await;
+        turn.end().await;
+        written?;
+        let mut outcomes = outcomes
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(outcomes.pop().unwrap_or(Ensured::Unchanged))
+    }
+
+    /// `resetClientTraffic`; a client the panel does not know has no counters to reset
+    /// (the ensure that follows adds it, with fresh ones).
+    async fn reset_usage(&self, email: &str) -> Result<(), PanelError> {
+        match self
+            .observe(
+                Operation::ResetTraffic,
+                self.api.reset_client_traffic(email),
+            )
+            .await
+        {
+            Err(e)
+                if matches!(
+                    e.refusal(),
+                    Some(Refusal::ClientNotFound | Refusal::InboundNotFound)
+                ) =>
+            {
+                tracing::debug!(location = %self.location(), %email, error = %e, "no traffic row to reset");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     /// Makes the panel hold no client with this email. An unknown client is already gone;
     /// the inbound's last client is disabled instead, because the panel refuses to
     /// delete it.
@@ -219,29 +279,47 @@ impl<A: PanelApi> Panel<A> {
         specs: &[ClientSpec],
         outcomes: &std::sync::Mutex<Vec<Ensured>>,
     ) -> Result<(), PanelError> {
+        self.ensure_with(specs, outcomes, Wake::SettingsOnly).await
+    }
+
+    async fn ensure_with(
+        &self,
+        specs: &[ClientSpec],
+        outcomes: &std::sync::Mutex<Vec<Ensured>>,
+        wake: Wake,
+    ) -> Result<(), PanelError> {
         let record = |i: usize, outcome| {
             outcomes
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)[i] = outcome;
         };
-        let mut snapshot = self.list().await?;
+        let mut snapshot = match wake {
+            Wake::SettingsOnly => self.list().await?,
+            Wake::RowDisabled => self.list_with_traffic_once().await?,
+        };
         // A duplicate email on add means someone added it since we looked: look again,
         // then it is an update (or nothing); so at most one extra round.
         for round in 0..2 {
             let mut missing = Vec::new();
             for (i, spec) in specs.iter().enumerate() {
                 match snapshot.by_email(&spec.email) {
-                    Some(observed) if spec.matches(observed) => {}
+                    // A client that should be on counts as on only when its row is too.
+                    Some(observed)
+                        if spec.matches(observed)
+                            && (!spec.enable || snapshot.effectively_enabled(observed)) => {}
                     Some(observed) => {
                         let observed = observed.clone();
-                        self.update(&observed, &spec.apply_to(Some(&observed)))
+                        self.update(&observed, &with_sub_id(spec.apply_to(Some(&observed))))
                             .await?;
                         record(i, Ensured::Updated);
                     }
                     None => missing.push(i),
                 }
             }
-            let new: Vec<PanelClient> = missing.iter().map(|&i| specs[i].apply_to(None)).collect();
+            let new: Vec<PanelClient> = missing
+                .iter()
+                .map(|&i| with_sub_id(specs[i].apply_to(None)))
+                .collect();
             if new.is_empty() {
                 break;
             }
@@ -284,6 +362,15 @@ impl<A: PanelApi> Panel<A> {
             }
         }
         Ok(())
+    }
+
+    /// One traffic list, measured; keeps the inbound for links.
+    async fn list_with_traffic_once(&self) -> Result<InboundClients, PanelError> {
+        let listed = self
+            .observe(Operation::ListTraffic, self.api.list_with_traffic())
+            .await?;
+        self.remember(&listed.inbound);
+        Ok(listed)
     }
 
     async fn update(&self, current: &PanelClient, new: &PanelClient) -> Result<(), PanelError> {
@@ -480,6 +567,26 @@ impl<A: PanelApi> Panel<A> {
             inbound_id: self.api.inbound_id(),
         }
     }
+}
+
+/// Which clients an ensure writes although their settings match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// None: the settings entry is all that counts.
+    SettingsOnly,
+    /// Also a client that should be on but whose traffic row the panel switched off.
+    RowDisabled,
+}
+
+/// Every client we write carries a random `subId`: a new one gets a fresh id, an existing
+/// one keeps its own (a rotation included), and one found without any gets one. The
+/// panel's subscription server serves a client's links under its `subId`, so a guessable or
+/// shared one would hand our credentials out (docs/panel.md "subId").
+fn with_sub_id(mut client: PanelClient) -> PanelClient {
+    if client.sub_id.trim().is_empty() {
+        client.sub_id = random_sub_id();
+    }
+    client
 }
 
 /// The email in "Duplicate email: <email>\n" or "email already in use: <email>\n".

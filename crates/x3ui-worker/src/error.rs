@@ -16,6 +16,9 @@ pub enum Operation {
     AddClients,
     UpdateClient,
     DeleteClient,
+    /// The inbound list with its traffic rows (`clientStats`).
+    ListTraffic,
+    ResetTraffic,
 }
 
 impl Operation {
@@ -28,6 +31,8 @@ impl Operation {
             Self::AddClients => "add_clients",
             Self::UpdateClient => "update_client",
             Self::DeleteClient => "delete_client",
+            Self::ListTraffic => "list_traffic",
+            Self::ResetTraffic => "reset_traffic",
         }
     }
 }
@@ -41,6 +46,8 @@ impl fmt::Display for Operation {
             Self::AddClients => "add clients",
             Self::UpdateClient => "update client",
             Self::DeleteClient => "delete client",
+            Self::ListTraffic => "list traffic",
+            Self::ResetTraffic => "reset client traffic",
         })
     }
 }

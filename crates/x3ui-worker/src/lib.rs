@@ -20,15 +20,23 @@ mod panels;
 pub mod reconcile;
 mod resilience;
 mod session_lock;
+pub mod usage;
 pub mod worker;
 
 pub use config::{ApiKind, Credentials, PanelConfig};
 pub use domain::Secret;
 pub use ensure::{Absence, Ensured, Panel};
 pub use error::{LinkUnavailable, Operation, PanelError, Refusal};
-pub use model::{ClientSpec, FLOW_VISION, Inbound, InboundClients, PanelClient};
+pub use model::{
+    ClientSpec, ClientTraffic, FLOW_VISION, Inbound, InboundClients, PanelClient, SUB_ID_LEN,
+    random_sub_id,
+};
 pub use panel::{AnyPanelApi, PanelApi};
 pub use panels::{LocationHealth, LocationProbe, PanelLocation, Panels, SharedPanelError};
-pub use reconcile::{DEFAULT_IN_FLIGHT_GRACE, ReconcileReport, Reconciler, run_reconciler};
+pub use reconcile::{
+    DEFAULT_IN_FLIGHT_GRACE, DEFAULT_USAGE_INTERVAL, ReconcileReport, Reconciler, UsageReport,
+    run_reconciler,
+};
 pub use resilience::{BreakerState, CircuitBreaker, ResiliencePolicy};
+pub use usage::{PanelDecision, judge_panel_decision};
 pub use worker::{Worker, WorkerConfig, consumer_config, run_worker, worker_consumer};

@@ -151,11 +151,99 @@ pub struct Inbound {
     pub stream_settings: Value,
 }
 
+impl Inbound {
+    /// The flow a client of this inbound gets when the location's configuration names
+    /// none: [`FLOW_VISION`] on tcp with tls or reality, the only transports Vision runs
+    /// on (and the only ones whose links carry a flow, as the panel's own); `""` otherwise.
+    pub fn default_flow(&self) -> &'static str {
+        let text = |key: &str| {
+            self.stream_settings
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
+        let tcp = text("network") == "tcp";
+        let secured = matches!(text("security"), "tls" | "reality");
+        if tcp && secured { FLOW_VISION } else { "" }
+    }
+}
+
+/// Length of a `subId`, as the panel's own UI makes them.
+pub const SUB_ID_LEN: usize = 16;
+
+/// A fresh random `subId`: 16 characters of `[a-z0-9]`, like the panel's own, but drawn
+/// from the operating system's generator (through UUID v4), so that nobody can guess the
+/// id under which the panel's subscription server would hand out the client's credentials.
+pub fn random_sub_id() -> String {
+    const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(SUB_ID_LEN);
+    while out.len() < SUB_ID_LEN {
+        let bytes = Uuid::new_v4().into_bytes();
+        // Bytes 6 and 8 carry the UUID's version and variant bits; the others are random.
+        for (i, byte) in bytes.into_iter().enumerate() {
+            // 252 = 7 × 36: rejecting the top four values keeps every character equally likely.
+            if i == 6 || i == 8 || byte >= 252 || out.len() == SUB_ID_LEN {
+                continue;
+            }
+            out.push(char::from(ALPHABET[usize::from(byte % 36)]));
+        }
+    }
+    out
+}
+
 /// An inbound and its clients, read in one go.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboundClients {
     pub inbound: Inbound,
     pub clients: Vec<PanelClient>,
+    /// The inbound's traffic rows (`clientStats`), when the read gave them: the panel's
+    /// `list` does, `get/{id}` does not (`None` then).
+    pub traffic: Option<Vec<ClientTraffic>>,
+}
+
+/// One client's traffic row (`clientStats` in the panel's `list`): the counters and the
+/// panel's own `enable`, which its traffic job switches off when the quota is used up or
+/// the expiry passed. Before v2.9.4 only this row shows that; the settings entry keeps
+/// `"enable": true` (docs/panel.md "Traffic, limits and the panel's own decisions").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ClientTraffic {
+    #[serde(default)]
+    pub email: String,
+    #[serde(default = "yes")]
+    pub enable: bool,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub up: i64,
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub down: i64,
+    /// The quota in bytes the job enforces; 0 = unlimited.
+    #[serde(default, deserialize_with = "lenient_i64")]
+    pub total: i64,
+    /// Unix milliseconds; 0 = never, negative = a duration from first use.
+    #[serde(default, rename = "expiryTime", deserialize_with = "lenient_i64")]
+    pub expiry_time_ms: i64,
+    /// Unix milliseconds of the last traffic; 0 = never (or a panel before v2.6).
+    #[serde(default, rename = "lastOnline", deserialize_with = "lenient_i64")]
+    pub last_online_ms: i64,
+}
+
+impl ClientTraffic {
+    /// Bytes moved both ways, as the job adds them up.
+    pub fn used_bytes(&self) -> u64 {
+        u64::try_from(self.up.max(0))
+            .unwrap_or(0)
+            .saturating_add(u64::try_from(self.down.max(0)).unwrap_or(0))
+    }
+
+    /// The panel's job disabled this client because its quota is used up: the row is off,
+    /// there is a quota, and it is reached.
+    pub fn quota_used_up(&self) -> bool {
+        !self.enable && self.total > 0 && self.used_bytes() >= self.total as u64
+    }
+
+    /// The panel's job disabled this client because its expiry time passed (as of `now_ms`).
+    pub fn expired_by_panel(&self, now_ms: i64) -> bool {
+        !self.enable && self.expiry_time_ms > 0 && self.expiry_time_ms <= now_ms
+    }
 }
 
 impl InboundClients {
@@ -182,6 +270,32 @@ impl InboundClients {
             .iter()
             .find(|c| c.email.eq_ignore_ascii_case(email))
     }
+
+    /// The traffic row of `email`, when this read carried traffic rows.
+    pub fn traffic_of(&self, email: &str) -> Option<&ClientTraffic> {
+        self.traffic
+            .as_ref()?
+            .iter()
+            .find(|row| row.email.eq_ignore_ascii_case(email))
+    }
+
+    /// Whether the client is really on: its settings entry *and* its traffic row (a panel
+    /// before v2.9.4 disables a used-up client in the row only).
+    pub fn effectively_enabled(&self, client: &PanelClient) -> bool {
+        client.enable && self.traffic_of(&client.email).is_none_or(|row| row.enable)
+    }
+
+    /// Our inbound out of a panel's `list` answer (`obj`: every inbound, each with its
+    /// `clientStats`), traffic rows included.
+    pub fn from_list(all: Value, inbound_id: i64) -> Result<Self, String> {
+        let inbounds: Vec<WireInbound> =
+            serde_json::from_value(all).map_err(|e| format!("inbound list: {e}"))?;
+        inbounds
+            .into_iter()
+            .find(|inbound| inbound.id == inbound_id)
+            .ok_or_else(|| format!("inbound {inbound_id} is not in the panel's list"))?
+            .into_parts()
+    }
 }
 
 /// How the panel's inbound object looks on the wire. `settings` and `streamSettings` are
@@ -201,6 +315,9 @@ pub(crate) struct WireInbound {
     settings: Value,
     #[serde(default, rename = "streamSettings")]
     stream_settings: Value,
+    /// Filled by `list`, null on `get/{id}`.
+    #[serde(default, rename = "clientStats")]
+    client_stats: Option<Vec<ClientTraffic>>,
 }
 
 impl WireInbound {
@@ -226,6 +343,7 @@ impl WireInbound {
                 stream_settings: embedded_json(self.stream_settings)?,
             },
             clients,
+            traffic: self.client_stats,
         })
     }
 }
@@ -256,6 +374,94 @@ mod tests {
         let back = serde_json::to_value(&client).expect("serialises");
         assert_eq!(back["reset"], 3);
         assert_eq!(back["created_at"], 17);
+    }
+
+    /// A `list` answer's `obj` as a v2.9 panel sends it: two inbounds, JSON-string
+    /// settings, traffic rows in `clientStats` (the second client disabled by the job in its
+    /// row only, as before v2.9.4).
+    fn list_fixture() -> Value {
+        let settings = serde_json::json!({"clients": [
+            {"id": "b831381d-6324-4d53-ad4f-8cda48b30811", "email": "tg1-ams", "enable": true, "subId": "k3j5x0q8m1n2b4v6"},
+            {"id": "0d7f0f6e-3a38-4f3c-9d0f-6c9d2e5a1b77", "email": "tg2-ams", "enable": true, "totalGB": 1000}
+        ], "decryption": "none"});
+        serde_json::json!([
+            {"id": 3, "remark": "other", "port": 1234, "protocol": "vless", "settings": "{\"clients\":[]}",
+             "streamSettings": "{}", "clientStats": []},
+            {"id": 1, "remark": "Amsterdam", "port": 443, "protocol": "vless", "enable": true,
+             "settings": settings.to_string(),
+             "streamSettings": "{\"network\":\"tcp\",\"security\":\"reality\"}",
+             "clientStats": [
+                {"id": 1, "inboundId": 1, "enable": true, "email": "tg1-ams", "uuid": "b831381d-6324-4d53-ad4f-8cda48b30811",
+                 "subId": "k3j5x0q8m1n2b4v6", "up": 10, "down": 20, "allTime": 30, "expiryTime": 0, "total": 0,
+                 "reset": 0, "lastOnline": 1760000000123_i64},
+                {"id": 2, "inboundId": 1, "enable": false, "email": "TG2-ams", "uuid": "0d7f0f6e-3a38-4f3c-9d0f-6c9d2e5a1b77",
+                 "subId": "", "up": 600, "down": 500, "allTime": 1100, "expiryTime": 0, "total": 1000,
+                 "reset": 0, "lastOnline": 0}
+             ]}
+        ])
+    }
+
+    #[test]
+    fn client_stats_of_our_inbound_parse_from_a_list_answer() {
+        let listed = InboundClients::from_list(list_fixture(), 1).expect("parses");
+        assert_eq!(listed.clients.len(), 2);
+        let rows = listed.traffic.as_ref().expect("list carries traffic rows");
+        assert_eq!(rows.len(), 2);
+        let first = listed.traffic_of("tg1-ams").expect("row by email");
+        assert_eq!((first.up, first.down, first.total), (10, 20, 0));
+        assert_eq!(first.last_online_ms, 1_760_000_000_123);
+        assert!(!first.quota_used_up());
+        // Matched case-insensitively, as the panel matches emails.
+        let second = listed.traffic_of("tg2-ams").expect("row by email");
+        assert_eq!(second.used_bytes(), 1100);
+        assert!(second.quota_used_up());
+        assert!(!second.expired_by_panel(i64::MAX), "no expiry time set");
+        // The settings entry still says enabled; the row decides.
+        let client = listed.by_email("tg2-ams").expect("client");
+        assert!(client.enable);
+        assert!(!listed.effectively_enabled(client));
+        assert!(listed.effectively_enabled(listed.by_email("tg1-ams").expect("client")));
+        assert_eq!(listed.inbound.default_flow(), FLOW_VISION);
+        assert!(InboundClients::from_list(list_fixture(), 9).is_err());
+    }
+
+    #[test]
+    fn a_get_answer_has_no_traffic_rows_and_odd_counters_read_as_zero() {
+        let answer = serde_json::json!({"success": true, "msg": "", "obj": {
+            "id": 1,
+            "settings": serde_json::json!({"clients": [{"id": "x", "email": "a"}]}).to_string(),
+            "streamSettings": serde_json::json!({"network": "ws", "security": "tls"}).to_string(),
+            "clientStats": null
+        }});
+        let listed = InboundClients::from_answer(answer.to_string().as_bytes()).expect("parses");
+        assert!(listed.traffic.is_none());
+        assert!(listed.effectively_enabled(&listed.clients[0]));
+        assert_eq!(listed.inbound.default_flow(), "", "no Vision over ws");
+        let row: ClientTraffic = serde_json::from_value(serde_json::json!({
+            "email": "a", "enable": false, "up": "12", "down": 1.5, "total": 10, "expiryTime": 1000
+        }))
+        .expect("parses");
+        assert_eq!((row.up, row.down), (12, 0));
+        assert!(row.expired_by_panel(1000));
+        assert!(!row.expired_by_panel(999));
+        assert!(
+            row.quota_used_up(),
+            "12 of 10 bytes used; a float counts as 0"
+        );
+    }
+
+    #[test]
+    fn sub_ids_are_sixteen_lowercase_alphanumerics_and_differ() {
+        let ids: std::collections::HashSet<String> = (0..200).map(|_| random_sub_id()).collect();
+        assert_eq!(ids.len(), 200);
+        for id in &ids {
+            assert_eq!(id.len(), SUB_ID_LEN);
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+                "{id}"
+            );
+        }
     }
 
     #[test]

@@ -27,8 +27,9 @@ pub struct PanelLocation {
     id: String,
     panel: Panel,
     inbound_id: i64,
-    /// The `flow` every client of this location gets (`""` or [`crate::FLOW_VISION`]).
-    flow: String,
+    /// The `flow` every client of this location gets (`""` or [`crate::FLOW_VISION`]), as
+    /// configured; `None`: the inbound's default ([`crate::Inbound::default_flow`]).
+    flow: Option<String>,
     /// The host in this location's `vless://` links; no links without it.
     public_host: Option<String>,
     batcher: Batcher,
@@ -82,7 +83,7 @@ impl PanelLocation {
             id: id.into(),
             panel,
             inbound_id,
-            flow: String::new(),
+            flow: None,
             public_host: None,
             batcher: Batcher::default(),
             batch_window: DEFAULT_BATCH_WINDOW,
@@ -99,8 +100,21 @@ impl PanelLocation {
 
     /// Clients of this location get `flow` (e.g. [`crate::FLOW_VISION`] on tcp + reality).
     pub fn with_flow(mut self, flow: impl Into<String>) -> Self {
-        self.flow = flow.into();
+        self.flow = Some(flow.into());
         self
+    }
+
+    /// The flow this location's clients get now: the configured one, or the default of the
+    /// inbound as last listed (`""` before any list; a list precedes every write, and
+    /// [`PanelLocation::desired_spec`] reads the inbound first).
+    pub fn flow(&self) -> String {
+        if let Some(flow) = &self.flow {
+            return flow.clone();
+        }
+        self.panel
+            .cached_inbound()
+            .map(|inbound| inbound.default_flow().to_owned())
+            .unwrap_or_default()
     }
 
     /// The host put into this location's `vless://` links (config `public_host`).
@@ -143,7 +157,11 @@ impl PanelLocation {
             settings: Value::Object(inbound.settings.clone()),
             stream_settings: inbound.stream_settings.clone(),
         };
-        render_vless_link(&settings, client_uuid, &self.flow, email).map_err(|source| {
+        let flow = self
+            .flow
+            .clone()
+            .unwrap_or_else(|| inbound.default_flow().to_owned());
+        render_vless_link(&settings, client_uuid, &flow, email).map_err(|source| {
             LinkUnavailable::Render {
                 location: self.id.clone(),
                 inbound_id: inbound.id,
@@ -189,11 +207,21 @@ impl PanelLocation {
         self.passes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// [`PanelLocation::spec_for`] once the inbound is known, so that a default flow is
+    /// the inbound's: without a configured flow, reads the inbound first (once; it is
+    /// cached). A panel that cannot be read fails here as the write would.
+    pub async fn desired_spec(&self, desired: &DesiredClient) -> Result<ClientSpec, PanelError> {
+        if self.flow.is_none() {
+            self.panel.inbound().await?;
+        }
+        Ok(self.spec_for(desired))
+    }
+
     /// The panel client that holds `desired`, in this location's shape.
     pub fn spec_for(&self, desired: &DesiredClient) -> ClientSpec {
         ClientSpec {
             enable: desired.enable,
-            flow: self.flow.clone(),
+            flow: self.flow(),
             total_bytes: i64::try_from(desired.total_bytes).unwrap_or(i64::MAX),
             expiry_time_ms: desired.expiry_time_ms,
             tg_id: desired.telegram_id,
@@ -364,9 +392,11 @@ impl Panels {
         for config in configs {
             let (id, inbound_id) = (config.location.clone(), config.inbound_id);
             let public_host = config.public_host.clone();
+            let flow = config.flow.clone();
             let panel = Panel::connect(config, policy.clone())?;
             let mut location = PanelLocation::new(id, panel, inbound_id);
             location.public_host = public_host;
+            location.flow = flow;
             panels.insert(location);
         }
         Ok(panels)

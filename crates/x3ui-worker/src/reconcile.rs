@@ -11,12 +11,25 @@
 //! reconciler reloads it, and a repair that finds the panel already right (the worker got
 //! there first) is not recorded as drift. Clients whose email is not one of ours for the
 //! location are reported and never touched.
+//!
+//! The panel also decides on its own: its traffic job switches off a client whose quota is
+//! used up or whose expiry passed. Such an `enable: false` is not drift: a used-up quota is
+//! recorded once as `key.depleted` (and from then on the log wants the client off), a
+//! panel expiry is left to the scheduler's `key.expired`, and neither is undone, since
+//! re-enabling makes the panel disable it again and restart Xray for everyone. What is
+//! "enabled" is read from the settings entry *and* the traffic row, because panels before
+//! v2.9.4 switch off only the row. Every pass also records the counters it listed in the
+//! usage view; a shorter usage pass ([`Reconciler::usage_pass`]) does only that and the
+//! depletions.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use domain::{DriftKind, KeyCommand, KeyId, KeyState, RecordDrift, RecordDriftRepaired, evolve};
+use domain::{
+    DriftKind, EventType, KeyCommand, KeyId, KeyState, RecordDepletion, RecordDrift,
+    RecordDriftRepaired, StreamKind, evolve,
+};
 use eventstore::{Actor, ActorKind, EventMetadata, EventStore, KeyLedger, StoreError};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -29,6 +42,7 @@ use crate::error::PanelError;
 use crate::model::{ClientSpec, InboundClients, PanelClient};
 use crate::panels::{PanelLocation, Panels};
 use crate::session_lock::SessionLock;
+use crate::usage::{PanelDecision, judge_panel_decision, our_user, record_usage, usage_rows};
 use crate::worker::{Worker, WorkerConfig, command_id};
 
 /// What a reconcile found about one panel client or one key.
@@ -46,6 +60,12 @@ pub enum FindingKind {
     /// A stuck key whose client the panel already holds as wanted: only the
     /// acknowledgement was missing.
     Unacknowledged,
+    /// The panel switched the client off because its quota is used up: recorded as
+    /// `key.depleted`, not repaired.
+    DepletedOnPanel,
+    /// The panel switched the client off at its expiry time before the scheduler recorded
+    /// `key.expired`: left to the scheduler, not repaired.
+    ExpiredOnPanel,
 }
 
 impl FindingKind {
@@ -54,7 +74,9 @@ impl FindingKind {
             Self::MissingOnPanel => Some(DriftKind::MissingOnPanel),
             Self::SettingsDiffer => Some(DriftKind::SettingsDiffer),
             Self::UnknownOnPanel => Some(DriftKind::UnknownOnPanel),
-            Self::Foreign | Self::Unacknowledged => None,
+            Self::Foreign | Self::Unacknowledged | Self::DepletedOnPanel | Self::ExpiredOnPanel => {
+                None
+            }
         }
     }
 }
@@ -72,6 +94,9 @@ pub enum Resolution {
     Settled,
     /// The repair failed; the drift is recorded, the next pass tries again.
     Failed(String),
+    /// The panel's own decision was recorded in the log (`key.depleted`); the panel
+    /// was left as it is.
+    Recorded,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,6 +117,9 @@ pub struct Finding {
     /// The key has waited for the worker longer than the grace period; its repair
     /// includes the acknowledgement the worker never recorded.
     pub stuck: bool,
+    /// For `depleted_on_panel`: the bytes used and the quota, as the traffic row says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub depletion: Option<(u64, u64)>,
     pub resolution: Resolution,
 }
 
@@ -120,6 +148,8 @@ pub struct ReconcileReport {
     /// Repairs, their panel calls and their events.
     #[serde(serialize_with = "as_millis")]
     pub repair: Duration,
+    /// Keys whose counters went into the usage view.
+    pub usage_recorded: u64,
 }
 
 impl ReconcileReport {
@@ -168,6 +198,21 @@ pub struct Reconciler {
     /// Applies stuck keys exactly as the worker does, acknowledgement included.
     worker: Worker,
     in_flight_grace: Duration,
+    usage_interval: Duration,
+}
+
+/// Default [`Reconciler::with_usage_interval`]: counters a minute old are fresh enough for a
+/// user's card, and one list call a minute costs a panel little.
+pub const DEFAULT_USAGE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One usage pass over one location.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageReport {
+    pub location: String,
+    /// Keys whose counters went into the usage view.
+    pub recorded: u64,
+    /// Keys recorded as `key.depleted` by this pass.
+    pub depleted: usize,
 }
 
 /// A key as the log has it, with the client the panel should hold for it.
@@ -176,6 +221,9 @@ struct LoggedKey {
     state: KeyState,
     /// When its newest event was recorded.
     last_event_at: OffsetDateTime,
+    /// Its newest event is a quota change: the worker applies it (counters reset, client
+    /// switched on again); until then the panel shows the old quota's decision.
+    quota_changed_last: bool,
 }
 
 impl Reconciler {
@@ -192,7 +240,14 @@ impl Reconciler {
             panels,
             actor_id,
             in_flight_grace: DEFAULT_IN_FLIGHT_GRACE,
+            usage_interval: DEFAULT_USAGE_INTERVAL,
         }
+    }
+
+    /// How often [`Reconciler::run`] reads the panels' counters between full passes.
+    pub fn with_usage_interval(mut self, interval: Duration) -> Self {
+        self.usage_interval = interval;
+        self
     }
 
     /// How long a key may wait for the worker (since its newest event) before a pass
@@ -222,7 +277,7 @@ impl Reconciler {
         let mut listed = Vec::new();
         for location in locations {
             let started = Instant::now();
-            match location.panel().list_clients().await {
+            match location.panel().list_with_traffic().await {
                 Ok(clients) => listed.push((location, clients, started.elapsed())),
                 Err(error) => {
                     tracing::warn!(location = location.id(), %error, "reconcile: cannot list the panel's clients");
@@ -245,10 +300,11 @@ impl Reconciler {
             let (mut findings, in_flight) = compare(location, &clients, &location_keys, due);
             let compared = started.elapsed();
             let started = Instant::now();
-            let repaired = if dry_run {
-                0
+            let (repaired, usage_recorded) = if dry_run {
+                (0, 0)
             } else {
-                self.repair(location, pass_id, &mut findings).await
+                let repaired = self.repair(location, pass_id, &mut findings).await;
+                (repaired, self.record_usage(location, &clients).await)
             };
             let report = ReconcileReport {
                 location: location.id().to_owned(),
@@ -262,6 +318,7 @@ impl Reconciler {
                 log_read,
                 own_work: log_read + compared,
                 repair: started.elapsed(),
+                usage_recorded,
             };
             publish(location, &report);
             tracing::info!(
@@ -297,8 +354,14 @@ impl Reconciler {
             .read_committed(0)
             .await
             .map_err(ReconcileError::Log)?;
-        let mut states: HashMap<Uuid, (KeyState, OffsetDateTime)> = HashMap::new();
+        let mut states: HashMap<Uuid, (KeyState, OffsetDateTime, bool)> = HashMap::new();
         for event in &events {
+            // Subscriptions' streams share the log; they hold nothing for a panel.
+            let of_a_key = EventType::parse(&event.event_type)
+                .is_none_or(|kind| kind.stream_kind() == StreamKind::Key);
+            if !of_a_key {
+                continue;
+            }
             let decoded = match event.key_event() {
                 Ok(decoded) => decoded,
                 Err(error) => {
@@ -306,14 +369,15 @@ impl Reconciler {
                     continue;
                 }
             };
-            let (state, last_event_at) = states
+            let (state, last_event_at, quota_changed_last) = states
                 .entry(event.stream_id)
-                .or_insert_with(|| (KeyState::default(), event.recorded_at));
+                .or_insert_with(|| (KeyState::default(), event.recorded_at, false));
             *state = evolve(std::mem::take(state), &decoded);
             *last_event_at = event.recorded_at;
+            *quota_changed_last = event.event_type == EventType::QuotaChanged.as_str();
         }
         let mut by_location: HashMap<String, Vec<LoggedKey>> = HashMap::new();
-        for (stream_id, (state, last_event_at)) in states {
+        for (stream_id, (state, last_event_at, quota_changed_last)) in states {
             if let Some(details) = &state.details {
                 by_location
                     .entry(details.location.to_string())
@@ -322,6 +386,7 @@ impl Reconciler {
                         key_id: KeyId::from_uuid(stream_id),
                         state,
                         last_event_at,
+                        quota_changed_last,
                     });
             }
         }
@@ -348,6 +413,10 @@ impl Reconciler {
             }
             match finding.kind {
                 FindingKind::Foreign | FindingKind::Unacknowledged => {}
+                FindingKind::ExpiredOnPanel => finding.resolution = Resolution::Settled,
+                FindingKind::DepletedOnPanel => {
+                    finding.resolution = self.record_depletion(finding).await;
+                }
                 FindingKind::MissingOnPanel | FindingKind::SettingsDiffer => {
                     match self.still_wanted(location, finding).await {
                         Some(spec) => to_ensure.push((i, spec)),
@@ -472,10 +541,145 @@ impl Reconciler {
         }
     }
 
+    /// `key.depleted` for a client the panel switched off for its used-up quota, once per
+    /// key version (the domain records it only for an active key, so a second pass, or the
+    /// usage pass racing this one, records nothing more).
+    async fn record_depletion(&self, finding: &Finding) -> Resolution {
+        let (Some(key_id), Some(version), Some((used_bytes, limit_bytes))) =
+            (finding.key_id, finding.version, finding.depletion)
+        else {
+            return Resolution::Reported;
+        };
+        self.deplete(key_id, version, used_bytes, limit_bytes).await
+    }
+
+    async fn deplete(
+        &self,
+        key_id: KeyId,
+        version: u32,
+        used_bytes: u64,
+        limit_bytes: u64,
+    ) -> Resolution {
+        let command = KeyCommand::RecordDepletion(RecordDepletion {
+            used_bytes,
+            limit_bytes,
+        });
+        let id = command_id(key_id, &format!("depleted/{version}"));
+        let metadata =
+            EventMetadata::for_command(id, Actor::new(ActorKind::Reconciler, &self.actor_id));
+        match self.ledger.execute(key_id, &command, &metadata).await {
+            Ok(outcome) if outcome.recorded.is_empty() => Resolution::Settled,
+            Ok(_) => {
+                tracing::info!(%key_id, used_bytes, limit_bytes, "the panel disabled the client for its used-up quota; recorded key.depleted");
+                Resolution::Recorded
+            }
+            Err(error) => {
+                tracing::warn!(%key_id, %error, "reconcile: could not record key.depleted");
+                Resolution::Failed(error.to_string())
+            }
+        }
+    }
+
+    /// The counters of `listed` into the usage view; how many keys were written. A failure
+    /// is logged: the counters are an observation the next pass makes again.
+    async fn record_usage(&self, location: &PanelLocation, listed: &InboundClients) -> u64 {
+        let rows = usage_rows(location.id(), listed);
+        match record_usage(self.ledger.store().pool(), &rows).await {
+            Ok(written) => written,
+            Err(error) => {
+                tracing::warn!(location = location.id(), %error, "could not record usage");
+                0
+            }
+        }
+    }
+
+    /// One usage pass over every location: lists each panel with its traffic rows, records
+    /// the counters in the usage view, and records `key.depleted` for our clients the panel
+    /// switched off for a used-up quota. Reads only the keys of such clients from the log,
+    /// so it costs one list call per panel and one statement per location.
+    pub async fn usage_pass(&self) -> Vec<UsageReport> {
+        let mut reports = Vec::new();
+        for location in self.panels.iter() {
+            let listed = match location.panel().list_with_traffic().await {
+                Ok(listed) => listed,
+                Err(error) => {
+                    tracing::warn!(location = location.id(), %error, "usage pass: cannot list the panel");
+                    continue;
+                }
+            };
+            let recorded = self.record_usage(location, &listed).await;
+            let mut depleted = 0;
+            for client in &listed.clients {
+                let used_up = listed
+                    .traffic_of(&client.email)
+                    .is_some_and(|row| row.quota_used_up());
+                if used_up && self.judge_depletion(location, &listed, &client.email).await {
+                    depleted += 1;
+                }
+            }
+            reports.push(UsageReport {
+                location: location.id().to_owned(),
+                recorded,
+                depleted,
+            });
+        }
+        reports
+    }
+
+    /// Records `key.depleted` for the key of `email` if the panel's `enable: false` is its
+    /// quota decision about what the log wants now; true if it was recorded.
+    async fn judge_depletion(
+        &self,
+        location: &PanelLocation,
+        listed: &InboundClients,
+        email: &str,
+    ) -> bool {
+        let (Some(row), Some(user)) = (listed.traffic_of(email), our_user(email, location.id()))
+        else {
+            return false;
+        };
+        let (Ok(user), Ok(location_id)) = (
+            domain::UserId::new(user),
+            domain::LocationId::new(location.id()),
+        ) else {
+            return false;
+        };
+        let key_id = KeyId::for_user_at(user, &location_id);
+        let (state, events) = match self.ledger.load(key_id).await {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                tracing::warn!(%key_id, %error, "usage pass: cannot load the key");
+                return false;
+            }
+        };
+        // A quota change still on its way to the panel is the worker's.
+        let pending = events.last().is_some_and(|e| {
+            e.event_type == EventType::QuotaChanged.as_str()
+                && e.recorded_at > stuck_cutoff(self.in_flight_grace)
+        });
+        let Some(desired) = state.desired_client() else {
+            return false;
+        };
+        if pending {
+            return false;
+        }
+        match judge_panel_decision(&state, &desired, row, OffsetDateTime::now_utc()) {
+            Some(PanelDecision::Depleted {
+                used_bytes,
+                limit_bytes,
+            }) => {
+                self.deplete(key_id, state.version, used_bytes, limit_bytes)
+                    .await
+                    == Resolution::Recorded
+            }
+            Some(PanelDecision::Expired) | None => false,
+        }
+    }
+
     /// Records a finding's drift (and its repair); true if it was repaired.
     async fn record(&self, location: &PanelLocation, pass_id: Uuid, finding: &Finding) -> bool {
         let (Some(kind), Some(key_id)) = (finding.kind.drift(), finding.key_id) else {
-            if finding.kind != FindingKind::Foreign {
+            if finding.kind != FindingKind::Foreign && finding.key_id.is_none() {
                 // An email of ours with no key in the log (an older system's client):
                 // there is no stream to record it on.
                 tracing::warn!(location = location.id(), email = %finding.email, resolution = ?finding.resolution, "reconcile: client with our email pattern but no key in the log");
@@ -485,7 +689,7 @@ impl Reconciler {
         let failed = match &finding.resolution {
             Resolution::Repaired => false,
             Resolution::Failed(_) => true,
-            Resolution::Reported | Resolution::Settled => return false,
+            Resolution::Reported | Resolution::Settled | Resolution::Recorded => return false,
         };
         if !self.record_detected(key_id, kind, finding, pass_id).await {
             return false;
@@ -560,16 +764,23 @@ fn compare(
     let settled_leftover = |client: &PanelClient| only_client && !client.enable;
     let mut accounted: HashSet<String> = HashSet::with_capacity(keys.len());
     let mut findings = Vec::new();
+    let now = OffsetDateTime::now_utc();
     let mut in_flight = 0;
     for key in keys {
         let Some(details) = &key.state.details else {
             continue;
         };
         let email = details.email.to_ascii_lowercase();
-        let observed = on_panel.get(&email).copied();
+        // What is on is what the settings entry *and* the traffic row say.
+        let observed = on_panel.get(&email).map(|client| PanelClient {
+            enable: listed.effectively_enabled(client),
+            ..(*client).clone()
+        });
+        let observed = observed.as_ref();
         accounted.insert(email);
         let stuck = key.state.phase.awaits_panel();
-        if stuck && key.last_event_at > stuck_before {
+        let quota_pending = key.quota_changed_last && key.last_event_at > stuck_before;
+        if (stuck && key.last_event_at > stuck_before) || quota_pending {
             in_flight += 1;
             continue;
         }
@@ -582,9 +793,36 @@ fn compare(
             observed: observed.map_or(Value::Null, client_json),
             fields,
             stuck,
+            depletion: None,
             resolution: Resolution::Reported,
         };
         let findings_before = findings.len();
+        let decision = key.state.desired_client().and_then(|desired| {
+            let row = listed.traffic_of(&details.email)?;
+            observed?;
+            judge_panel_decision(&key.state, &desired, row, now)
+                .map(|decision| (decision, spec_json(&location.spec_for(&desired))))
+        });
+        if let Some((decision, expected)) = decision {
+            // The panel's own decision, not drift: recorded or left to the scheduler.
+            let mut found = match decision {
+                PanelDecision::Depleted { .. } => {
+                    finding(FindingKind::DepletedOnPanel, expected, vec!["enable"])
+                }
+                PanelDecision::Expired => {
+                    finding(FindingKind::ExpiredOnPanel, expected, vec!["enable"])
+                }
+            };
+            if let PanelDecision::Depleted {
+                used_bytes,
+                limit_bytes,
+            } = decision
+            {
+                found.depletion = Some((used_bytes, limit_bytes));
+            }
+            findings.push(found);
+            continue;
+        }
         match (key.state.desired_client(), observed) {
             (Some(desired), None) => {
                 let spec = location.spec_for(&desired);
@@ -639,6 +877,7 @@ fn compare(
             observed: client_json(client),
             fields: vec![],
             stuck: false,
+            depletion: None,
             resolution: Resolution::Reported,
         });
     }
@@ -688,11 +927,7 @@ fn stuck_cutoff(grace: Duration) -> OffsetDateTime {
 
 /// `tg<digits>-<location>`: the emails keyledger gives this location's clients.
 fn is_our_email(lowercase_email: &str, location: &str) -> bool {
-    lowercase_email
-        .strip_prefix("tg")
-        .and_then(|rest| rest.strip_suffix(location))
-        .and_then(|rest| rest.strip_suffix('-'))
-        .is_some_and(|user| !user.is_empty() && user.bytes().all(|b| b.is_ascii_digit()))
+    our_user(lowercase_email, location).is_some()
 }
 
 fn spec_json(spec: &ClientSpec) -> Value {
@@ -743,26 +978,62 @@ impl Reconciler {
     }
 
     /// Runs a pass over every location every `interval` until `stop` is cancelled; a
-    /// process whose turn finds another pass under way skips it.
+    /// process whose turn finds another pass under way skips it. Between full passes, a
+    /// usage pass every usage interval ([`Reconciler::with_usage_interval`]) keeps the
+    /// counters fresh (a full pass records them too).
     pub async fn run(self, interval: Duration, stop: CancellationToken) {
+        let mut next_full = tokio::time::Instant::now();
+        let mut next_usage = next_full + self.usage_interval;
         loop {
-            match self.reconcile_if_alone().await {
-                Ok(Some(pass)) => {
-                    for failure in &pass.failures {
-                        tracing::warn!(error = %failure, "reconcile pass incomplete");
-                    }
-                }
-                Ok(None) => tracing::debug!("another process is reconciling; pass skipped"),
-                Err(error) => tracing::warn!(%error, "reconcile pass failed"),
+            let now = tokio::time::Instant::now();
+            if now >= next_full {
+                self.periodic_pass().await;
+                next_full = now + interval;
+                next_usage = now + self.usage_interval;
+            } else if now >= next_usage {
+                self.periodic_usage_pass().await;
+                next_usage = now + self.usage_interval;
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep_until(next_full.min(next_usage)) => {}
             }
         }
         tracing::info!("reconciler stopped");
     }
+
+    async fn periodic_pass(&self) {
+        match self.reconcile_if_alone().await {
+            Ok(Some(pass)) => {
+                for failure in &pass.failures {
+                    tracing::warn!(error = %failure, "reconcile pass incomplete");
+                }
+            }
+            Ok(None) => tracing::debug!("another process is reconciling; pass skipped"),
+            Err(error) => tracing::warn!(%error, "reconcile pass failed"),
+        }
+    }
+
+    /// A usage pass, unless another process's is under way.
+    async fn periodic_usage_pass(&self) {
+        let pool = self.ledger.store().pool();
+        let lock = match SessionLock::try_acquire(pool, USAGE_PASS_LOCK.to_owned()).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "usage pass: cannot take its turn");
+                return;
+            }
+        };
+        for report in self.usage_pass().await {
+            tracing::debug!(location = %report.location, recorded = report.recorded, depleted = report.depleted, "usage pass");
+        }
+        lock.release().await;
+    }
 }
+
+/// The advisory lock of a periodic usage pass: one process at a time reads the counters.
+const USAGE_PASS_LOCK: &str = "keyledger.usage-pass";
 
 #[cfg(test)]
 mod tests {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use broker::{Backoff, Consumer, ConsumerConfig, EventHandler, HandlerError, Queue};
 use domain::{
     ConfirmProvisioned, ConfirmRevoked, ConfirmRotated, DomainError, EventType, KeyCommand,
-    KeyDetails, KeyId, KeyState, Phase, RecordProvisioningFailure,
+    KeyDetails, KeyEvent, KeyId, KeyState, Phase, RecordProvisioningFailure,
 };
 use eventstore::{
     Actor, ActorKind, EventMetadata, EventStore, ExecuteError, KeyLedger, RecordedEvent,
@@ -33,8 +33,9 @@ const COMMAND_NAMESPACE: Uuid = Uuid::from_u128(0x6b65_796c_6564_6765_8000_0000_
 /// Event types that change what a panel should hold. The runtime also hands the worker
 /// the other events of a stream (acknowledgements, failures, drift) when it fills a gap;
 /// those change nothing on the panel.
-const TRIGGERS: [&str; 5] = [
+const TRIGGERS: [&str; 6] = [
     EventType::Requested.as_str(),
+    EventType::QuotaChanged.as_str(),
     EventType::RotationRequested.as_str(),
     EventType::RevocationRequested.as_str(),
     EventType::Expired.as_str(),
@@ -178,7 +179,11 @@ impl Worker {
             }
         })?;
         let applied = match state.desired_client() {
-            Some(desired) => location.ensure(location.spec_for(&desired)).await.map(|outcome| {
+            Some(desired) => match location.desired_spec(&desired).await {
+                Ok(spec) => location.ensure(spec).await,
+                Err(error) => Err(Arc::new(error)),
+            }
+            .map(|outcome| {
                 tracing::debug!(%key_id, location = location.id(), ?outcome, enable = desired.enable, "panel holds the key's client");
             }),
             None => location
@@ -203,6 +208,68 @@ impl Worker {
             phase: state.phase,
             acknowledged,
         })
+    }
+
+    /// Applies a `key.quota_changed`: with `reset_usage`, the panel's counters go back to
+    /// zero first, then the client gets its new quota and is switched on again, in that
+    /// order, so the panel's job does not disable it again at once (docs/panel.md). A key
+    /// that waits for the panel for another reason, or holds no client, is synced as usual.
+    pub async fn sync_quota(
+        &self,
+        key_id: KeyId,
+        reset_usage: bool,
+        cause: Option<&RecordedEvent>,
+    ) -> Result<Synced, SyncError> {
+        let (state, _) = self
+            .inner
+            .ledger
+            .load(key_id)
+            .await
+            .map_err(|source| SyncError::Store { key_id, source })?;
+        let desired = match state.desired_client() {
+            Some(desired) if !state.phase.awaits_panel() => desired,
+            _ => return self.sync_key(key_id, cause).await,
+        };
+        let location = self.location_of(key_id, &state)?;
+        let restored = match location.desired_spec(&desired).await {
+            Ok(spec) => location
+                .panel()
+                .restore_client(&spec, reset_usage)
+                .await
+                .map(|_| spec),
+            Err(error) => Err(error),
+        };
+        let spec = match restored {
+            Ok(spec) => spec,
+            Err(error) => {
+                self.record_failure(key_id, &state, &error, cause).await;
+                return Err(SyncError::Panel {
+                    key_id,
+                    source: Arc::new(error),
+                });
+            }
+        };
+        tracing::info!(%key_id, location = location.id(), reset_usage, total_bytes = spec.total_bytes, enable = spec.enable, "quota applied on the panel");
+        self.inner.attempts().remove(&key_id);
+        Ok(Synced {
+            key_id,
+            phase: state.phase,
+            acknowledged: None,
+        })
+    }
+
+    fn location_of(&self, key_id: KeyId, state: &KeyState) -> Result<&PanelLocation, SyncError> {
+        let details = state
+            .details
+            .as_ref()
+            .ok_or(SyncError::NoSuchKey { key_id })?;
+        self.inner
+            .panels
+            .get(details.location.as_str())
+            .ok_or_else(|| SyncError::UnknownLocation {
+                key_id,
+                location: details.location.to_string(),
+            })
     }
 
     /// Records the acknowledgement the key's phase waits for, once per phase.
@@ -361,6 +428,11 @@ impl EventHandler for Worker {
             return Ok(());
         }
         let key_id = KeyId::from_uuid(event.stream_id);
+        if let Ok(KeyEvent::QuotaChanged(change)) = event.key_event() {
+            self.sync_quota(key_id, change.reset_usage, Some(event))
+                .await?;
+            return Ok(());
+        }
         self.sync_key(key_id, Some(event)).await?;
         Ok(())
     }

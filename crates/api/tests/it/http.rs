@@ -187,6 +187,12 @@ fn routes() -> Vec<(Method, String, Option<Value>, &'static [&'static str])> {
             Some(json!({"expires_at": "2099-01-01T00:00:00Z"})),
             writers,
         ),
+        (
+            Method::POST,
+            format!("/v1/keys/{key}/quota"),
+            Some(json!({"traffic_limit_bytes": 5000})),
+            writers,
+        ),
         (Method::GET, format!("/v1/keys/{key}"), None, readers),
         (Method::GET, "/v1/users/42/keys".into(), None, readers),
         (
@@ -720,6 +726,7 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         "POST /v1/keys/{key_id}/rotate",
         "POST /v1/keys/{key_id}/revoke",
         "POST /v1/keys/{key_id}/renew",
+        "POST /v1/keys/{key_id}/quota",
         "GET /v1/keys/{key_id}",
         "GET /v1/users/{user_id}/keys",
         "GET /v1/users/{user_id}/subscription",
@@ -763,6 +770,122 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         document["components"]["schemas"]["KeyView"].is_object(),
         "{document}"
     );
+    let usage = &document["components"]["schemas"]["KeyUsage"]["properties"];
+    for field in ["up_bytes", "down_bytes", "limit_bytes", "last_online"] {
+        assert!(
+            usage[field].is_object(),
+            "KeyUsage lacks {field}: {document}"
+        );
+    }
+}
+
+/// What the worker's usage pass writes, as it writes it.
+async fn report_usage(api: &Api, key: Uuid, up: i64, down: i64, limit: i64) {
+    sqlx::query(
+        "INSERT INTO key_usage (key_id, up_bytes, down_bytes, limit_bytes, last_online, enabled_on_panel)
+         VALUES ($1, $2, $3, $4, '2030-01-02T03:04:05Z', false)
+         ON CONFLICT (key_id) DO UPDATE SET up_bytes = excluded.up_bytes,
+             down_bytes = excluded.down_bytes, limit_bytes = excluded.limit_bytes",
+    )
+    .bind(key)
+    .bind(up)
+    .bind(down)
+    .bind(limit)
+    .execute(api.db.pool())
+    .await
+    .expect("usage written");
+}
+
+#[tokio::test]
+async fn views_carry_usage_and_a_quota_change_brings_a_depleted_key_back() {
+    let api = Api::start().await;
+    let (_, requested) = api
+        .post(
+            "/v1/keys",
+            json!({"user_id": 8, "location": "ams", "traffic_limit_bytes": 1000}),
+        )
+        .await;
+    assert_eq!(
+        requested["usage"],
+        Value::Null,
+        "no report yet: {requested}"
+    );
+    let key = key_of(8);
+    let client: Uuid = serde_json::from_value(requested["client_uuid"].clone()).expect("uuid");
+    api.confirm_provisioned(key, client).await;
+    report_usage(&api, key, 600, 500, 1000).await;
+    let ledger = KeyLedger::new(api.db.store.clone());
+    let depleted = KeyCommand::RecordDepletion(domain::RecordDepletion {
+        used_bytes: 1100,
+        limit_bytes: 1000,
+    });
+    let metadata =
+        EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Reconciler, "test"));
+    ledger
+        .execute(KeyId::from_uuid(key), &depleted, &metadata)
+        .await
+        .expect("depleted");
+    // The view replayed from the log (the projector does not run here) and its usage.
+    let (status, view) = api
+        .post(
+            &format!("/v1/keys/{key}/quota"),
+            json!({"traffic_limit_bytes": 1000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{view}");
+    assert_eq!(view["error"]["code"], json!("quota_still_used_up"));
+    let (status, error) = api
+        .post(
+            &format!("/v1/keys/{key}/quota"),
+            json!({"traffic_limit_bytes": 1000, "extra": 1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+
+    let (status, view) = api
+        .post(
+            &format!("/v1/keys/{key}/quota"),
+            json!({"traffic_limit_bytes": 5000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["status"], json!("active"));
+    assert_eq!(
+        view["usage"],
+        json!({"up_bytes": 600, "down_bytes": 500, "limit_bytes": 1000, "last_online": "2030-01-02T03:04:05Z"})
+    );
+    let history = api.get(&format!("/v1/keys/{key}/history")).await.1;
+    let last = history["events"]
+        .as_array()
+        .and_then(|events| events.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        last["type"],
+        json!(EventType::QuotaChanged.as_str()),
+        "{history}"
+    );
+    assert_eq!(last["data"]["traffic_limit_bytes"], json!(5000));
+    assert_eq!(last["data"]["reset_usage"], json!(false));
+
+    // Depleted again: the same limit with the usage reset is allowed.
+    ledger
+        .execute(
+            KeyId::from_uuid(key),
+            &depleted,
+            &EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Reconciler, "test")),
+        )
+        .await
+        .expect("depleted again");
+    report_usage(&api, key, 3000, 2000, 5000).await;
+    let (status, view) = api
+        .post(
+            &format!("/v1/keys/{key}/quota"),
+            json!({"traffic_limit_bytes": 5000, "reset_usage": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["status"], json!("active"));
 }
 
 #[tokio::test]

@@ -297,6 +297,12 @@ impl PanelApi for StaleFirstList {
         }
         Ok(listed)
     }
+    async fn list_with_traffic(&self) -> Result<InboundClients, PanelError> {
+        self.inner.list_with_traffic().await
+    }
+    async fn reset_client_traffic(&self, email: &str) -> Result<(), PanelError> {
+        self.inner.reset_client_traffic(email).await
+    }
     async fn add_clients(&self, clients: &[PanelClient]) -> Result<(), PanelError> {
         self.inner.add_clients(clients).await
     }

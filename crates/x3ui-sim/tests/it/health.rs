@@ -147,7 +147,8 @@ async fn calls_breakers_and_passes_are_measured_and_shown_in_health() {
     );
     let refused = [("operation", "list_clients"), ("outcome", "breaker_open")];
     assert!(recorded.counter("keyledger_panel_calls_total", &refused) >= 1);
-    let failed = [("operation", "list_clients"), ("outcome", "error")];
+    // The pass lists with the traffic rows.
+    let failed = [("operation", "list_traffic"), ("outcome", "error")];
     assert!(recorded.counter("keyledger_panel_calls_total", &failed) >= 1);
     let health = base.panels.health();
     assert_ne!(health[0].breaker, BreakerState::Closed);

@@ -12,4 +12,5 @@ mod session;
 mod shared_server;
 mod simulator;
 mod traffic;
+mod usage;
 mod worker;

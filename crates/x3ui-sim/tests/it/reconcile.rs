@@ -299,7 +299,11 @@ async fn a_stuck_key_the_panel_already_holds_only_gets_its_acknowledgement() {
     // The worker wrote the panel, then died before recording the acknowledgement.
     let location = base.panels.get("ams").unwrap();
     let state = base.state(key).await;
-    let spec = location.spec_for(&state.desired_client().unwrap());
+    // As the worker builds it: the flow is the inbound's default, read first.
+    let spec = location
+        .desired_spec(&state.desired_client().unwrap())
+        .await
+        .unwrap();
     location.ensure(spec).await.unwrap();
 
     let report = impatient(&base)

@@ -39,7 +39,8 @@ async fn a_requested_key_is_on_the_panel_with_its_uuid_and_acknowledged() {
 fn panel_copy_link(client_id: &str, email: &str) -> String {
     format!(
         "vless://{client_id}@{PUBLIC_HOST}:443?type=tcp&encryption=none&security=reality\
-         &pbk=sim-public-key&fp=chrome&sni=www.example.com&sid=6ba85179e30d4fc2&spx=%2F#ams-{email}"
+         &pbk=sim-public-key&fp=chrome&sni=www.example.com&sid=6ba85179e30d4fc2&spx=%2F\
+         &flow=xtls-rprx-vision#ams-{email}"
     )
 }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::PanelApi;
-use super::legacy::fetch_inbound;
+use super::legacy::{fetch_inbound, fetch_listed};
 use super::session::Session;
 use crate::config::PanelConfig;
 use crate::error::{Operation, PanelError, Refusal};
@@ -79,27 +79,13 @@ impl ClientsApi {
         }
         Err(error)
     }
-}
 
-/// `clients/{action}/{email}` with the email percent-encoded as one path segment.
-fn email_path(action: &str, email: &str) -> String {
-    let mut path = format!("panel/api/clients/{action}/");
-    for byte in email.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~@".contains(&byte) {
-            path.push(char::from(byte));
-        } else {
-            path.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    path
-}
-
-impl PanelApi for ClientsApi {
-    super::session_basics!();
-
-    async fn list_clients(&self) -> Result<InboundClients, PanelError> {
-        let operation = Operation::ListClients;
-        let mut snapshot = fetch_inbound(&self.session, operation).await?;
+    /// `snapshot` with its clients replaced by the inbound's client records.
+    async fn with_records(
+        &self,
+        mut snapshot: InboundClients,
+        operation: Operation,
+    ) -> Result<InboundClients, PanelError> {
         let envelope = self
             .session
             .call(operation, Method::GET, "panel/api/clients/list", None)
@@ -126,6 +112,34 @@ impl PanelApi for ClientsApi {
                     .protocol(operation, format!("clients/list row: {e}"))
             })?;
         Ok(snapshot)
+    }
+}
+
+/// `clients/{action}/{email}` with the email percent-encoded as one path segment.
+fn email_path(action: &str, email: &str) -> String {
+    format!("panel/api/clients/{action}/{}", super::path_segment(email))
+}
+
+impl PanelApi for ClientsApi {
+    super::session_basics!();
+
+    async fn list_clients(&self) -> Result<InboundClients, PanelError> {
+        let operation = Operation::ListClients;
+        let snapshot = fetch_inbound(&self.session, operation).await?;
+        self.with_records(snapshot, operation).await
+    }
+
+    async fn list_with_traffic(&self) -> Result<InboundClients, PanelError> {
+        // The inbound list still carries `clientStats` on v3.1; the clients themselves
+        // come from the client records, as in every other read.
+        let operation = Operation::ListTraffic;
+        let snapshot = fetch_listed(&self.session, operation).await?;
+        self.with_records(snapshot, operation).await
+    }
+
+    async fn reset_client_traffic(&self, email: &str) -> Result<(), PanelError> {
+        let path = email_path("resetTraffic", email);
+        super::legacy::reset_traffic(&self.session, &path, email).await
     }
 
     async fn add_clients(&self, clients: &[PanelClient]) -> Result<(), PanelError> {

@@ -64,8 +64,52 @@ pub(crate) async fn fetch_inbound(
         .map_err(|detail| session.protocol(operation, format!("inbound {inbound_id}: {detail}")))
 }
 
+/// Our inbound from `list`, the one read that carries the traffic rows (`clientStats`).
+pub(crate) async fn fetch_listed(
+    session: &Session,
+    operation: Operation,
+) -> Result<InboundClients, PanelError> {
+    let inbound_id = session.config().inbound_id;
+    let envelope = session
+        .call(operation, Method::GET, "panel/api/inbounds/list", None)
+        .await?;
+    if !envelope.success {
+        return Err(session.refused(operation, "", &envelope));
+    }
+    InboundClients::from_list(envelope.obj, inbound_id)
+        .map_err(|detail| session.protocol(operation, detail))
+}
+
+/// A reset of the client's counters at `path` (`POST`, no body).
+pub(crate) async fn reset_traffic(
+    session: &Session,
+    path: &str,
+    email: &str,
+) -> Result<(), PanelError> {
+    let operation = Operation::ResetTraffic;
+    let envelope = session.call(operation, Method::POST, path, None).await?;
+    if envelope.success {
+        Ok(())
+    } else {
+        Err(session.refused(operation, email, &envelope))
+    }
+}
+
 impl PanelApi for LegacyApi {
     super::session_basics!();
+
+    async fn list_with_traffic(&self) -> Result<InboundClients, PanelError> {
+        fetch_listed(&self.session, Operation::ListTraffic).await
+    }
+
+    async fn reset_client_traffic(&self, email: &str) -> Result<(), PanelError> {
+        let path = format!(
+            "panel/api/inbounds/{}/resetClientTraffic/{}",
+            self.inbound_id(),
+            super::path_segment(email)
+        );
+        reset_traffic(&self.session, &path, email).await
+    }
 
     async fn list_clients(&self) -> Result<InboundClients, PanelError> {
         fetch_inbound(&self.session, Operation::ListClients).await

@@ -30,6 +30,16 @@ pub trait PanelApi: Send + Sync {
     /// The inbound (with the stream settings links need) and all its clients.
     fn list_clients(&self) -> impl Future<Output = Result<InboundClients, PanelError>> + Send;
 
+    /// [`PanelApi::list_clients`] with each client's traffic row: the counters and the
+    /// panel's own `enable` (`InboundClients::traffic` is `Some`).
+    fn list_with_traffic(&self) -> impl Future<Output = Result<InboundClients, PanelError>> + Send;
+
+    /// Sets the client's `up`/`down` counters back to zero (`resetClientTraffic`).
+    fn reset_client_traffic(
+        &self,
+        email: &str,
+    ) -> impl Future<Output = Result<(), PanelError>> + Send;
+
     /// Adds all `clients`, in one request where the panel allows it.
     fn add_clients(
         &self,
@@ -48,6 +58,19 @@ pub trait PanelApi: Send + Sync {
         &self,
         current: &PanelClient,
     ) -> impl Future<Output = Result<(), PanelError>> + Send;
+}
+
+/// `text` percent-encoded as one path segment (emails may hold `+` or `/`).
+pub(crate) fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~@".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// Either route family, chosen by [`PanelConfig::api`]; lets one collection hold
@@ -123,6 +146,14 @@ impl PanelApi for AnyPanelApi {
 
     async fn list_clients(&self) -> Result<InboundClients, PanelError> {
         delegate!(self, api => api.list_clients().await)
+    }
+
+    async fn list_with_traffic(&self) -> Result<InboundClients, PanelError> {
+        delegate!(self, api => api.list_with_traffic().await)
+    }
+
+    async fn reset_client_traffic(&self, email: &str) -> Result<(), PanelError> {
+        delegate!(self, api => api.reset_client_traffic(email).await)
     }
 
     async fn add_clients(&self, clients: &[PanelClient]) -> Result<(), PanelError> {
