@@ -105,7 +105,8 @@ impl RecordedEvent {
         KeyEvent::from_parts(&self.event_type, &self.data)
     }
 
-    pub(crate) fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+    /// An event from a row holding the `events` columns by their names.
+    pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
         use sqlx::Row;
         Ok(Self {
             event_id: row.try_get("event_id")?,

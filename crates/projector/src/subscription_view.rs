@@ -124,18 +124,7 @@ async fn subscription_streams(
     .await?;
     let mut streams: HashMap<Uuid, Vec<RecordedEvent>> = HashMap::new();
     for row in rows {
-        use sqlx::Row;
-        let event = RecordedEvent {
-            event_id: row.try_get("event_id")?,
-            stream_id: row.try_get("stream_id")?,
-            version: row.try_get("version")?,
-            position: row.try_get("position")?,
-            event_type: row.try_get("type")?,
-            data: row.try_get("data")?,
-            metadata: row.try_get("metadata")?,
-            recorded_at: row.try_get("recorded_at")?,
-            hash: row.try_get("hash")?,
-        };
+        let event = RecordedEvent::from_row(&row)?;
         streams.entry(event.stream_id).or_default().push(event);
     }
     Ok(streams)

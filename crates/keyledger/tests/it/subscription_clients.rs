@@ -161,6 +161,8 @@ struct Stack {
     sim: PanelSimulator,
     inbound: i64,
     running: Option<RunningRoles>,
+    /// The worker's panels, for a usage pass run by the test.
+    panels: Arc<Panels>,
     sub: String,
     urls: SubscriptionUrls,
     client: reqwest::Client,
@@ -201,9 +203,10 @@ impl Stack {
         settings.cache_ttl = Duration::ZERO;
         // These tests poll; the limits have tests of their own.
         settings.limits = subscription::LimitSettings::unlimited();
+        let panels = Arc::new(panels);
         let running = Pipeline::new(db.store.clone(), broker.amqp_url.clone())
             .with_locations(locations)
-            .with_panels(Arc::new(panels))
+            .with_panels(panels.clone())
             .with_sub(SubRole {
                 listen: "127.0.0.1:0".parse().expect("address"),
                 settings,
@@ -218,6 +221,7 @@ impl Stack {
             sim,
             inbound,
             running: Some(running),
+            panels,
             sub,
             urls,
             client: reqwest::Client::new(),
@@ -237,6 +241,11 @@ impl Stack {
     }
 
     async fn request_key(&self) {
+        self.request_key_limited(0).await;
+    }
+
+    /// Requests the user's key with a traffic limit (0: none).
+    async fn request_key_limited(&self, traffic_limit_bytes: u64) {
         let metadata = testkit::metadata();
         Subscriptions::new(self.db.store.clone())
             .ensure_issued(Self::user(), &metadata)
@@ -247,7 +256,7 @@ impl Stack {
             location: LocationId::new("ams").expect("id"),
             fresh_client_uuid: Uuid::new_v4(),
             expires_at: None,
-            traffic_limit_bytes: 0,
+            traffic_limit_bytes,
             now: time::OffsetDateTime::now_utc(),
         });
         KeyLedger::new(self.db.store.clone())
@@ -543,6 +552,66 @@ async fn singbox_tunnels_through_the_served_link_and_follows_refresh_and_new_lin
     assert_eq!(old_singbox["outbounds"][1]["server"], "0.0.0.0");
 
     page.abort();
+    stack.stop().await;
+}
+
+/// The four keys of a `Subscription-Userinfo` header, as integers.
+fn userinfo(headers: &reqwest::header::HeaderMap) -> std::collections::HashMap<String, u64> {
+    headers["subscription-userinfo"]
+        .to_str()
+        .expect("ascii")
+        .split(';')
+        .map(|pair| {
+            let (k, v) = pair.trim().split_once('=').expect("key=value");
+            (k.to_owned(), v.parse().expect("an integer"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_depleted_key_serves_only_a_placeholder_and_says_the_quota_is_used() {
+    let stack = Stack::start(tls_stream(), free_port()).await;
+    stack.request_key_limited(1_000).await;
+    let client = KeyLedger::new(stack.db.store.clone())
+        .load(Stack::key())
+        .await
+        .expect("key")
+        .0
+        .details
+        .expect("details")
+        .client_uuid;
+    stack.wait_for_link(1, client).await;
+
+    // The user moves 1,100 bytes through a 1,000-byte quota; the panel's job switches the
+    // client off, and the worker's usage pass learns it.
+    let email = format!("tg{USER}-ams");
+    assert!(stack.sim.handle().add_traffic(&email, 600, 500));
+    let pass = stack.sim.handle().run_traffic_job();
+    assert_eq!(pass.disabled, [email.clone()]);
+    x3ui_worker::Reconciler::new(stack.db.store.clone(), stack.panels.clone())
+        .usage_pass()
+        .await;
+
+    let placeholder = "vless://00000000-0000-0000-0000-000000000000@0.0.0.0:1?";
+    eventually("the subscription stops serving the key", DEADLINE, || async {
+        let links = stack.links(1).await;
+        (!links.is_empty() && links.iter().all(|l| l.starts_with(placeholder))).then_some(())
+    })
+    .await;
+    let response = stack.fetch(&format!("{}/plain", stack.path(1))).await;
+    assert_eq!(response.status(), 200);
+    let info = userinfo(response.headers());
+    assert_eq!(info["upload"], 600);
+    assert_eq!(info["download"], 500);
+    assert_eq!(info["total"], 1_000);
+    let body = response.text().await.expect("body");
+    assert!(!body.contains(&client.to_string()), "{body}");
+    let (status, _) = KeyLedger::new(stack.db.store.clone())
+        .load(Stack::key())
+        .await
+        .map(|(state, _)| (state.status(), ()))
+        .expect("key");
+    assert_eq!(status, Some(domain::KeyStatus::Depleted));
     stack.stop().await;
 }
 
