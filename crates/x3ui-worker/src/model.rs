@@ -4,6 +4,8 @@
 //! client whole: dropping one would wipe it on the panel. Both wire shapes of an inbound are
 //! accepted (JSON strings on v2.x–v3.0, objects from v3.1 on).
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -196,9 +198,10 @@ pub fn random_sub_id() -> String {
 pub struct InboundClients {
     pub inbound: Inbound,
     pub clients: Vec<PanelClient>,
-    /// The inbound's traffic rows (`clientStats`), when the read gave them: the panel's
-    /// `list` does, `get/{id}` does not (`None` then).
-    pub traffic: Option<Vec<ClientTraffic>>,
+    /// The inbound's traffic rows (`clientStats`) by lower-case email, when the read gave
+    /// them: the panel's `list` does, `get/{id}` does not (`None` then). A map, since a
+    /// pass looks up every client's row (10,000 on a big panel).
+    pub traffic: Option<HashMap<String, ClientTraffic>>,
 }
 
 /// One client's traffic row (`clientStats` in the panel's `list`): the counters and the
@@ -273,10 +276,7 @@ impl InboundClients {
 
     /// The traffic row of `email`, when this read carried traffic rows.
     pub fn traffic_of(&self, email: &str) -> Option<&ClientTraffic> {
-        self.traffic
-            .as_ref()?
-            .iter()
-            .find(|row| row.email.eq_ignore_ascii_case(email))
+        self.traffic.as_ref()?.get(&email.to_ascii_lowercase())
     }
 
     /// Whether the client is really on: its settings entry *and* its traffic row (a panel
@@ -343,7 +343,11 @@ impl WireInbound {
                 stream_settings: embedded_json(self.stream_settings)?,
             },
             clients,
-            traffic: self.client_stats,
+            traffic: self.client_stats.map(|rows| {
+                rows.into_iter()
+                    .map(|row| (row.email.to_ascii_lowercase(), row))
+                    .collect()
+            }),
         })
     }
 }

@@ -354,8 +354,10 @@ async fn ten_thousand_keys(n: i64) -> Base {
         for &user in &chunk {
             let user_id = domain::UserId::new(user).unwrap();
             let uuid = Uuid::new_v4();
+            // The simulator's inbound is tcp + reality: Vision is the location's flow.
             let spec = x3ui_worker::ClientSpec {
                 tg_id: user,
+                flow: x3ui_worker::FLOW_VISION.into(),
                 ..x3ui_worker::ClientSpec::new(uuid, domain::client_email(user_id, &location))
             };
             clients.push(spec.apply_to(None));
