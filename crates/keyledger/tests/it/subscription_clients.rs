@@ -593,10 +593,14 @@ async fn a_depleted_key_serves_only_a_placeholder_and_says_the_quota_is_used() {
         .await;
 
     let placeholder = "vless://00000000-0000-0000-0000-000000000000@0.0.0.0:1?";
-    eventually("the subscription stops serving the key", DEADLINE, || async {
-        let links = stack.links(1).await;
-        (!links.is_empty() && links.iter().all(|l| l.starts_with(placeholder))).then_some(())
-    })
+    eventually(
+        "the subscription stops serving the key",
+        DEADLINE,
+        || async {
+            let links = stack.links(1).await;
+            (!links.is_empty() && links.iter().all(|l| l.starts_with(placeholder))).then_some(())
+        },
+    )
     .await;
     let response = stack.fetch(&format!("{}/plain", stack.path(1))).await;
     assert_eq!(response.status(), 200);
