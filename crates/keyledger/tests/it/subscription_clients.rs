@@ -587,7 +587,7 @@ async fn a_depleted_key_serves_only_a_placeholder_and_says_the_quota_is_used() {
     let email = format!("tg{USER}-ams");
     assert!(stack.sim.handle().add_traffic(&email, 600, 500));
     let pass = stack.sim.handle().run_traffic_job();
-    assert_eq!(pass.disabled, [email.clone()]);
+    assert_eq!(pass.disabled, std::slice::from_ref(&email));
     x3ui_worker::Reconciler::new(stack.db.store.clone(), stack.panels.clone())
         .usage_pass()
         .await;
