@@ -130,7 +130,10 @@ impl RelayProgress {
             let stop = stop.clone();
             async move {
                 let mut seen: Vec<(i64, time::OffsetDateTime)> = Vec::new();
-                while !stop.is_cancelled() {
+                loop {
+                    // Read once more after the stop: the caller stops us only once it saw
+                    // the checkpoint pass the log, and that must be in what we return.
+                    let last_round = stop.is_cancelled();
                     let row: Result<(Option<i64>, time::OffsetDateTime), _> = sqlx::query_as(
                         "SELECT (SELECT max(position) FROM relay_checkpoints), clock_timestamp()",
                     )
@@ -141,7 +144,13 @@ impl RelayProgress {
                     {
                         seen.push((position, at));
                     }
-                    tokio::time::sleep(PROGRESS_POLL).await;
+                    if last_round {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(PROGRESS_POLL) => {}
+                    }
                 }
                 seen
             }
