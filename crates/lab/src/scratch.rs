@@ -140,6 +140,7 @@ impl Scratch {
             accept_invalid_certs: false,
             api: ApiKind::Legacy,
             flow: None,
+            max_response_bytes: x3ui_worker::DEFAULT_MAX_RESPONSE_BYTES,
         }];
         Ok(scratch)
     }

@@ -96,6 +96,8 @@ pub struct LocationConfig {
     /// The clients' `flow` (`""` or `xtls-rprx-vision`); `None`: the worker picks the
     /// inbound's default (Vision on tcp with tls or reality, none otherwise).
     pub flow: Option<String>,
+    /// The largest answer read from this panel (`max_response_mib`).
+    pub max_response_bytes: usize,
 }
 
 /// The resolved configuration every role runs with.
@@ -215,6 +217,8 @@ struct FileLocation {
     /// password (or token) would otherwise cross the network in clear.
     #[serde(default)]
     allow_plain_http: bool,
+    /// The largest answer read from the panel, in MiB; larger ones are refused.
+    max_response_mib: Option<u32>,
     flow: Option<String>,
 }
 
@@ -651,8 +655,19 @@ fn resolve_location(
             ));
         }
     };
+    let max_response_bytes = match raw.max_response_mib {
+        None => x3ui_worker::DEFAULT_MAX_RESPONSE_BYTES,
+        Some(mib) if (1..=1024).contains(&mib) => mib as usize * 1024 * 1024,
+        Some(other) => {
+            return Err(ConfigError::new(
+                field("max_response_mib"),
+                format!("{other} is outside 1 to 1024"),
+            ));
+        }
+    };
     Ok(LocationConfig {
         flow,
+        max_response_bytes,
         id,
         name: raw.name,
         panel_url,

@@ -27,6 +27,7 @@ pub fn panel_configs(config: &Config) -> Vec<PanelConfig> {
             panel.accept_invalid_certs = location.accept_invalid_certs;
             panel.public_host = Some(location.public_host.clone());
             panel.flow = location.flow.clone();
+            panel.max_response_bytes = location.max_response_bytes;
             panel
         })
         .collect()

@@ -54,7 +54,14 @@ pub struct PanelConfig {
     /// Upper bound for one HTTP exchange, connect included.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    /// The largest answer read from the panel; a larger one is refused before it is all
+    /// in memory (a broken or hostile panel could otherwise answer gigabytes).
+    pub max_response_bytes: usize,
 }
+
+/// Default [`PanelConfig::max_response_bytes`]: ten thousand clients with their traffic
+/// rows come to about 10 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 impl PanelConfig {
     pub fn new(
@@ -74,7 +81,13 @@ impl PanelConfig {
             flow: None,
             request_timeout: Duration::from_secs(15),
             connect_timeout: Duration::from_secs(5),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
+    }
+
+    pub fn with_max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = limit;
+        self
     }
 
     pub fn with_api(mut self, api: ApiKind) -> Self {

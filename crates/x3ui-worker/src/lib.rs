@@ -23,7 +23,7 @@ mod session_lock;
 pub mod usage;
 pub mod worker;
 
-pub use config::{ApiKind, Credentials, PanelConfig};
+pub use config::{ApiKind, Credentials, DEFAULT_MAX_RESPONSE_BYTES, PanelConfig};
 pub use domain::Secret;
 pub use ensure::{Absence, Ensured, Panel};
 pub use error::{LinkUnavailable, Operation, PanelError, Refusal};

@@ -7,6 +7,7 @@ mod common;
 mod ensure;
 mod faults;
 mod health;
+mod hostile;
 mod reconcile;
 mod session;
 mod shared_server;

@@ -142,7 +142,8 @@ impl PanelApi for LegacyApi {
         new: &PanelClient,
     ) -> Result<(), PanelError> {
         // The path names the *old* UUID; the body holds the whole new client.
-        let path = format!("panel/api/inbounds/updateClient/{}", current.id);
+        let id = super::client_id_segment(&self.session, Operation::UpdateClient, &current.id)?;
+        let path = format!("panel/api/inbounds/updateClient/{id}");
         let body = self.settings_body(&[new]);
         self.write(Operation::UpdateClient, &path, Some(&body), &current.email)
             .await
@@ -150,11 +151,8 @@ impl PanelApi for LegacyApi {
     }
 
     async fn delete_client(&self, current: &PanelClient) -> Result<(), PanelError> {
-        let path = format!(
-            "panel/api/inbounds/{}/delClient/{}",
-            self.inbound_id(),
-            current.id
-        );
+        let id = super::client_id_segment(&self.session, Operation::DeleteClient, &current.id)?;
+        let path = format!("panel/api/inbounds/{}/delClient/{id}", self.inbound_id());
         self.write(Operation::DeleteClient, &path, None, &current.email)
             .await
             .map(drop)

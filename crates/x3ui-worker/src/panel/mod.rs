@@ -60,6 +60,30 @@ pub trait PanelApi: Send + Sync {
     ) -> impl Future<Output = Result<(), PanelError>> + Send;
 }
 
+/// A client id from the panel, as the path segment of `updateClient`/`delClient`. The ids
+/// we write are UUIDs; anything else came from someone else, and `..` or a `?` in it would
+/// send an authenticated POST elsewhere on the panel, so it is refused, not encoded.
+pub(crate) fn client_id_segment(
+    session: &session::Session,
+    operation: crate::Operation,
+    id: &str,
+) -> Result<String, crate::PanelError> {
+    // The panel compares ids as text, so the id goes into the path as it is, once it is
+    // known to be nothing but a UUID's hex digits and dashes.
+    let uuid_shaped =
+        uuid::Uuid::parse_str(id).is_ok() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    match uuid_shaped {
+        true => Ok(id.to_owned()),
+        false => {
+            let shown: String = id.chars().take(64).flat_map(char::escape_default).collect();
+            Err(session.protocol(
+                operation,
+                format!("client id \"{shown}\" is not a UUID; it is not put into a path"),
+            ))
+        }
+    }
+}
+
 /// `text` percent-encoded as one path segment (emails may hold `+` or `/`).
 pub(crate) fn path_segment(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -170,5 +194,46 @@ impl PanelApi for AnyPanelApi {
 
     async fn delete_client(&self, current: &PanelClient) -> Result<(), PanelError> {
         delegate!(self, api => api.delete_client(current).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Credentials, Operation, PanelConfig, Secret};
+
+    fn session() -> session::Session {
+        let config = PanelConfig::new(
+            "ams",
+            url::Url::parse("http://127.0.0.1:1/").expect("url"),
+            Credentials::ApiToken(Secret::new("t")),
+            1,
+        );
+        session::Session::new(config).expect("session")
+    }
+
+    #[test]
+    fn only_uuid_shaped_client_ids_go_into_paths() {
+        let session = session();
+        let id = "5f0c6a1e-8a4b-4d7e-9a43-2b3c4d5e6f70";
+        assert_eq!(
+            client_id_segment(&session, Operation::UpdateClient, id).expect("a UUID"),
+            id
+        );
+        for hostile in [
+            "../x",
+            "..",
+            "a?b=1",
+            "x/../../login",
+            "{5f0c6a1e-8a4b-4d7e-9a43-2b3c4d5e6f70}",
+            "",
+        ] {
+            let error =
+                client_id_segment(&session, Operation::DeleteClient, hostile).expect_err("refused");
+            assert!(
+                error.to_string().contains("not a UUID"),
+                "{hostile}: {error}"
+            );
+        }
     }
 }

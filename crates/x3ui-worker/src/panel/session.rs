@@ -194,10 +194,7 @@ impl Session {
         if !status.is_success() {
             return Err(self.http_error(Operation::Login, status));
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport(Operation::Login, e))?;
+        let bytes = self.read_body(Operation::Login, response).await?;
         let envelope: Envelope =
             serde_json::from_slice(&bytes).map_err(|e| PanelError::Protocol {
                 location: self.location().to_owned(),
@@ -228,7 +225,8 @@ impl Session {
         if !response.status().is_success() {
             return Ok(None);
         }
-        let Ok(envelope) = response.json::<Envelope>().await else {
+        let bytes = self.read_body(Operation::Login, response).await?;
+        let Ok(envelope) = serde_json::from_slice::<Envelope>(&bytes) else {
             return Ok(None);
         };
         Ok(match envelope.obj {
@@ -269,16 +267,48 @@ impl Session {
         if !status.is_success() {
             return Err(self.http_error(operation, status));
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport(operation, e))?;
+        let bytes = self.read_body(operation, response).await?;
         match serde_json::from_slice::<Envelope>(&bytes) {
             Ok(envelope) => Ok(Exchange::Answer(envelope)),
             Err(e) => Ok(Exchange::NeedsLogin(Unauthenticated::NotJson(format!(
                 "HTTP {status} with a body that is not the JSON envelope: {e}"
             )))),
         }
+    }
+
+    /// The answer's body, read chunk by chunk and refused as soon as it passes
+    /// [`PanelConfig::max_response_bytes`], so a panel answering gigabytes costs us at most
+    /// that much memory.
+    async fn read_body(
+        &self,
+        operation: Operation,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, PanelError> {
+        let limit = self.config().max_response_bytes;
+        let too_large = || {
+            self.protocol(
+                operation,
+                format!("the answer is larger than {limit} bytes (max_response_bytes)"),
+            )
+        };
+        if response
+            .content_length()
+            .is_some_and(|length| length > limit as u64)
+        {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport(operation, e))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     fn request(
