@@ -30,7 +30,7 @@ pub use desired::DesiredClient;
 pub use error::DomainError;
 pub use event::*;
 pub use identity::*;
-pub use link::{InboundLinkSettings, LinkError, render_vless_link};
+pub use link::{InboundLinkSettings, LinkError, encode_uri_component, render_vless_link};
 pub use secret::Secret;
 pub use state::{FailureNote, KeyDetails, KeyState, KeyStatus, Phase};
 pub use subscription::{

@@ -316,8 +316,9 @@ fn push_security_params(
     Ok(())
 }
 
-/// JavaScript's `encodeURIComponent`, which the panel applies to the link's fragment.
-fn encode_uri_component(text: &str) -> String {
+/// JavaScript's `encodeURIComponent`, which the panel applies to the link's fragment, and
+/// which every VPN app decodes (remarks, deep-link parameters).
+pub fn encode_uri_component(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         let unreserved = byte.is_ascii_alphanumeric()

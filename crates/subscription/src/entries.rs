@@ -17,7 +17,7 @@ const PLACEHOLDER_UUID: &str = "00000000-0000-0000-0000-000000000000";
 pub fn placeholder(text: &str) -> String {
     format!(
         "vless://{PLACEHOLDER_UUID}@0.0.0.0:1?type=tcp&encryption=none&security=none#{}",
-        vless::encode_fragment(text)
+        domain::encode_uri_component(text)
     )
 }
 

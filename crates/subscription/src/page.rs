@@ -6,7 +6,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 
 use crate::entries::Contents;
 use crate::render::Rendered;
-use crate::vless::encode_fragment;
+use domain::encode_uri_component;
 
 /// Escapes text for HTML content and attribute values.
 fn escape(text: &str) -> String {
@@ -37,14 +37,14 @@ fn qr_svg(text: &str) -> Option<String> {
 
 /// Deep links that import `url` into the common apps, as (label, link).
 pub fn app_links(url: &str, title: &str) -> Vec<(&'static str, String)> {
-    let (u, t) = (encode_fragment(url), encode_fragment(title));
+    let (u, t) = (encode_uri_component(url), encode_uri_component(title));
     vec![
         ("v2rayNG", format!("v2rayng://install-sub?url={u}&name={t}")),
         ("Hiddify", format!("hiddify://import/{url}#{t}")),
         (
             "sing-box",
             format!("sing-box://import-remote-profile?url={}#{t}", {
-                encode_fragment(&format!("{url}/singbox"))
+                encode_uri_component(&format!("{url}/singbox"))
             }),
         ),
         ("Streisand", format!("streisand://import/{url}")),

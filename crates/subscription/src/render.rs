@@ -251,7 +251,7 @@ fn profile_headers(contents: &Contents, profile: &Profile<'_>) -> Vec<(HeaderNam
         .collect();
     let disposition = format!(
         "attachment; filename=\"{ascii_title}\"; filename*=UTF-8''{}",
-        crate::vless::encode_fragment(profile.title)
+        domain::encode_uri_component(profile.title)
     );
     let mut headers = vec![
         (

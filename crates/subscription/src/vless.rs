@@ -68,18 +68,7 @@ impl VlessLink {
 /// `link` with its fragment (the name apps show) replaced by `remark`.
 pub fn with_remark(link: &str, remark: &str) -> String {
     let base = link.split_once('#').map_or(link, |(base, _)| base);
-    format!("{base}#{}", encode_fragment(remark))
-}
-
-/// Percent-encodes everything but unreserved characters, as `encodeURIComponent` does; every
-/// app decodes that.
-pub fn encode_fragment(text: &str) -> String {
-    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    percent_encoding::utf8_percent_encode(text, SET).to_string()
+    format!("{base}#{}", domain::encode_uri_component(remark))
 }
 
 #[cfg(test)]
