@@ -265,6 +265,20 @@ impl Stack {
             .expect("key requested");
     }
 
+    /// The key's state as the log holds it.
+    async fn key_state(&self) -> domain::KeyState {
+        KeyLedger::new(self.db.store.clone())
+            .load(Self::key())
+            .await
+            .expect("key")
+            .0
+    }
+
+    /// The key's current client UUID.
+    async fn client_uuid(&self) -> Uuid {
+        self.key_state().await.details.expect("details").client_uuid
+    }
+
     async fn rotate_key(&self) -> Uuid {
         let fresh = Uuid::new_v4();
         let command = KeyCommand::Rotate(RotateKey {
@@ -463,14 +477,7 @@ async fn singbox_tunnels_through_the_served_link_and_follows_refresh_and_new_lin
     let (page_port, page) = page_server("hello through the tunnel").await;
 
     stack.request_key().await;
-    let first = KeyLedger::new(stack.db.store.clone())
-        .load(Stack::key())
-        .await
-        .expect("key")
-        .0
-        .details
-        .expect("details")
-        .client_uuid;
+    let first = stack.client_uuid().await;
     stack.wait_for_link(1, first).await;
 
     // The server holds exactly the panel's enabled clients.
@@ -572,14 +579,7 @@ fn userinfo(headers: &reqwest::header::HeaderMap) -> std::collections::HashMap<S
 async fn a_depleted_key_serves_only_a_placeholder_and_says_the_quota_is_used() {
     let stack = Stack::start(tls_stream(), free_port()).await;
     stack.request_key_limited(1_000).await;
-    let client = KeyLedger::new(stack.db.store.clone())
-        .load(Stack::key())
-        .await
-        .expect("key")
-        .0
-        .details
-        .expect("details")
-        .client_uuid;
+    let client = stack.client_uuid().await;
     stack.wait_for_link(1, client).await;
 
     // The user moves 1,100 bytes through a 1,000-byte quota; the panel's job switches the
@@ -610,12 +610,10 @@ async fn a_depleted_key_serves_only_a_placeholder_and_says_the_quota_is_used() {
     assert_eq!(info["total"], 1_000);
     let body = response.text().await.expect("body");
     assert!(!body.contains(&client.to_string()), "{body}");
-    let (status, _) = KeyLedger::new(stack.db.store.clone())
-        .load(Stack::key())
-        .await
-        .map(|(state, _)| (state.status(), ()))
-        .expect("key");
-    assert_eq!(status, Some(domain::KeyStatus::Depleted));
+    assert_eq!(
+        stack.key_state().await.status(),
+        Some(domain::KeyStatus::Depleted)
+    );
     stack.stop().await;
 }
 
