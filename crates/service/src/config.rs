@@ -134,6 +134,9 @@ pub struct Config {
     pub sub_web_page_url: Option<Url>,
     /// `KEYLEDGER_SUB_SUPPORT_URL`: sent to apps as `Support-Url`.
     pub sub_support_url: Option<Url>,
+    /// `KEYLEDGER_SUB_TRUSTED_PROXIES`: reverse proxies whose `X-Forwarded-For` names the
+    /// subscription's client.
+    pub sub_trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// When the worker role's reconciler runs (file section `[reconcile]`).
@@ -322,6 +325,7 @@ impl Config {
         let optional_url = |name: &str| env(name).map(|raw| http_url(name, &raw)).transpose();
         let sub_web_page_url = optional_url("KEYLEDGER_SUB_WEB_PAGE_URL")?;
         let sub_support_url = optional_url("KEYLEDGER_SUB_SUPPORT_URL")?;
+        let sub_trusted_proxies = trusted_proxies(env("KEYLEDGER_SUB_TRUSTED_PROXIES"))?;
 
         Ok(Self {
             database_url,
@@ -344,6 +348,7 @@ impl Config {
             user_limits,
             sub_web_page_url,
             sub_support_url,
+            sub_trusted_proxies,
         })
     }
 }
@@ -418,6 +423,25 @@ fn refuse_password_in_file(
         ));
     }
     Ok(())
+}
+
+/// A comma-separated list of IP addresses.
+fn trusted_proxies(raw: Option<String>) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    raw.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry.parse().map_err(|_| {
+                ConfigError::new(
+                    "KEYLEDGER_SUB_TRUSTED_PROXIES",
+                    format!("{entry:?} is not an IP address"),
+                )
+            })
+        })
+        .collect()
 }
 
 /// `KEYLEDGER_SUB_PUBLIC_URL` with `KEYLEDGER_SUB_SECRET`: one without the other is a

@@ -122,6 +122,7 @@ impl Pipeline {
                 subscription::SubSettings::new(urls.clone(), pipeline.locations.clone());
             settings.web_page_url = config.sub_web_page_url.clone();
             settings.support_url = config.sub_support_url.clone();
+            settings.trusted_proxies = config.sub_trusted_proxies.clone();
             pipeline = pipeline.with_sub(SubRole {
                 listen: config.sub_addr,
                 settings,

@@ -54,6 +54,11 @@ pub struct SubSettings {
     pub cache_ttl: Duration,
     /// How long a database query may take before the answer is 503.
     pub query_timeout: Duration,
+    /// Reverse proxies in front of the listener (`KEYLEDGER_SUB_TRUSTED_PROXIES`): for a
+    /// connection from one of them, the client is the last address of `X-Forwarded-For`.
+    /// Without this, every user behind the proxy shares its address, and one user's misses
+    /// would block them all.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl SubSettings {
@@ -69,6 +74,7 @@ impl SubSettings {
             limits: LimitSettings::default(),
             cache_ttl: Duration::from_secs(1),
             query_timeout: Duration::from_secs(3),
+            trusted_proxies: Vec::new(),
         }
     }
 }

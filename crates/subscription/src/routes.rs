@@ -107,16 +107,21 @@ struct Request {
 }
 
 impl Request {
-    fn new(headers: &HeaderMap, extensions: &Extensions) -> Self {
+    fn new(headers: &HeaderMap, extensions: &Extensions, trusted_proxies: &[IpAddr]) -> Self {
         let text = |name: &str, max: usize| {
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(|v| v.chars().take(max).collect::<String>())
         };
-        let address = extensions
+        let peer = extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        let address = if trusted_proxies.contains(&peer) {
+            forwarded_client(headers).unwrap_or(peer)
+        } else {
+            peer
+        };
         Self {
             address,
             user_agent: text("user-agent", 256),
@@ -126,13 +131,25 @@ impl Request {
     }
 }
 
+/// The client a trusted proxy names: the last address of `X-Forwarded-For`, the one the
+/// proxy itself appended (earlier ones are whatever the client chose to send).
+fn forwarded_client(headers: &HeaderMap) -> Option<IpAddr> {
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .last()?
+        .to_str()
+        .ok()?;
+    forwarded.rsplit(',').next()?.trim().parse().ok()
+}
+
 async fn fetch_default(
     State(state): State<Arc<SubState>>,
     Path(token): Path<String>,
     headers: HeaderMap,
     extensions: Extensions,
 ) -> Response {
-    let request = Request::new(&headers, &extensions);
+    let request = Request::new(&headers, &extensions, &state.settings.trusted_proxies);
     let format = negotiate(request.user_agent.as_deref(), request.accept.as_deref());
     answer(&state, &token, Some(format), request).await
 }
@@ -143,7 +160,7 @@ async fn fetch_in_format(
     headers: HeaderMap,
     extensions: Extensions,
 ) -> Response {
-    let request = Request::new(&headers, &extensions);
+    let request = Request::new(&headers, &extensions, &state.settings.trusted_proxies);
     answer(&state, &token, Format::from_path(&format), request).await
 }
 

@@ -366,6 +366,62 @@ async fn guessing_addresses_and_heavy_tokens_get_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_one_guessing_user_does_not_block_the_others() {
+    let door = Door::start(|settings| {
+        settings.limits = LimitSettings {
+            misses: 3,
+            ..LimitSettings::default()
+        };
+        settings.trusted_proxies = vec!["127.0.0.1".parse().expect("ip")];
+    })
+    .await;
+    door.subscription(1).await;
+    // Every request arrives from the proxy (127.0.0.1); the proxy names the client last,
+    // after whatever the client itself claimed.
+    let guesser = [("x-forwarded-for", "10.0.0.9, 203.0.113.7")];
+    let honest = [("x-forwarded-for", "203.0.113.8")];
+    for _ in 0..3 {
+        let miss = format!("{}/s/{}", door.base, "B".repeat(24));
+        assert_eq!(door.get(&miss, &guesser).await.0, 404);
+    }
+    assert_eq!(door.get(&door.url(1, "/plain"), &guesser).await.0, 429);
+    assert_eq!(
+        door.get(&door.url(1, "/plain"), &honest).await.0,
+        200,
+        "another user behind the same proxy is still served"
+    );
+    // A spoofed first entry does not escape the block: the proxy's entry is what counts.
+    let spoofed = [("x-forwarded-for", "198.51.100.1, 203.0.113.7")];
+    assert_eq!(door.get(&door.url(1, "/plain"), &spoofed).await.0, 429);
+}
+
+#[tokio::test]
+async fn without_a_trusted_proxy_forwarded_headers_are_ignored() {
+    let door = Door::start(|settings| {
+        settings.limits = LimitSettings {
+            misses: 3,
+            ..LimitSettings::default()
+        };
+    })
+    .await;
+    door.subscription(1).await;
+    for n in 0..3 {
+        let miss = format!("{}/s/{}", door.base, "B".repeat(24));
+        let claimed = format!("203.0.113.{n}");
+        assert_eq!(
+            door.get(&miss, &[("x-forwarded-for", &claimed)]).await.0,
+            404
+        );
+    }
+    let fresh = [("x-forwarded-for", "203.0.113.99")];
+    assert_eq!(
+        door.get(&door.url(1, "/plain"), &fresh).await.0,
+        429,
+        "a client cannot pick a new address by claiming one"
+    );
+}
+
+#[tokio::test]
 async fn fetches_are_recorded_without_the_address_or_the_token() {
     let door = Door::start(|_| {}).await;
     door.subscription(1).await;
