@@ -137,7 +137,7 @@ fn forwarded_client(headers: &HeaderMap) -> Option<IpAddr> {
     let forwarded = headers
         .get_all("x-forwarded-for")
         .iter()
-        .last()?
+        .next_back()?
         .to_str()
         .ok()?;
     forwarded.rsplit(',').next()?.trim().parse().ok()
