@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use domain::{Location, Secret, SubscriptionUrls};
 
+use crate::ingress::Ingress;
 use crate::limits::UserLimits;
 use url::Url;
 
@@ -36,6 +37,8 @@ pub struct BotConfig {
     pub subscription_urls: Option<SubscriptionUrls>,
     /// How much of each costly thing one user may do per window.
     pub limits: UserLimits,
+    /// How updates come in: long polling (the default) or a webhook.
+    pub ingress: Ingress,
 }
 
 impl BotConfig {
@@ -53,6 +56,7 @@ impl BotConfig {
             send_poll_every: Duration::from_millis(500),
             subscription_urls: None,
             limits: UserLimits::default(),
+            ingress: Ingress::Polling,
         }
     }
 

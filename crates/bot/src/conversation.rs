@@ -51,6 +51,8 @@ pub struct Context {
     pub config: BotConfig,
     /// Wakes the notification sender when something is owed.
     pub wake_sender: Arc<Notify>,
+    /// This replica, as the partition leases and the handled updates name it.
+    pub replica: Uuid,
 }
 
 /// Who is talking, from the update itself.
@@ -76,7 +78,7 @@ fn command_id(name: &str) -> Uuid {
 }
 
 impl Context {
-    fn pool(&self) -> &sqlx::PgPool {
+    pub(crate) fn pool(&self) -> &sqlx::PgPool {
         self.ledger.store().pool()
     }
 
@@ -95,7 +97,7 @@ impl Context {
             UpdateKind::EditedMessage(_) => {}
             _ => {}
         }
-        store::mark_update(self.pool(), update_id).await?;
+        store::mark_update(self.pool(), update_id, self.replica).await?;
         Ok(())
     }
 

@@ -130,10 +130,24 @@ pub async fn create_database(database_url: &str) -> Result<(), StoreError> {
     Ok(sqlx::Postgres::create_database(database_url).await?)
 }
 
-/// Drops the database named in `database_url`, ending its open sessions.
+/// Drops the database named in `database_url`, ending its open sessions. The server ends
+/// them itself (`WITH (FORCE)`, PostgreSQL 13+): terminating them one by one from here
+/// races sessions that end on their own, and the server warns about each it misses.
 pub async fn drop_database(database_url: &str) -> Result<(), StoreError> {
-    use sqlx::migrate::MigrateDatabase;
-    Ok(sqlx::Postgres::force_drop_database(database_url).await?)
+    use sqlx::{ConnectOptions, Connection};
+    let options: sqlx::postgres::PgConnectOptions = database_url.parse()?;
+    let Some(database) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut conn = options.database("postgres").connect().await?;
+    let quoted = database.replace('"', "\"\"");
+    sqlx::query(&format!(
+        r#"DROP DATABASE IF EXISTS "{quoted}" WITH (FORCE)"#
+    ))
+    .execute(&mut conn)
+    .await?;
+    let _ = conn.close().await;
+    Ok(())
 }
 
 /// Creates the database named in `database_url` if it does not exist yet.

@@ -16,6 +16,10 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/keyle
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_SUB_ADDR: &str = "127.0.0.1:8090";
+/// The bot's doors, as this configuration names them.
+pub use bot::{Ingress as BotIngress, WebhookConfig as BotWebhook};
+
+pub const DEFAULT_BOT_WEBHOOK_ADDR: &str = "127.0.0.1:8443";
 pub const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
 /// Bearer tokens shorter than this are refused: they could be guessed.
 pub const MIN_TOKEN_CHARS: usize = 16;
@@ -137,6 +141,10 @@ pub struct Config {
     /// `KEYLEDGER_SUB_TRUSTED_PROXIES`: reverse proxies whose `X-Forwarded-For` names the
     /// subscription's client.
     pub sub_trusted_proxies: Vec<std::net::IpAddr>,
+    /// How the bot takes updates: long polling, or a webhook when
+    /// `KEYLEDGER_BOT_WEBHOOK_URL` is set (with `KEYLEDGER_BOT_WEBHOOK_SECRET`, listening on
+    /// `KEYLEDGER_BOT_WEBHOOK_ADDR`).
+    pub bot_ingress: bot::Ingress,
 }
 
 /// When the worker role's reconciler runs (file section `[reconcile]`).
@@ -326,6 +334,7 @@ impl Config {
         let sub_web_page_url = optional_url("KEYLEDGER_SUB_WEB_PAGE_URL")?;
         let sub_support_url = optional_url("KEYLEDGER_SUB_SUPPORT_URL")?;
         let sub_trusted_proxies = trusted_proxies(env("KEYLEDGER_SUB_TRUSTED_PROXIES"))?;
+        let bot_ingress = bot_ingress(&env)?;
 
         Ok(Self {
             database_url,
@@ -349,6 +358,7 @@ impl Config {
             sub_web_page_url,
             sub_support_url,
             sub_trusted_proxies,
+            bot_ingress,
         })
     }
 }
@@ -473,6 +483,54 @@ fn subscription_urls(
         domain::SubscriptionUrlError::InvalidBase => ConfigError::new(URL, e.to_string()),
     })?;
     Ok(Some(urls))
+}
+
+/// The bot's door: a webhook when its public URL is set, long polling otherwise.
+fn bot_ingress(env: &impl Fn(&str) -> Option<String>) -> Result<bot::Ingress, ConfigError> {
+    const URL: &str = "KEYLEDGER_BOT_WEBHOOK_URL";
+    const SECRET: &str = "KEYLEDGER_BOT_WEBHOOK_SECRET";
+    const ADDR: &str = "KEYLEDGER_BOT_WEBHOOK_ADDR";
+    let Some(raw_url) = env(URL) else {
+        if env(SECRET).is_some() {
+            return Err(ConfigError::new(
+                URL,
+                format!("must be set when {SECRET} is"),
+            ));
+        }
+        return Ok(bot::Ingress::Polling);
+    };
+    let url = http_url(URL, &raw_url)?;
+    if url.scheme() != "https" {
+        return Err(ConfigError::new(
+            URL,
+            "Telegram calls webhooks over https only",
+        ));
+    }
+    let secret = env(SECRET)
+        .ok_or_else(|| ConfigError::new(SECRET, format!("must be set when {URL} is")))?;
+    // Telegram's rule for `secret_token`.
+    let valid = (1..=256).contains(&secret.len())
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid || secret.len() < 32 {
+        return Err(ConfigError::new(
+            SECRET,
+            "must be 32 to 256 characters of A-Z, a-z, 0-9, _ and -",
+        ));
+    }
+    let listen = env(ADDR).unwrap_or_else(|| DEFAULT_BOT_WEBHOOK_ADDR.into());
+    let listen = listen.parse().map_err(|_| {
+        ConfigError::new(
+            ADDR,
+            format!("{listen:?} is not an address like 127.0.0.1:8443"),
+        )
+    })?;
+    Ok(bot::Ingress::Webhook(bot::WebhookConfig {
+        listen,
+        url,
+        secret: Secret::new(secret),
+    }))
 }
 
 fn reconcile_settings(file: &FileReconcile) -> Result<ReconcileSettings, ConfigError> {

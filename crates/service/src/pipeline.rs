@@ -137,6 +137,7 @@ impl Pipeline {
             .with_subscription_urls(config.subscription_urls.clone());
             let bot = bot::BotConfig {
                 limits: config.user_limits,
+                ingress: config.bot_ingress.clone(),
                 ..bot
             };
             pipeline = pipeline.with_bot(bot);

@@ -4,4 +4,5 @@ mod common;
 mod conversation;
 mod limits;
 mod notifications;
+mod replicas;
 mod subscription;

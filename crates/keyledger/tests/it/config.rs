@@ -325,3 +325,68 @@ fn a_plain_http_panel_needs_to_be_allowed_explicitly() {
     let config = Config::from_sources(Some(&allowed), env(&full_env())).expect("allowed");
     assert_eq!(config.locations[0].panel_url.scheme(), "http");
 }
+
+#[test]
+fn a_bot_webhook_needs_https_and_a_long_secret_and_polls_otherwise() {
+    let secret = "webhook-secret_0123456789abcdefXYZ";
+    let url = "https://bot.example.com/telegram/webhook";
+    assert_eq!(
+        Config::from_sources(None, env(&[]))
+            .expect("defaults")
+            .bot_ingress,
+        service::config::BotIngress::Polling
+    );
+    assert_eq!(
+        error_field(None, &[("KEYLEDGER_BOT_WEBHOOK_URL", url)]),
+        "KEYLEDGER_BOT_WEBHOOK_SECRET"
+    );
+    assert_eq!(
+        error_field(None, &[("KEYLEDGER_BOT_WEBHOOK_SECRET", secret)]),
+        "KEYLEDGER_BOT_WEBHOOK_URL"
+    );
+    for bad_secret in [
+        "short",
+        "has spaces in it and is long enough!!",
+        &"x".repeat(257),
+    ] {
+        assert_eq!(
+            error_field(
+                None,
+                &[
+                    ("KEYLEDGER_BOT_WEBHOOK_URL", url),
+                    ("KEYLEDGER_BOT_WEBHOOK_SECRET", bad_secret)
+                ]
+            ),
+            "KEYLEDGER_BOT_WEBHOOK_SECRET",
+            "{bad_secret:?}"
+        );
+    }
+    assert_eq!(
+        error_field(
+            None,
+            &[
+                (
+                    "KEYLEDGER_BOT_WEBHOOK_URL",
+                    "http://bot.example.com/telegram/webhook"
+                ),
+                ("KEYLEDGER_BOT_WEBHOOK_SECRET", secret)
+            ]
+        ),
+        "KEYLEDGER_BOT_WEBHOOK_URL"
+    );
+    let config = Config::from_sources(
+        None,
+        env(&[
+            ("KEYLEDGER_BOT_WEBHOOK_URL", url),
+            ("KEYLEDGER_BOT_WEBHOOK_SECRET", secret),
+            ("KEYLEDGER_BOT_WEBHOOK_ADDR", "0.0.0.0:9443"),
+        ]),
+    )
+    .expect("valid");
+    assert!(!format!("{config:?}").contains(secret));
+    let service::config::BotIngress::Webhook(webhook) = config.bot_ingress else {
+        panic!("a webhook when its URL is set");
+    };
+    assert_eq!(webhook.url.as_str(), url);
+    assert_eq!(webhook.listen.to_string(), "0.0.0.0:9443");
+}
