@@ -94,7 +94,19 @@ pub async fn run_partitions(context: Arc<Context>, amqp_url: String, stop: Cance
             }
             tracing::info!(partition, "gave back an update partition to share the load");
         }
-        held.retain(|partition, _| share.hold.contains(partition));
+        // Partitions whose lease another replica took while ours could not be renewed
+        // (the database was out of reach): stop reading them, so the holder can.
+        let lost: Vec<u16> = held
+            .keys()
+            .copied()
+            .filter(|partition| !share.hold.contains(partition))
+            .collect();
+        for partition in lost {
+            if let Some(running) = held.remove(&partition) {
+                tracing::warn!(partition, "lost an update partition's lease; stopping it");
+                running.finish().await;
+            }
+        }
         let missing: Vec<u16> = share
             .hold
             .iter()
@@ -161,7 +173,8 @@ impl RunningPartition {
     async fn finish(self) {
         self.stop.cancel();
         let mut task = self.task;
-        if tokio::time::timeout(RELEASE_GRACE, &mut task)
+        // The task bounds its own wait for the lanes; this is the backstop.
+        if tokio::time::timeout(RELEASE_GRACE + Duration::from_secs(5), &mut task)
             .await
             .is_err()
         {
@@ -359,19 +372,39 @@ async fn consume(
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             continue;
         }
-        lane.load.fetch_add(1, Ordering::AcqRel);
         let pending = Pending {
             update,
             acker: delivery.acker,
         };
-        if let Err(
-            mpsc::error::TrySendError::Full(lost) | mpsc::error::TrySendError::Closed(lost),
-        ) = lane.updates.try_send(pending)
-        {
-            // Cannot happen while the load counter is below the channel's capacity; if it
-            // does, the update goes back to the queue rather than being lost.
-            lane.load.fetch_sub(1, Ordering::AcqRel);
-            let _ = lost
+        lane.load.fetch_add(1, Ordering::AcqRel);
+        let refused = match lane.updates.try_send(pending) {
+            Ok(()) => None,
+            // Cannot happen while the load counter is below the channel's capacity.
+            Err(mpsc::error::TrySendError::Full(pending)) => Some(pending),
+            // The lane's task ended without being told to (a panic in a handler): the chat
+            // gets a fresh lane rather than staying stuck behind the dead one.
+            Err(mpsc::error::TrySendError::Closed(pending)) => {
+                tracing::error!(
+                    partition,
+                    chat_id = chat,
+                    "a chat's lane ended unexpectedly; opening a new one"
+                );
+                let (updates, waiting) = mpsc::channel(LANE_BACKLOG);
+                let load = Arc::new(AtomicUsize::new(1));
+                lane_tasks.spawn(run_lane(context.clone(), waiting, load.clone()));
+                let fresh = Lane { updates, load };
+                let refused = fresh
+                    .updates
+                    .try_send(pending)
+                    .err()
+                    .map(|e| e.into_inner());
+                lanes.insert(chat, fresh);
+                refused
+            }
+        };
+        if let Some(pending) = refused {
+            // Back to the queue rather than lost.
+            let _ = pending
                 .acker
                 .nack(BasicNackOptions {
                     requeue: true,
@@ -385,7 +418,18 @@ async fn consume(
         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
         .await;
     drop(lanes);
-    while lane_tasks.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(RELEASE_GRACE, async {
+        while lane_tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            partition,
+            "lanes still busy at the end of the grace; their updates go back to the queue"
+        );
+        lane_tasks.abort_all();
+    }
+    // Closing the channel hands every unacknowledged update back to the queue.
     let _ = channel.close(200, "partition given back".into()).await;
     tracing::info!(partition, "stopped reading an update partition");
 }
