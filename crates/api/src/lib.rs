@@ -19,6 +19,7 @@ mod keys;
 pub mod metrics;
 mod panels;
 mod probes;
+mod request_span;
 mod role;
 mod subscriptions;
 
@@ -153,6 +154,7 @@ pub fn router(store: EventStore, config: ApiConfig, metrics: PrometheusHandle) -
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn(metrics::track_requests))
+        .layer(axum::middleware::from_fn(request_span::trace_request))
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
 }

@@ -110,7 +110,7 @@ pub(crate) async fn track_requests(request: Request, next: Next) -> Response {
 
 /// A request's method as a metric label, from a closed set: a method is the client's to
 /// make up, and each new label value is a new series kept for the life of the process.
-fn method_label(method: &axum::http::Method) -> &'static str {
+pub(crate) fn method_label(method: &axum::http::Method) -> &'static str {
     use axum::http::Method;
     const KNOWN: [(Method, &str); 7] = [
         (Method::GET, "GET"),

@@ -14,6 +14,7 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use broker::{EventHandler, HandlerError};
@@ -199,7 +200,17 @@ async fn send_due(context: &Context, stop: &CancellationToken) -> Result<(), Bot
                 }
                 return Ok(());
             }
-            match deliver(context, owed).await {
+            let span = send_span(owed);
+            let delivered = deliver(context, owed).instrument(span.clone()).await;
+            span.record(
+                "outcome",
+                match &delivered {
+                    Ok(Delivery::Sent) => "sent",
+                    Ok(Delivery::Superseded) => "superseded",
+                    Err(_) => "not_sent",
+                },
+            );
+            match delivered {
                 Ok(Delivery::Sent) => store::settle(pool, &owed.id, "sent", None).await?,
                 Ok(Delivery::Superseded) => {
                     tracing::debug!(id = %owed.id, "notification superseded by a newer state of the key");
@@ -247,6 +258,23 @@ async fn send_due(context: &Context, stop: &CancellationToken) -> Result<(), Bot
             }
         }
     }
+}
+
+/// The `bot.send` span of one notification, a child of the handling that owed it.
+fn send_span(owed: &Owed) -> tracing::Span {
+    let span = tracing::info_span!(
+        "bot.send",
+        key_id = %owed.key_id,
+        kind = %owed.kind,
+        outcome = tracing::field::Empty,
+    );
+    eventstore::trace_context::TraceCarrier::from_pairs(
+        owed.traceparent
+            .as_deref()
+            .map(|traceparent| ("traceparent", traceparent)),
+    )
+    .adopt_as_parent(&span);
+    span
 }
 
 /// Sends one notification, after checking it still says the truth about the key.

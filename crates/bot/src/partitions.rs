@@ -35,6 +35,7 @@ use teloxide::types::Update;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::conversation::Context;
@@ -442,7 +443,8 @@ async fn run_lane(
 ) {
     while let Some(Pending { update, acker }) = waiting.recv().await {
         let update_id = update.id.0;
-        let outcome = handle_with_retries(&context, update).await;
+        let span = tracing::info_span!(parent: None, "bot.update", update_id);
+        let outcome = handle_with_retries(&context, update).instrument(span).await;
         let acked = match outcome {
             Ok(()) => acker.ack(BasicAckOptions::default()).await,
             Err(error) if error.is_ours() => {

@@ -98,6 +98,8 @@ pub struct Owed {
     pub kind: String,
     pub payload: Value,
     pub attempts: i32,
+    /// The trace context of the handling that owed it, so its sending joins that trace.
+    pub traceparent: Option<String>,
 }
 
 /// Records a notification unless one with the same id exists; `true` if it is new.
@@ -113,8 +115,9 @@ pub async fn owe(
     payload: &Value,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "INSERT INTO bot_notifications (id, key_id, user_id, chat_id, language, kind, payload)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO bot_notifications
+             (id, key_id, user_id, chat_id, language, kind, payload, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
     )
     .bind(id)
     .bind(key_id)
@@ -123,6 +126,7 @@ pub async fn owe(
     .bind(lang.code())
     .bind(kind)
     .bind(payload)
+    .bind(eventstore::trace_context::current().traceparent())
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -159,7 +163,17 @@ pub async fn claim_due(
     lease: time::Duration,
 ) -> Result<Vec<Owed>, sqlx::Error> {
     #[allow(clippy::type_complexity)]
-    let rows: Vec<(String, Uuid, i64, i64, String, String, Value, i32)> = sqlx::query_as(
+    let rows: Vec<(
+        String,
+        Uuid,
+        i64,
+        i64,
+        String,
+        String,
+        Value,
+        i32,
+        Option<String>,
+    )> = sqlx::query_as(
         "UPDATE bot_notifications SET leased_until = now() + $2
          WHERE id IN (
              SELECT id FROM bot_notifications
@@ -168,7 +182,7 @@ pub async fn claim_due(
              ORDER BY created_at, id
              LIMIT $1
              FOR UPDATE SKIP LOCKED)
-         RETURNING id, key_id, user_id, chat_id, language, kind, payload, attempts",
+         RETURNING id, key_id, user_id, chat_id, language, kind, payload, attempts, traceparent",
     )
     .bind(limit)
     .bind(lease)
@@ -177,7 +191,7 @@ pub async fn claim_due(
     let mut owed: Vec<Owed> = rows
         .into_iter()
         .map(
-            |(id, key_id, user_id, chat_id, lang, kind, payload, attempts)| Owed {
+            |(id, key_id, user_id, chat_id, lang, kind, payload, attempts, traceparent)| Owed {
                 id,
                 key_id,
                 user_id,
@@ -186,6 +200,7 @@ pub async fn claim_due(
                 kind,
                 payload,
                 attempts,
+                traceparent,
             },
         )
         .collect();

@@ -324,13 +324,14 @@ impl<H: EventHandler> Inner<H> {
             .unwrap_or("")
             .to_owned();
         let span = tracing::info_span!(
-            "event",
+            "consume",
             queue,
             key_id = %event.stream_id,
             correlation_id,
             event_type = %event.event_type,
             version = event.version,
         );
+        crate::trace_headers::carried(&delivery.properties, &event).adopt_as_parent(&span);
         self.dispose_event(delivery, dead_letters, event)
             .instrument(span)
             .await

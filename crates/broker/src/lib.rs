@@ -13,6 +13,7 @@ pub mod management;
 pub mod message;
 pub mod relay;
 pub mod topology;
+pub mod trace_headers;
 
 pub use bot_updates::{UpdatePublisher, consume_partition, partition_of};
 pub use connection::{Backoff, OPERATION_TIMEOUT, close as connection_close, connect};

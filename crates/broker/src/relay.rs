@@ -26,6 +26,7 @@ use lapin::{Confirmation, PublisherConfirm};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::connection::{Backoff, connect, within};
 use crate::{BrokerError, message, topology};
@@ -431,7 +432,18 @@ async fn publish(
     channel: &Channel,
     event: &RecordedEvent,
 ) -> Result<PublisherConfirm, BrokerError> {
+    let span = tracing::info_span!(
+        "relay.publish",
+        key_id = %event.stream_id,
+        event_type = %event.event_type,
+        position = event.position,
+    );
+    eventstore::trace_context::TraceCarrier::from_metadata(&event.metadata).adopt_as_parent(&span);
     let (body, properties) = message::encode(event)?;
+    let properties = crate::trace_headers::with_trace(
+        properties,
+        &span.in_scope(eventstore::trace_context::current),
+    );
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()
@@ -446,6 +458,7 @@ async fn publish(
             properties,
         ),
     )
+    .instrument(span)
     .await
 }
 

@@ -15,6 +15,7 @@ use crate::error::{AppendError, StoreError};
 use crate::integrity::content_digest;
 use crate::jsonb_text::jsonb_text;
 use crate::model::{EventMetadata, NewEvent};
+use crate::trace_context::{self, TraceCarrier};
 
 /// Where an append's events landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +57,9 @@ pub(crate) struct AppendRequest<'a> {
     pub expected_version: u32,
     pub events: Cow<'a, [NewEvent]>,
     pub metadata: Cow<'a, EventMetadata>,
+    /// The caller's trace context, taken when the request is made: a batch writer task
+    /// writes it in a span of its own.
+    pub trace: TraceCarrier,
 }
 
 impl<'a> AppendRequest<'a> {
@@ -80,6 +84,7 @@ impl<'a> AppendRequest<'a> {
             expected_version,
             events: Cow::Borrowed(events),
             metadata: Cow::Borrowed(metadata),
+            trace: trace_context::current(),
         })
     }
 
@@ -109,7 +114,8 @@ impl<'a> AppendRequest<'a> {
 /// only links them into the chain: rendering and hashing every event in plpgsql cost
 /// about as much as inserting it.
 fn metadata_and_digests(request: &AppendRequest<'_>, digests: &mut Vec<String>) -> Value {
-    let metadata = serde_json::to_value(&*request.metadata).unwrap_or(Value::Null);
+    let mut metadata = serde_json::to_value(&*request.metadata).unwrap_or(Value::Null);
+    request.trace.write_into_metadata(&mut metadata);
     let metadata_text = jsonb_text(&metadata);
     let first_version = i64::from(request.expected_version) + 1;
     for (offset, event) in (0i64..).zip(request.events.iter()) {
@@ -224,6 +230,8 @@ impl EventStore {
     /// Appends `events` to `stream_id`, which must be at `expected_version` (0 for a new
     /// stream). All events are written atomically, or none. Concurrent appends share
     /// transactions (group commit, see `group.rs`); each still gets its own answer.
+    #[tracing::instrument(name = "eventstore.append", skip_all,
+        fields(key_id = %stream_id, event_type = events.first().map(|e| e.event_type.as_str())))]
     pub async fn append(
         &self,
         stream_id: Uuid,
@@ -255,6 +263,8 @@ impl EventStore {
     /// Appends on a connection the caller holds, typically inside its own transaction;
     /// the events must be that transaction's first write. The caller commits, and should
     /// close the session if this fails with a store error (see [`EventStore::append`]).
+    #[tracing::instrument(name = "eventstore.append", skip_all,
+        fields(key_id = %stream_id, event_type = events.first().map(|e| e.event_type.as_str())))]
     pub async fn append_on(
         &self,
         conn: &mut PgConnection,

@@ -92,6 +92,8 @@ impl<A: Aggregate> Ledger<A> {
     /// Decides `command` against the key's current state and records the outcome. A
     /// command whose id was already applied is answered from the log without deciding
     /// again, so a retried rotation does not rotate twice.
+    #[tracing::instrument(name = "command", skip_all,
+        fields(key_id = %A::stream_id(id), command = command_kind(command)))]
     pub async fn execute(
         &self,
         id: A::Id,
@@ -185,4 +187,15 @@ impl<A: Aggregate> Ledger<A> {
             append: Some(AppendOutcome::AlreadyAppended(range)),
         }))
     }
+}
+
+/// The command's variant name (`Rotate`, `ConfirmProvisioned`), for its span: the name is
+/// what an operator follows, and the fields could hold what no trace store should keep.
+fn command_kind(command: &impl std::fmt::Debug) -> String {
+    let debug = format!("{command:?}");
+    debug
+        .split(|c: char| !c.is_alphanumeric() && c != '_')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }

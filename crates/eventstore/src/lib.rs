@@ -23,6 +23,7 @@ mod model;
 mod privileges;
 mod read;
 mod subscriptions;
+pub mod trace_context;
 
 pub use append::{AppendOutcome, AppendedRange};
 pub use checkpoint::{

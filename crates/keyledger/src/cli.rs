@@ -111,6 +111,23 @@ pub enum ProjectionsCommand {
 impl Command {
     /// Commands that print their own story on stdout, where routine log lines would bury
     /// it (and, in a benchmark, cost time).
+    /// What this process runs, as its traces name it: `serve`'s roles, or the command.
+    pub fn component(&self) -> String {
+        match self {
+            Self::Serve { roles: Some(roles) } => roles
+                .iter()
+                .map(|role| format!("{role:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(","),
+            Self::Serve { roles: None } => "all".to_owned(),
+            other => format!("{other:?}")
+                .split(|c: char| !c.is_alphanumeric())
+                .next()
+                .unwrap_or_default()
+                .to_lowercase(),
+        }
+    }
+
     pub fn tells_its_own_story(&self) -> bool {
         #[cfg(feature = "lab")]
         if matches!(self, Self::Demo | Self::Bench { .. }) {

@@ -49,7 +49,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         // would bury it (and, in a benchmark, cost time).
         config.log_filter = "warn".into();
     }
-    telemetry::init(&config);
+    // Dropped when the command returns (for `serve`, after its graceful stop), which sends
+    // the last batched spans.
+    let _telemetry = telemetry::init(&config, &cli.command.component());
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Serve { roles } => {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::config::PanelConfig;
 use crate::error::{Operation, PanelError, Refusal};
@@ -435,7 +436,7 @@ impl<A: PanelApi> Panel<A> {
                 self.count_call(operation, "breaker_open");
                 self.open(retry_in)
             })?;
-            let error = match call().await {
+            let error = match crate::call_span::as_attempt(retry + 1, call()).await {
                 Ok(value) => {
                     permit.success();
                     self.publish_breaker();
@@ -472,8 +473,9 @@ impl<A: PanelApi> Panel<A> {
         operation: Operation,
         call: impl Future<Output = Result<T, PanelError>>,
     ) -> Result<T, PanelError> {
+        let span = crate::call_span::panel_call(self.location(), operation.label());
         let started = Instant::now();
-        let result = call.await;
+        let result = call.instrument(span.clone()).await;
         metrics::histogram!(
             "keyledger_panel_call_duration_seconds",
             "location" => self.location().to_owned(),
@@ -492,6 +494,7 @@ impl<A: PanelApi> Panel<A> {
             Err(_) => "error",
         };
         self.count_call(operation, outcome);
+        crate::call_span::record_outcome(&span, outcome);
         result
     }
 

@@ -11,6 +11,7 @@
 //! and records it.
 //! docs/panel.md describes the real panel this code is written against.
 
+mod call_span;
 mod config;
 mod ensure;
 mod error;

@@ -35,6 +35,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::ensure::{Absence, Ensured};
@@ -259,7 +260,18 @@ impl Reconciler {
 
     /// One pass over `only` or every location. With `dry_run`, nothing is changed or
     /// recorded: the report says what would be.
+    /// A pass is a trace of its own (`reconcile.pass`, one `reconcile.location` per
+    /// location), whoever asked for it.
     pub async fn reconcile(
+        &self,
+        only: Option<&str>,
+        dry_run: bool,
+    ) -> Result<PassReport, ReconcileError> {
+        let span = tracing::info_span!(parent: None, "reconcile.pass", only, dry_run);
+        self.reconcile_pass(only, dry_run).instrument(span).await
+    }
+
+    async fn reconcile_pass(
         &self,
         only: Option<&str>,
         dry_run: bool,
@@ -276,9 +288,15 @@ impl Reconciler {
         // Panels first, log second: see the module's comment.
         let mut listed = Vec::new();
         for location in locations {
+            let span = tracing::info_span!("reconcile.location", location = location.id());
             let started = Instant::now();
-            match location.panel().list_with_traffic().await {
-                Ok(clients) => listed.push((location, clients, started.elapsed())),
+            match location
+                .panel()
+                .list_with_traffic()
+                .instrument(span.clone())
+                .await
+            {
+                Ok(clients) => listed.push((location, clients, started.elapsed(), span)),
                 Err(error) => {
                     tracing::warn!(location = location.id(), %error, "reconcile: cannot list the panel's clients");
                     location.record_failed_pass(error.to_string());
@@ -293,7 +311,7 @@ impl Reconciler {
         let mut keys = self.keys_by_location().await?;
         let log_read = started.elapsed();
         let pass_id = Uuid::new_v4();
-        for (location, clients, list_call) in listed {
+        for (location, clients, list_call, span) in listed {
             let started = Instant::now();
             let location_keys = keys.remove(location.id()).unwrap_or_default();
             let due = stuck_cutoff(self.in_flight_grace);
@@ -303,8 +321,12 @@ impl Reconciler {
             let (repaired, usage_recorded) = if dry_run {
                 (0, 0)
             } else {
-                let repaired = self.repair(location, pass_id, &mut findings).await;
-                (repaired, self.record_usage(location, &clients).await)
+                async {
+                    let repaired = self.repair(location, pass_id, &mut findings).await;
+                    (repaired, self.record_usage(location, &clients).await)
+                }
+                .instrument(span.clone())
+                .await
             };
             let report = ReconcileReport {
                 location: location.id().to_owned(),
@@ -321,6 +343,7 @@ impl Reconciler {
                 usage_recorded,
             };
             publish(location, &report);
+            let _in_location = span.enter();
             tracing::info!(
                 location = %report.location, dry_run, clients = report.clients_on_panel,
                 keys = report.keys, drift = report.drift().count(), foreign = report.count(FindingKind::Foreign),

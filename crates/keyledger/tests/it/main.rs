@@ -14,3 +14,4 @@ mod panel_sim;
 mod roles;
 mod rolling_upgrade;
 mod subscription_clients;
+mod traces;

@@ -247,7 +247,7 @@ impl Session {
         } else {
             None
         };
-        let mut request = self.request(method, path, csrf.as_deref())?;
+        let mut request = self.request(method.clone(), path, csrf.as_deref())?;
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -256,6 +256,7 @@ impl Session {
             .await
             .map_err(|e| self.transport(operation, e))?;
         let status = response.status();
+        crate::call_span::record_exchange(&method, path, status.as_u16());
         if status.is_redirection()
             || matches!(
                 status,

@@ -101,10 +101,14 @@ impl Serving {
             }
             lines
         });
-        tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx)
+        let ready = tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx)
             .await
-            .expect("serve became ready in time")
-            .expect("serve logged that it was serving");
+            .expect("serve became ready in time");
+        if ready.is_err() {
+            // It exited first: what it said is the reason.
+            let _ = child.wait();
+            panic!("serve exited before serving: {:#?}", drain.await);
+        }
         Self { child, drain }
     }
 
