@@ -8,7 +8,11 @@
 //! commands, so every outcome is reproducible from the log alone. The `vless://` share link
 //! is rendered here too, because it is a deterministic function of key state and inbound
 //! settings.
+//!
+//! The same holds for a user's subscription ([`decide_subscription`]) and a user's access
+//! ([`decide_user_access`]: blocked by an administrator or not), each a stream of its own.
 
+mod access;
 mod aggregate;
 mod command;
 mod decide;
@@ -23,7 +27,12 @@ mod secret;
 mod state;
 mod subscription;
 
-pub use aggregate::{Aggregate, Key, Subscription};
+pub use access::{
+    BLOCK_REVOCATION_PREFIX, BlockUser, UnblockUser, UserAccessChanged, UserAccessCommand,
+    UserAccessEvent, UserAccessId, UserAccessState, block_revocation_reason, decide_user_access,
+    evolve_user_access,
+};
+pub use aggregate::{Aggregate, Key, Subscription, UserAccess};
 pub use command::*;
 pub use decide::{MAX_REASON_CHARS, decide, evolve, replay};
 pub use desired::DesiredClient;
