@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use callback::{Action, KeyRef};
-pub use config::BotConfig;
+pub use config::{BotConfig, RequestPolicy};
 pub use error::BotError;
 pub use ingress::{Ingress, WEBHOOK_PATH, WebhookConfig};
 pub use limits::{Costly, Limit, UserLimits};

@@ -138,6 +138,7 @@ impl Pipeline {
             let bot = bot::BotConfig {
                 limits: config.user_limits,
                 ingress: config.bot_ingress.clone(),
+                request_policy: config.request_policy.clone(),
                 ..bot
             };
             pipeline = pipeline.with_bot(bot);
