@@ -5,7 +5,7 @@
 //! there is no view of it to wait for.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use domain::{KeyId, UserId};
@@ -21,6 +21,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::keys::actor;
 use crate::role::Role;
+use crate::subscriptions::parse_user;
 
 /// Only administrators block and unblock: it is a decision about a person, not a
 /// service's routine.
@@ -59,23 +60,11 @@ impl From<AccessStatus> for AccessBody {
     fn from(status: AccessStatus) -> Self {
         Self {
             user_id: status.user_id.get(),
-            blocked: status.blocked,
-            reason: status.reason,
+            blocked: status.state.blocked,
+            reason: status.state.reason,
             since: status.since,
         }
     }
-}
-
-fn parse_user(raw: &str) -> Result<UserId, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .and_then(|id| UserId::new(id).ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_user_id",
-                format!("{raw:?} is not a Telegram user id (1 to 2^52)"),
-            )
-        })
 }
 
 fn checked_reason(reason: &str) -> Result<(), ApiError> {
@@ -95,7 +84,7 @@ fn checked_reason(reason: &str) -> Result<(), ApiError> {
 /// Refuses a new key for a blocked user: 422 `user_blocked`.
 pub(crate) async fn refuse_blocked(state: &AppState, user: UserId) -> Result<(), ApiError> {
     let status = AccessControl::new(state.store.clone()).status(user).await?;
-    Ok(status.ensure_may_request()?)
+    Ok(status.state.ensure_may_request()?)
 }
 
 /// Every key the user may hold: one per configured location, and any the views know at a
@@ -134,37 +123,10 @@ async fn user_key_ids(state: &AppState, user: UserId) -> Result<Vec<KeyId>, ApiE
     security(("bearer" = []))
 )]
 pub(crate) async fn block_user(
-    caller: Caller<Admins>,
-    idempotency_key: IdempotencyKey,
     State(state): State<AppState>,
-    Path(user_id): Path<String>,
-    JsonBody(body): JsonBody<AccessChangeBody>,
+    request: AccessRequest,
 ) -> Result<Response, ApiError> {
-    let user = parse_user(&user_id)?;
-    checked_reason(&body.reason)?;
-    let route = format!("POST /v1/users/{}/block", user.get());
-    let keys = user_key_ids(&state, user).await?;
-    let (role, reason) = (caller.role, body.reason.clone());
-    let access = AccessControl::new(state.store.clone());
-    idempotency::once(
-        state.store.pool(),
-        role,
-        idempotency_key,
-        &route,
-        &body,
-        |command_id| async move {
-            let blocked = access
-                .block(user, &reason, &keys, command_id, actor(role))
-                .await?;
-            tracing::info!(
-                user_id = user.get(),
-                revoked = blocked.revoked.len(),
-                "user blocked"
-            );
-            answer(blocked.status)
-        },
-    )
-    .await
+    change_access(state, request, Change::Block).await
 }
 
 /// Unblock a user: they may ask for keys again; nothing revoked comes back by itself.
@@ -184,16 +146,69 @@ pub(crate) async fn block_user(
     security(("bearer" = []))
 )]
 pub(crate) async fn unblock_user(
-    caller: Caller<Admins>,
-    idempotency_key: IdempotencyKey,
     State(state): State<AppState>,
-    Path(user_id): Path<String>,
-    JsonBody(body): JsonBody<AccessChangeBody>,
+    request: AccessRequest,
 ) -> Result<Response, ApiError> {
+    change_access(state, request, Change::Unblock).await
+}
+
+/// A block or an unblock as it arrived. As an extractor it refuses a caller who is not an
+/// admin (401/403) and a bad idempotency key (400) before the body is read.
+pub(crate) struct AccessRequest {
+    role: Role,
+    idempotency_key: IdempotencyKey,
+    user_id: String,
+    body: AccessChangeBody,
+}
+
+impl FromRequest<AppState> for AccessRequest {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let caller = Caller::<Admins>::from_request_parts(&mut parts, state).await?;
+        let idempotency_key = IdempotencyKey::from_request_parts(&mut parts, state).await?;
+        let Path(user_id) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request("invalid_user_id", e.body_text()))?;
+        let request = Request::from_parts(parts, body);
+        let JsonBody(body) = JsonBody::from_request(request, state).await?;
+        Ok(Self {
+            role: caller.role,
+            idempotency_key,
+            user_id,
+            body,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Change {
+    Block,
+    Unblock,
+}
+
+/// Records a block or an unblock once per idempotency key, and answers 202 with the
+/// user's access after it.
+async fn change_access(
+    state: AppState,
+    request: AccessRequest,
+    change: Change,
+) -> Result<Response, ApiError> {
+    let AccessRequest {
+        role,
+        idempotency_key,
+        user_id,
+        body,
+    } = request;
     let user = parse_user(&user_id)?;
     checked_reason(&body.reason)?;
-    let route = format!("POST /v1/users/{}/unblock", user.get());
-    let (role, reason) = (caller.role, body.reason.clone());
+    let (name, keys) = match change {
+        Change::Block => ("block", user_key_ids(&state, user).await?),
+        Change::Unblock => ("unblock", vec![]),
+    };
+    let route = format!("POST /v1/users/{}/{name}", user.get());
+    let reason = body.reason.clone();
     let access = AccessControl::new(state.store.clone());
     idempotency::once(
         state.store.pool(),
@@ -202,10 +217,26 @@ pub(crate) async fn unblock_user(
         &route,
         &body,
         |command_id| async move {
-            let status = access
-                .unblock(user, &reason, command_id, actor(role))
-                .await?;
-            tracing::info!(user_id = user.get(), "user unblocked");
+            let status = match change {
+                Change::Block => {
+                    let blocked = access
+                        .block(user, &reason, &keys, command_id, actor(role))
+                        .await?;
+                    tracing::info!(
+                        user_id = user.get(),
+                        revoked = blocked.revoked.len(),
+                        "user blocked"
+                    );
+                    blocked.status
+                }
+                Change::Unblock => {
+                    let status = access
+                        .unblock(user, &reason, command_id, actor(role))
+                        .await?;
+                    tracing::info!(user_id = user.get(), "user unblocked");
+                    status
+                }
+            };
             answer(status)
         },
     )

@@ -281,7 +281,7 @@ impl Context {
     ) -> Result<(), BotError> {
         let texts = speaker.texts();
         let access = self.access_status(speaker).await?;
-        if access.blocked {
+        if access.state.blocked {
             return self.tell_blocked(speaker).await;
         }
         let key_id = KeyId::for_user_at(speaker.user, location);
@@ -757,7 +757,7 @@ impl Context {
         speaker: &Speaker,
         query_id: Option<&str>,
     ) -> Result<bool, BotError> {
-        if !self.access_status(speaker).await?.blocked {
+        if !self.access_status(speaker).await?.state.blocked {
             return Ok(false);
         }
         if let Some(query_id) = query_id {

@@ -1,7 +1,7 @@
 //! A user's access: whether an administrator has blocked them from getting keys. One stream
 //! per Telegram user, its id derived from the user id like the subscription's, records each
 //! `user.blocked` and `user.unblocked` with the reason given. Blocking ends what the user
-//! holds (the caller revokes their keys, see `eventstore::UserAccess`) and refuses any new
+//! holds (the caller revokes their keys, see `eventstore::AccessControl`) and refuses any new
 //! key for them, whoever asks; unblocking restores nothing by itself but lets them ask again.
 //! The decision of who may ask for keys at all (anyone or an allowlist) is configuration,
 //! not log, and lives with the bot.
@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::decide::MAX_REASON_CHARS;
 use crate::error::DomainError;
-use crate::event::{EventDecodeError, EventType};
+use crate::event::EventType;
 use crate::identity::UserId;
 
 /// Namespace of the name-based (v5) access stream ids; fixed for the life of the system,
@@ -72,27 +72,6 @@ impl UserAccessEvent {
 
     pub fn event_type(&self) -> &'static str {
         self.kind().as_str()
-    }
-
-    /// The event's `data` object.
-    pub fn data(&self) -> serde_json::Value {
-        let mut tagged = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        tagged
-            .get_mut("data")
-            .map(serde_json::Value::take)
-            .unwrap_or_else(|| serde_json::Value::Object(Default::default()))
-    }
-
-    /// Rebuilds an event from its stored `type` and `data`.
-    pub fn from_parts(
-        event_type: &str,
-        data: &serde_json::Value,
-    ) -> Result<Self, EventDecodeError> {
-        let tagged = serde_json::json!({ "type": event_type, "data": data });
-        serde_json::from_value(tagged).map_err(|source| EventDecodeError {
-            event_type: event_type.to_owned(),
-            source,
-        })
     }
 }
 
@@ -351,12 +330,16 @@ mod tests {
         ] {
             let tagged = serde_json::to_value(&event).expect("serialises");
             assert_eq!(tagged["type"], event.kind().as_str());
-            assert_eq!(event.data()["user_id"], 7);
-            assert_eq!(
-                UserAccessEvent::from_parts(event.event_type(), &event.data()).expect("decodes"),
-                event
-            );
+            let data = crate::event::data_of(&event);
+            assert_eq!(data["user_id"], 7);
+            let decoded: UserAccessEvent =
+                crate::event::from_type_and_data(event.event_type(), &data).expect("decodes");
+            assert_eq!(decoded, event);
         }
-        assert!(UserAccessEvent::from_parts("user.blocked", &serde_json::json!({})).is_err());
+        let empty = crate::event::from_type_and_data::<UserAccessEvent>(
+            "user.blocked",
+            &serde_json::json!({}),
+        );
+        assert!(empty.is_err());
     }
 }

@@ -12,7 +12,7 @@ use crate::access::{
 use crate::command::KeyCommand;
 use crate::decide::{decide, evolve};
 use crate::error::DomainError;
-use crate::event::{EventDecodeError, KeyEvent};
+use crate::event::{EventDecodeError, KeyEvent, data_of, from_type_and_data};
 use crate::identity::KeyId;
 use crate::state::KeyState;
 use crate::subscription::{
@@ -138,9 +138,9 @@ impl Aggregate for UserAccess {
         event.event_type()
     }
     fn event_data(event: &UserAccessEvent) -> Value {
-        event.data()
+        data_of(event)
     }
     fn decode(event_type: &str, data: &Value) -> Result<UserAccessEvent, EventDecodeError> {
-        UserAccessEvent::from_parts(event_type, data)
+        from_type_and_data(event_type, data)
     }
 }

@@ -300,21 +300,35 @@ impl KeyEvent {
 
     /// The event's `data` object.
     pub fn data(&self) -> Value {
-        let mut tagged = serde_json::to_value(self).unwrap_or(Value::Null);
-        tagged
-            .get_mut("data")
-            .map(Value::take)
-            .unwrap_or_else(|| Value::Object(Default::default()))
+        data_of(self)
     }
 
     /// Rebuilds an event from its stored `type` and `data`.
     pub fn from_parts(event_type: &str, data: &Value) -> Result<Self, EventDecodeError> {
-        let tagged = serde_json::json!({ "type": event_type, "data": data });
-        serde_json::from_value(tagged).map_err(|source| EventDecodeError {
-            event_type: event_type.to_owned(),
-            source,
-        })
+        from_type_and_data(event_type, data)
     }
+}
+
+/// The `data` object of an event serialised as `{"type": …, "data": …}`: what the log's
+/// `data` column holds for every kind of stream.
+pub(crate) fn data_of(event: &impl Serialize) -> Value {
+    let mut tagged = serde_json::to_value(event).unwrap_or(Value::Null);
+    tagged
+        .get_mut("data")
+        .map(Value::take)
+        .unwrap_or_else(|| Value::Object(Default::default()))
+}
+
+/// An event of any kind of stream rebuilt from its stored `type` and `data`.
+pub(crate) fn from_type_and_data<E: serde::de::DeserializeOwned>(
+    event_type: &str,
+    data: &Value,
+) -> Result<E, EventDecodeError> {
+    let tagged = serde_json::json!({ "type": event_type, "data": data });
+    serde_json::from_value(tagged).map_err(|source| EventDecodeError {
+        event_type: event_type.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

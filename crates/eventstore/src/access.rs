@@ -33,9 +33,8 @@ pub struct AccessControl {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessStatus {
     pub user_id: UserId,
-    pub blocked: bool,
-    /// The reason of the latest block or unblock; `None` for a user never blocked.
-    pub reason: Option<String>,
+    /// Blocked or not, and the reason of the latest block or unblock.
+    pub state: UserAccessState,
     /// When the latest block or unblock was recorded.
     pub since: Option<OffsetDateTime>,
     /// The log position of the latest unblock: an administrator's revocation of one of the
@@ -43,16 +42,6 @@ pub struct AccessStatus {
     pub unblocked_at: Option<i64>,
     /// Who recorded the latest block or unblock.
     pub changed_by: Option<Actor>,
-}
-
-impl AccessStatus {
-    /// Refused with `user_blocked` while the user is blocked.
-    pub fn ensure_may_request(&self) -> Result<(), DomainError> {
-        if self.blocked {
-            return Err(DomainError::UserBlocked);
-        }
-        Ok(())
-    }
 }
 
 /// What a block did.
@@ -80,13 +69,9 @@ impl AccessControl {
             .rev()
             .find(|e| e.event_type == domain::EventType::UserUnblocked.as_str())
             .map(|e| e.position);
-        let UserAccessState {
-            blocked, reason, ..
-        } = state;
         Ok(AccessStatus {
             user_id,
-            blocked,
-            reason,
+            state,
             since: latest.map(|e| e.recorded_at),
             unblocked_at,
             changed_by: latest
@@ -159,14 +144,14 @@ impl AccessControl {
         metadata: &EventMetadata,
     ) -> Result<CommandOutcome, ExecuteError> {
         let user_id = request.user_id;
-        self.status(user_id).await?.ensure_may_request()?;
+        self.status(user_id).await?.state.ensure_may_request()?;
         let outcome = self
             .keys
             .execute(key_id, &KeyCommand::Request(request.clone()), metadata)
             .await?;
         let status = self.status(user_id).await?;
-        if status.blocked {
-            let reason = status.reason.as_deref().unwrap_or("blocked");
+        if status.state.blocked {
+            let reason = status.state.reason.as_deref().unwrap_or("blocked");
             let actor = status
                 .changed_by
                 .clone()

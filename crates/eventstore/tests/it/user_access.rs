@@ -55,8 +55,8 @@ async fn a_block_revokes_the_users_keys_once_and_refuses_new_ones_until_unblocke
         .block(alice, "abuse", &candidates, command_id, admin())
         .await
         .expect("blocked");
-    assert!(blocked.status.blocked);
-    assert_eq!(blocked.status.reason.as_deref(), Some("abuse"));
+    assert!(blocked.status.state.blocked);
+    assert_eq!(blocked.status.state.reason.as_deref(), Some("abuse"));
     assert_eq!(blocked.revoked, alice_keys);
     for key in alice_keys {
         assert_eq!(keys.load(key).await.expect("load").0.phase, Phase::Revoking);
@@ -90,7 +90,7 @@ async fn a_block_revokes_the_users_keys_once_and_refuses_new_ones_until_unblocke
         .unblock(alice, "appeal", Uuid::new_v4(), admin())
         .await
         .expect("unblocked");
-    assert!(!status.blocked);
+    assert!(!status.state.blocked);
     let stream = db
         .store
         .read_stream(UserAccessId::for_user(alice).as_uuid())
