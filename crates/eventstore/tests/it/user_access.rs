@@ -118,3 +118,47 @@ async fn a_block_revokes_the_users_keys_once_and_refuses_new_ones_until_unblocke
         .expect("served again");
     assert_eq!(outcome.state.phase, Phase::Provisioning);
 }
+
+/// Requests racing blocks, many at once: whichever lands first, no blocked user is left
+/// with a live key (a request the block did not see finds the block and is revoked).
+#[tokio::test]
+async fn no_request_racing_a_block_leaves_a_blocked_user_a_live_key() {
+    let db = TestDatabase::create().await;
+    let ams = LocationId::new("ams").expect("id");
+    let mut tasks = tokio::task::JoinSet::new();
+    let users: Vec<UserId> = (700..740).map(user).collect();
+    for &who in &users {
+        let key = KeyId::for_user_at(who, &ams);
+        let access = AccessControl::new(db.store.clone());
+        let command = request(who, &ams);
+        tasks.spawn(async move {
+            let metadata = EventMetadata::for_command(Uuid::new_v4(), admin());
+            match access.request_key(key, &command, &metadata).await {
+                Ok(_) | Err(ExecuteError::Refused(DomainError::UserBlocked)) => {}
+                Err(other) => panic!("request for {who}: {other}"),
+            }
+        });
+        let access = AccessControl::new(db.store.clone());
+        tasks.spawn(async move {
+            access
+                .block(who, "raced", &[key], Uuid::new_v4(), admin())
+                .await
+                .expect("blocked");
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("task");
+    }
+    let keys = KeyLedger::new(db.store.clone());
+    for who in users {
+        let (state, _) = keys
+            .load(KeyId::for_user_at(who, &ams))
+            .await
+            .expect("load");
+        assert!(
+            matches!(state.phase, Phase::Absent | Phase::Revoking),
+            "user {who} is blocked but their key is {:?}",
+            state.phase
+        );
+    }
+}
