@@ -219,6 +219,12 @@ impl std::ops::Deref for Stack {
 
 impl Stack {
     pub async fn start() -> Self {
+        Self::with_max_deliveries(100).await
+    }
+
+    /// [`Stack::start`] with the worker giving a message up (dead-lettering it) after
+    /// `max_deliveries`.
+    pub async fn with_max_deliveries(max_deliveries: i64) -> Self {
         let base = Base::new().await;
         let broker = TestBroker::create().await;
         let running = Pipeline::new(base.db.store.clone(), broker.amqp_url.clone())
@@ -227,7 +233,7 @@ impl Stack {
             .with_worker_retry(WorkerRetry {
                 base: Duration::from_millis(20),
                 max: Duration::from_millis(200),
-                max_deliveries: 100,
+                max_deliveries,
             })
             .start(&[Role::Relay, Role::Worker])
             .await
