@@ -6,6 +6,7 @@
 
 use crate::common;
 use crate::health::Recorded;
+use crate::reconcile::foreign;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use broker::message::REASON_HEADER;
 use common::stack::{Base, DEADLINE, Stack};
 use domain::EventType;
 use metrics_util::debugging::DebuggingRecorder;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use testkit::wait_until;
 use url::Url;
 use uuid::Uuid;
@@ -98,8 +99,11 @@ fn megabyte_of_hostile_text() -> String {
     line.repeat(1024 * 1024 / line.len() + 1)
 }
 
-fn clean(text: &str) -> bool {
-    !text.chars().any(char::is_control)
+/// At most `max_chars`, with no control character left (line breaks, NUL, ESC).
+fn assert_bounded_and_clean(text: &str, max_chars: usize) {
+    let chars = text.chars().count();
+    assert!(chars <= max_chars, "{chars} chars, more than {max_chars}");
+    assert!(!text.chars().any(char::is_control), "{text:?}");
 }
 
 #[tokio::test]
@@ -114,19 +118,9 @@ async fn a_megabyte_refusal_is_recorded_and_dead_lettered_bounded_and_clean() {
     stack
         .wait_for(key, EventType::ProvisioningFailed.as_str(), 1)
         .await;
-    let failed = stack
-        .events(key)
-        .await
-        .into_iter()
-        .find(|e| e.event_type == EventType::ProvisioningFailed.as_str())
-        .unwrap();
+    let failed = stack.first(key, EventType::ProvisioningFailed).await;
     let error = failed.data["error"].as_str().unwrap();
-    assert!(
-        error.chars().count() <= 1000,
-        "{} chars",
-        error.chars().count()
-    );
-    assert!(clean(error), "{error:?}");
+    assert_bounded_and_clean(error, 1000);
     assert!(
         error.contains("the panel refused: Something went wrong"),
         "{error}"
@@ -152,12 +146,7 @@ async fn a_megabyte_refusal_is_recorded_and_dead_lettered_bounded_and_clean() {
     let reason = dead[0].properties["headers"][REASON_HEADER]
         .as_str()
         .unwrap();
-    assert!(
-        reason.chars().count() <= broker::consumer::MAX_REASON_CHARS,
-        "{} chars",
-        reason.chars().count()
-    );
-    assert!(clean(reason), "{reason:?}");
+    assert_bounded_and_clean(reason, broker::consumer::MAX_REASON_CHARS);
     assert!(
         reason.starts_with("gave up after 2 deliveries; last error: key"),
         "{reason}"
@@ -167,13 +156,6 @@ async fn a_megabyte_refusal_is_recorded_and_dead_lettered_bounded_and_clean() {
     stack.sim.handle().update_faults(|f| f.refusal_msg = None);
     stack.provisioned(302).await;
     stack.stop().await;
-}
-
-/// A client as an admin (or an attacker with panel access) could put on the panel.
-fn planted(email: &str) -> Map<String, Value> {
-    let client = json!({"id": Uuid::new_v4().to_string(), "email": email, "enable": true,
-        "flow": "", "limitIp": 0, "totalGB": 0, "expiryTime": 0, "tgId": 0, "subId": "s", "comment": ""});
-    client.as_object().unwrap().clone()
 }
 
 const HOSTILE_EMAILS: [&str; 2] = ["../x?y", "a/b"];
@@ -196,7 +178,7 @@ async fn emails_that_are_not_ours_never_go_into_a_request() {
         let (key, _) = base.request(311).await;
         base.worker.sync_key(key, None).await.unwrap();
         let sim = base.sim.handle();
-        sim.insert_clients(1, HOSTILE_EMAILS.map(planted).to_vec());
+        sim.insert_clients(1, HOSTILE_EMAILS.map(foreign).to_vec());
 
         // A pass sees them, reports them as foreign, and leaves them alone.
         let reconciler = Reconciler::new(base.db.store.clone(), base.panels.clone());
@@ -278,15 +260,10 @@ async fn hostile_client_settings_are_recorded_as_drift_bounded_and_clean() {
     );
     assert_eq!(report.repaired, 1);
     // Recorded at all: a NUL in `observed` would have been refused by PostgreSQL.
-    let drift = base
-        .events(key)
-        .await
-        .into_iter()
-        .find(|e| e.event_type == EventType::DriftDetected.as_str())
-        .unwrap();
+    let drift = base.first(key, EventType::DriftDetected).await;
     let flow = drift.data["observed"]["flow"].as_str().unwrap();
     assert_eq!(flow.chars().count(), domain::MAX_FOREIGN_TEXT_CHARS);
-    assert!(clean(flow), "{flow:?}");
+    assert_bounded_and_clean(flow, domain::MAX_FOREIGN_TEXT_CHARS);
     assert!(flow.starts_with("Something went wrong"), "{flow}");
     assert_eq!(drift.data["observed"]["email"], json!("tg321-ams"));
     assert_eq!(

@@ -241,6 +241,21 @@ mod tests {
         session::Session::new(config).expect("session")
     }
 
+    /// Refused before sending, final, no panel failure, and said on one clean line.
+    fn assert_unaddressable(error: &crate::PanelError, hostile: &str, says: &str) {
+        assert!(
+            matches!(error, crate::PanelError::Unaddressable { .. }),
+            "{hostile}: {error:?}"
+        );
+        assert!(
+            !error.is_transient() && !error.is_panel_failure(),
+            "{error:?}"
+        );
+        let text = error.to_string();
+        assert!(text.contains(says), "{hostile}: {text}");
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+    }
+
     #[test]
     fn only_uuid_shaped_client_ids_go_into_paths() {
         let session = session();
@@ -259,14 +274,7 @@ mod tests {
         ] {
             let error =
                 client_id_segment(&session, Operation::DeleteClient, hostile).expect_err("refused");
-            assert!(
-                matches!(error, crate::PanelError::Unaddressable { .. }),
-                "{hostile}: {error:?}"
-            );
-            assert!(
-                error.to_string().contains("not a UUID"),
-                "{hostile}: {error}"
-            );
+            assert_unaddressable(&error, hostile, "not a UUID");
         }
     }
 
@@ -294,16 +302,7 @@ mod tests {
         ] {
             let error =
                 email_segment(&session, Operation::DeleteClient, hostile).expect_err("refused");
-            let text = error.to_string();
-            assert!(
-                text.contains("is not one keyledger gives"),
-                "{hostile}: {text}"
-            );
-            assert!(!text.contains('\n'), "{text:?}");
-            assert!(
-                !error.is_transient() && !error.is_panel_failure(),
-                "{error:?}"
-            );
+            assert_unaddressable(&error, hostile, "is not one keyledger gives");
         }
     }
 }

@@ -142,6 +142,15 @@ impl Base {
             .collect()
     }
 
+    /// The key's first event of `event_type`; panics if it has none.
+    pub async fn first(&self, key: KeyId, event_type: EventType) -> RecordedEvent {
+        self.events(key)
+            .await
+            .into_iter()
+            .find(|e| e.event_type == event_type.as_str())
+            .unwrap_or_else(|| panic!("{key} has no {}", event_type.as_str()))
+    }
+
     pub async fn count(&self, key: KeyId, event_type: &str) -> usize {
         self.types(key)
             .await
