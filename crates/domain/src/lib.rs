@@ -19,6 +19,7 @@ mod decide;
 mod desired;
 mod error;
 mod event;
+mod foreign_text;
 mod identity;
 #[cfg(test)]
 mod lifecycle_tests;
@@ -38,6 +39,7 @@ pub use decide::{MAX_REASON_CHARS, decide, evolve, replay};
 pub use desired::DesiredClient;
 pub use error::DomainError;
 pub use event::*;
+pub use foreign_text::{MAX_FOREIGN_TEXT_CHARS, bounded_json, bounded_text};
 pub use identity::*;
 pub use link::{InboundLinkSettings, LinkError, encode_uri_component, render_vless_link};
 pub use secret::Secret;

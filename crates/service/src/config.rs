@@ -112,6 +112,9 @@ pub struct Config {
     /// owner's password), used to migrate; `database_url` when not set.
     pub database_owner_url: ServiceUrl,
     pub amqp_url: ServiceUrl,
+    /// `RABBITMQ_MANAGEMENT_URL` (environment only): the management API's base URL, used
+    /// instead of the one derived from `amqp_url`; checked by [`broker::Management::for_broker`].
+    pub management_url: Option<ServiceUrl>,
     pub http_addr: SocketAddr,
     pub admin_token: Option<Secret>,
     pub auditor_token: Option<Secret>,
@@ -292,6 +295,7 @@ impl Config {
             DEFAULT_AMQP_URL,
             &["amqp", "amqps"],
         )?;
+        let management_url = management_url(env("RABBITMQ_MANAGEMENT_URL"), &amqp_url)?;
         let http_addr = env("KEYLEDGER_HTTP_ADDR")
             .or(file.http_addr)
             .unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
@@ -355,6 +359,7 @@ impl Config {
             database_url,
             database_owner_url,
             amqp_url,
+            management_url,
             http_addr,
             admin_token,
             auditor_token,
@@ -624,6 +629,22 @@ fn service_url(
         ));
     }
     Ok(ServiceUrl(url))
+}
+
+/// `RABBITMQ_MANAGEMENT_URL`, refused here for what the broker crate would refuse at start.
+fn management_url(
+    raw: Option<String>,
+    amqp_url: &ServiceUrl,
+) -> Result<Option<ServiceUrl>, ConfigError> {
+    const FIELD: &str = "RABBITMQ_MANAGEMENT_URL";
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let url =
+        Url::parse(&raw).map_err(|e| ConfigError::new(FIELD, format!("not a valid URL: {e}")))?;
+    broker::Management::for_broker(amqp_url.as_str(), Some(&url))
+        .map_err(|e| ConfigError::new(FIELD, e.to_string()))?;
+    Ok(Some(ServiceUrl(url)))
 }
 
 /// `DATABASE_OWNER_URL`: a PostgreSQL URL naming the same database as `DATABASE_URL`.
