@@ -66,7 +66,9 @@ impl Queue {
                     ]
                 }
             }
-            Queue::Projector => &["key.#", "subscription.#"],
+            // Every event, so none is unroutable (the relay treats a return as a failure);
+            // the projector passes over those of users' access streams.
+            Queue::Projector => &["key.#", "subscription.#", "user.#"],
             // What a user hears about.
             Queue::BotNotify => {
                 const {

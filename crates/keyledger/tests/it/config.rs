@@ -191,6 +191,40 @@ fn bad_environment_values_name_their_variable() {
 }
 
 #[test]
+fn the_management_api_url_is_its_own_setting_when_given() {
+    let derived = Config::from_sources(None, env(&[])).expect("defaults");
+    assert!(derived.management_url.is_none());
+    const TLS_BROKER: (&str, &str) = ("AMQP_URL", "amqps://svc:amqp-pw@rabbit:5671/keyledger");
+    let config = Config::from_sources(
+        None,
+        env(&[
+            TLS_BROKER,
+            (
+                "RABBITMQ_MANAGEMENT_URL",
+                "https://ops:mgmt-secret@rabbit.internal:15671/",
+            ),
+        ]),
+    )
+    .expect("valid");
+    let url = config.management_url.as_ref().expect("set").url();
+    assert_eq!(url.host_str(), Some("rabbit.internal"));
+    assert_eq!(url.port(), Some(15671));
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("mgmt-secret"), "{shown}");
+    for refused in [
+        "http://rabbit:15672/",
+        "https://ops@rabbit.internal/",
+        "rabbit.internal:15671",
+    ] {
+        assert_eq!(
+            error_field(None, &[TLS_BROKER, ("RABBITMQ_MANAGEMENT_URL", refused)]),
+            "RABBITMQ_MANAGEMENT_URL",
+            "{refused}"
+        );
+    }
+}
+
+#[test]
 fn the_reconcile_section_sets_the_period_and_when_a_key_counts_as_stuck() {
     let defaults = Config::from_sources(None, env(&[])).expect("defaults");
     assert_eq!(defaults.reconcile.interval.as_secs(), 300);
