@@ -479,6 +479,40 @@ async fn one_rotation_is_one_trace_across_both_processes() {
         assert_eq!(span.component, "relay,projector,worker,bot", "{span:?}");
     }
     assert_ne!(request.pid, consume.pid, "two processes");
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "bot.update" && s.parent_span_id.is_empty()),
+        "the user's /start is a trace of its own"
+    );
+
+    // The context is in the log too, and the hash chains, which cover the metadata, hold
+    // by the binary's check and by the plain SQL one.
+    let logged: Vec<Value> = sqlx::query_scalar(
+        "SELECT metadata FROM events WHERE stream_id = $1 AND type = 'key.rotation_requested'",
+    )
+    .bind(uuid::Uuid::parse_str(&key).expect("key id"))
+    .fetch_all(db.store.pool())
+    .await
+    .expect("events");
+    let traceparent = logged[0]["traceparent"].as_str().expect("a traceparent");
+    assert!(
+        traceparent.contains(&trace_id) && traceparent.contains(&append.span_id),
+        "{traceparent} names the append's span"
+    );
+    let report = eventstore::verify_chains(db.store.pool())
+        .await
+        .expect("verify");
+    assert!(report.holds(), "{report:?}");
+    let breaks = sqlx::query(include_str!("../../../../sql/verify_chain.sql"))
+        .fetch_all(db.store.pool())
+        .await
+        .expect("the SQL check runs");
+    assert!(
+        breaks.is_empty(),
+        "the SQL check found {} breaks",
+        breaks.len()
+    );
     let rendering = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("rotation-trace.svg");
     std::fs::write(&rendering, render_svg(&trace)).expect("write the rendering");
 
