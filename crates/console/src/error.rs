@@ -44,6 +44,8 @@ pub enum ConsoleError {
     Store(#[from] eventstore::StoreError),
     #[error("the command was not recorded: {0}")]
     Command(#[from] eventstore::ExecuteError),
+    #[error("replaying the key: {0}")]
+    View(#[from] projector::ViewError),
     #[error("the database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("RabbitMQ's management API: {0}")]
@@ -65,6 +67,7 @@ impl ConsoleError {
             ConsoleError::NoManagement
             | ConsoleError::Store(_)
             | ConsoleError::Command(_)
+            | ConsoleError::View(_)
             | ConsoleError::Database(_)
             | ConsoleError::Management(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

@@ -300,8 +300,10 @@ pub(crate) async fn confirm_action(
 ) -> Result<Markup, ConsoleError> {
     let key_id = parse_uuid(&key_id)?;
     let action = Action::from_path(&action)?;
-    let view = projector::load_view(state.store.pool(), key_id)
-        .await?
+    // Replayed from the log, not read from the projector's view: the page confirms what
+    // the command will act on, which the view may not show yet.
+    let events = state.store.read_stream(key_id).await?;
+    let view = projector::view_of(key_id, &events)?
         .ok_or_else(|| ConsoleError::NotFound(format!("key {key_id}")))?;
     Ok(page::signed_in(
         &session,
