@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use api::{ApiConfig, Secret, Tokens};
-use domain::{KeyCommand, KeyId, Location, LocationId, RequestKey, RevokeKey, UserId};
-use eventstore::{Actor, ActorKind, EventMetadata, KeyLedger};
+use domain::{KeyCommand, KeyId, Location, LocationId, RevokeKey, UserId};
+use eventstore::{ActorKind, KeyLedger};
 use reqwest::StatusCode;
 use reqwest::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
 use tokio_util::sync::CancellationToken;
@@ -91,18 +91,8 @@ async fn sign_in(client: &reqwest::Client, base: &str, token: &str) -> reqwest::
 /// A key requested at ams for `user`, and then revoked with `reason` if given.
 async fn seed_key(db: &testkit::TestDatabase, user: i64, reason: Option<&str>) -> Uuid {
     let ledger = KeyLedger::new(db.store.clone());
-    let user = UserId::new(user).expect("user");
-    let ams = LocationId::new("ams").expect("location");
-    let key = KeyId::for_user_at(user, &ams);
-    let meta = || EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::Admin, "t"));
-    let request = KeyCommand::Request(RequestKey {
-        user_id: user,
-        location: ams,
-        fresh_client_uuid: Uuid::new_v4(),
-        expires_at: None,
-        traffic_limit_bytes: 0,
-        now: time::OffsetDateTime::now_utc(),
-    });
+    let meta = || testkit::command_metadata(ActorKind::Admin);
+    let (key, request) = testkit::key_request(user, "ams");
     ledger
         .execute(key, &request, &meta())
         .await
@@ -248,7 +238,10 @@ async fn the_service_role_has_no_console_and_a_post_needs_the_sessions_csrf_toke
     assert_eq!(db.store.read_stream(key).await.expect("log").len(), 1);
     let confirmed = admin
         .post(&revoke)
-        .form(&[("csrf", csrf_in(&confirm).as_str()), ("reason", "left the team")])
+        .form(&[
+            ("csrf", csrf_in(&confirm).as_str()),
+            ("reason", "left the team"),
+        ])
         .send()
         .await
         .expect("post");

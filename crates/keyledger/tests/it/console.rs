@@ -16,8 +16,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use crate::common::{Serving, eventually, stdout, tempfile_with};
-use domain::{KeyCommand, KeyId, LocationId, RequestKey, UserId};
-use eventstore::{Actor, ActorKind, EventMetadata, KeyLedger};
+use eventstore::{ActorKind, KeyLedger};
 use serde_json::{Value, json};
 use uuid::Uuid;
 use x3ui_sim::{PanelSimulator, SimConfig};
@@ -161,19 +160,8 @@ async fn operators_and_auditors_use_the_console_in_a_browser() {
     assert!(ams_panel.client("tg42-ams").is_some(), "reconcile repaired");
 
     // A dead letter: a key at fra, which this worker does not serve.
-    let user = UserId::new(43).expect("user");
-    let fra_id = LocationId::new("fra").expect("location");
-    let dead_key = KeyId::for_user_at(user, &fra_id);
-    let request = KeyCommand::Request(RequestKey {
-        user_id: user,
-        location: fra_id,
-        fresh_client_uuid: Uuid::new_v4(),
-        expires_at: None,
-        traffic_limit_bytes: 0,
-        now: time::OffsetDateTime::now_utc(),
-    });
-    let meta =
-        EventMetadata::for_command(Uuid::new_v4(), Actor::new(ActorKind::TelegramUser, "43"));
+    let (dead_key, request) = testkit::key_request(43, "fra");
+    let meta = testkit::command_metadata(ActorKind::TelegramUser);
     KeyLedger::new(db.store.clone())
         .execute(dead_key, &request, &meta)
         .await
