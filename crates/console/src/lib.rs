@@ -92,6 +92,8 @@ pub fn router(store: EventStore, api: ApiConfig) -> Router {
             get(operations::confirm_move_back).post(operations::move_back),
         )
         .layer(axum::middleware::from_fn(console_headers))
+        // Every form is a few hundred bytes, like every body of the API.
+        .layer(axum::extract::DefaultBodyLimit::max(api::BODY_LIMIT_BYTES))
         .with_state(state);
     let swagger: Router = SwaggerUi::new(DOCS_PATH)
         .config(Config::from("/openapi.json"))
