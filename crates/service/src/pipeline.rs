@@ -309,7 +309,8 @@ impl Pipeline {
                 Arc::new(crate::panels::PanelsStatus::new(panels)) as Arc<dyn api::PanelStatus>
             }),
         };
-        let router = api::router(self.store.clone(), config, metrics);
+        let console = console::router(self.store.clone(), config.clone());
+        let router = api::router(self.store.clone(), config, metrics).merge(console);
         let stop = running.stop.clone();
         running.tasks.spawn(async move {
             if let Err(error) = api::serve(listener, router, stop).await {

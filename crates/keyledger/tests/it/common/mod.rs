@@ -101,13 +101,11 @@ impl Serving {
             }
             lines
         });
-        let ready = tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx)
-            .await
-            .expect("serve became ready in time");
-        if ready.is_err() {
-            // It exited first: what it said is the reason.
-            let _ = child.wait();
-            panic!("serve exited before serving: {:#?}", drain.await);
+        let ready = tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx).await;
+        if !matches!(ready, Ok(Ok(()))) {
+            let _ = child.kill();
+            let lines = drain.await.unwrap_or_default();
+            panic!("serve did not log that it was serving within 30 s:\n{lines:#?}");
         }
         Self { child, drain }
     }
