@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::common::{Serving, eventually, stdout, tempfile_with};
+use crate::common::{Serving, eventually, free_address, stdout, tempfile_with};
 use eventstore::{ActorKind, KeyLedger};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -25,11 +25,6 @@ const ADMIN: &str = "admin-token-for-the-console-test";
 const AUDITOR: &str = "auditor-token-for-the-console-test";
 const SERVICE: &str = "service-token-for-the-console-test";
 const ROLES: &str = "api,relay,projector,worker";
-
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").to_string()
-}
 
 fn location(id: &str, name: &str, panel: &PanelSimulator) -> String {
     let upper = id.to_uppercase();

@@ -12,12 +12,6 @@ use x3ui_sim::{PanelSimulator, SimConfig};
 const ADMIN: &str = "admin-token-for-the-e2e-test";
 const AUDITOR: &str = "auditor-token-for-the-e2e-test";
 
-/// A free local port: bound, then released for the server to take.
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").to_string()
-}
-
 struct Client {
     base: String,
     http: reqwest::Client,
@@ -82,7 +76,7 @@ async fn a_key_requested_over_http_is_provisioned_rotated_and_revoked() {
         .await
         .expect("simulator");
     let config = ams_config_file(&panel.base_url());
-    let address = free_address();
+    let address = common::free_address();
     let env = [
         ("DATABASE_URL", db.url.as_str()),
         ("AMQP_URL", broker.amqp_url.as_str()),

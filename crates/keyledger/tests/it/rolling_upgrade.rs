@@ -26,12 +26,6 @@ const MIGRATION_VERSION: i64 = 20_990_101_000_000;
 const MIGRATION_SQL: &str = "-- A newer release's schema change: ACCESS EXCLUSIVE on events.\n\
      ALTER TABLE events ADD COLUMN rolling_upgrade_note text;\n";
 
-/// A free local port: bound, then released for the server to take.
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").to_string()
-}
-
 /// The two serving processes' APIs.
 #[derive(Clone)]
 struct Apis {
@@ -129,7 +123,7 @@ async fn a_migration_applied_while_two_serve_processes_run_completes_within_30_s
         .handle()
         .update_faults(|f| f.latency = Duration::from_millis(100));
     let config = ams_config_file(&panel.base_url());
-    let addresses = [free_address(), free_address()];
+    let addresses = [common::free_address(), common::free_address()];
     let mut processes = Vec::new();
     for address in &addresses {
         let env = [

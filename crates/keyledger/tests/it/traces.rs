@@ -136,11 +136,6 @@ async fn start_receiver() -> (String, Received) {
     (format!("http://{address}"), received)
 }
 
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("address").to_string()
-}
-
 async fn call(
     http: &reqwest::Client,
     method: reqwest::Method,
@@ -313,7 +308,7 @@ async fn one_rotation_is_one_trace_across_both_processes() {
         .expect("simulator");
     let telegram = FakeTelegram::start().await.expect("fake Bot API");
     let config = ams_config_file(&panel.base_url());
-    let address = free_address();
+    let address = common::free_address();
     let api_url = telegram.api_url().to_string();
     let env = [
         ("DATABASE_URL", db.url.as_str()),
@@ -343,8 +338,7 @@ async fn one_rotation_is_one_trace_across_both_processes() {
             .bind(user.id)
             .fetch_optional(db.store.pool())
             .await
-            .expect("bot_users")
-            .is_some()
+            .is_ok_and(|chat| chat.is_some())
     })
     .await;
     let (status, requested) = call(

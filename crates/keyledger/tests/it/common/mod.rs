@@ -63,6 +63,12 @@ pub async fn seeded_key(db: &testkit::TestDatabase) -> Uuid {
     key
 }
 
+/// A free local address: bound, then released for the server to take.
+pub fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("address").to_string()
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
