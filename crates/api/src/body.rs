@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::BODY_LIMIT_BYTES;
 use crate::error::ApiError;
-use crate::params::whole_number;
+use crate::params::parse_integer;
 
 /// A JSON body of type `T`. An empty body, or JSON `null`, reads as `{}`, so commands
 /// whose body is optional (rotate) can be sent bare, while a body that is there must be
@@ -110,16 +110,18 @@ fn serde_path_error<'de, T: DeserializeOwned>(
     })
 }
 
-/// A JSON integer however it is written ([`whole_number`]), where serde's integers take
-/// only `5`. For `#[serde(deserialize_with = "integer")]`.
+/// A JSON integer however it is written ([`parse_integer`]), where serde's integers take
+/// only `5`. For `#[serde(deserialize_with = "integer")]` in bodies read by [`JsonBody`].
 pub(crate) fn integer<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: TryFrom<i128>,
 {
     use serde::de::Error;
-    let number = serde_json::Number::deserialize(deserializer)?;
-    whole_number(&number)
+    // The number's own text: serde_json would hand over a large `5.0` as an `f64` already
+    // rounded.
+    let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+    parse_integer(raw.get())
         .and_then(|value| T::try_from(value).ok())
-        .ok_or_else(|| D::Error::custom(format!("{number} is not an integer in range")))
+        .ok_or_else(|| D::Error::custom(format!("{} is not an integer in range", raw.get())))
 }

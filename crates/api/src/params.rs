@@ -36,33 +36,42 @@ pub(crate) fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
         })
 }
 
-/// The integer a JSON number stands for: `5`, and also `5.0` or `5e0`, which JSON Schema's
-/// `integer` (a number without a fractional part) allows as well. `None` for a fraction.
-pub(crate) fn whole_number(number: &serde_json::Number) -> Option<i128> {
-    if let Some(value) = number.as_i64() {
-        return Some(i128::from(value));
-    }
-    if let Some(value) = number.as_u64() {
-        return Some(i128::from(value));
-    }
-    // Beyond 2^63 a float names a range of integers, not one, and no bound of this API
-    // comes near it.
-    number
-        .as_f64()
-        .filter(|value| value.fract() == 0.0 && value.abs() < 9.2e18)
-        .map(|value| value as i128)
-}
-
-/// A path or query integer, spelled as JSON spells numbers: what a client that serialises
-/// the document's `integer` may send.
+/// The integer a number spelled as JSON spells numbers stands for: `5`, and also `5.0`,
+/// `50e-1` or `0.5e1`, which JSON Schema's `integer` (a number without a fractional part)
+/// allows as well. `None` for a fraction, for anything but a JSON number, and beyond
+/// `i128`. Read from the digits, not through `f64`, which would round large values.
 pub(crate) fn parse_integer(raw: &str) -> Option<i128> {
-    if raw.trim() != raw {
+    // The JSON grammar (no `+5`, `05`, `.5` or spaces); then the digits are all ours.
+    if raw.trim() != raw || serde_json::from_str::<serde_json::Number>(raw).is_err() {
         return None;
     }
-    serde_json::from_str::<serde_json::Number>(raw)
-        .ok()
-        .as_ref()
-        .and_then(whole_number)
+    let (negative, unsigned) = match raw.strip_prefix('-') {
+        Some(unsigned) => (true, unsigned),
+        None => (false, raw),
+    };
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i32>().ok()?),
+        None => (unsigned, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let mut digits = format!("{whole}{fraction}");
+    let mut exponent = exponent.checked_sub(i32::try_from(fraction.len()).ok()?)?;
+    while exponent < 0 && digits.ends_with('0') {
+        digits.pop();
+        exponent += 1;
+    }
+    if exponent < 0 {
+        return None; // a fraction is left
+    }
+    let significant = digits.trim_start_matches('0');
+    if significant.is_empty() {
+        return Some(0);
+    }
+    let magnitude = significant
+        .parse::<i128>()
+        .ok()?
+        .checked_mul(10_i128.checked_pow(u32::try_from(exponent).ok()?)?)?;
+    Some(if negative { -magnitude } else { magnitude })
 }
 
 /// A reason kept in the log: 1 to [`domain::MAX_REASON_CHARS`] characters, not all white
@@ -123,4 +132,34 @@ pub(crate) struct IdempotencyHeader {
         pattern = "^[!-~]+$"
     )]
     idempotency_key: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_integer_is_read_from_any_json_spelling_without_a_fraction() {
+        for (raw, expected) in [
+            ("5", 5),
+            ("5.0", 5),
+            ("50e-1", 5),
+            ("0.5e1", 5),
+            ("5E+0", 5),
+            ("-3", -3),
+            ("1e2", 100),
+            ("0", 0),
+            ("-0.0", 0),
+            // Above 2^52 an f64 has no room for the halves: the digits decide, not a float.
+            ("4412934730017974.0", 4_412_934_730_017_974),
+            ("9223372036854775807", i128::from(i64::MAX)),
+        ] {
+            assert_eq!(parse_integer(raw), Some(expected), "{raw}");
+        }
+        for raw in [
+            "5.5", "0.1e0", "+5", "05", " 5", "5 ", ".5", "5.", "abc", "", "1e400", "0x10",
+        ] {
+            assert_eq!(parse_integer(raw), None, "{raw}");
+        }
+    }
 }
