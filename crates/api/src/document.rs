@@ -22,7 +22,14 @@ const KEY_ROUTES: &[&str] = &[
 ];
 
 /// The routes of one user, each taking `{user_id}`.
-const USER_ROUTES: &[&str] = &["user_keys", "get_subscription", "rotate_subscription"];
+const USER_ROUTES: &[&str] = &[
+    "user_keys",
+    "get_subscription",
+    "rotate_subscription",
+    "user_access",
+    "block_user",
+    "unblock_user",
+];
 
 /// One group of links: from `source`'s answer with `status` to each of `targets`, whose
 /// `parameter` is taken from the runtime expression `value`.
@@ -48,6 +55,9 @@ const LINKS: &[Links] = &[
     user_links("user_keys", "200"),
     user_links("get_subscription", "200"),
     user_links("rotate_subscription", "202"),
+    user_links("user_access", "200"),
+    user_links("block_user", "202"),
+    user_links("unblock_user", "202"),
 ];
 
 const fn key_links(source: &'static str, status: &'static str) -> Links {

@@ -25,6 +25,7 @@ mod params;
 mod probes;
 mod role;
 mod subscriptions;
+mod users;
 
 use std::sync::Arc;
 
@@ -102,6 +103,7 @@ pub(crate) type AppState = Arc<ApiState>;
     tags(
         (name = "keys", description = "Request, rotate, revoke and renew keys; read their views"),
         (name = "subscriptions", description = "Users' subscription URLs and new links"),
+        (name = "users", description = "Block and unblock users; read whether one is blocked"),
         (name = "audit", description = "The log itself: histories, paging, verification"),
         (name = "operations", description = "Probes, metrics and locations")
     )
@@ -120,6 +122,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::user_keys))
         .routes(routes!(subscriptions::get_subscription))
         .routes(routes!(subscriptions::rotate_subscription))
+        .routes(routes!(users::block_user))
+        .routes(routes!(users::unblock_user))
+        .routes(routes!(users::user_access))
         .routes(routes!(audit::key_history))
         .routes(routes!(audit::events))
         .routes(routes!(audit::verify))
