@@ -9,9 +9,11 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/keyledger-target}"
 SCHEMATHESIS_VERSION=4.32.5
-# Test cases per operation and phase: enough to reach every operation, every bound and
-# every link, small enough that the run stays near a minute.
+# The coverage phase tries every operation's bounds once whatever these say; then fuzzing
+# (up to MAX_EXAMPLES cases per operation, repeated) and stateful sequences share MAX_TIME
+# seconds, which bounds the whole run to about two minutes.
 MAX_EXAMPLES="${SCHEMATHESIS_MAX_EXAMPLES:-40}"
+MAX_TIME="${SCHEMATHESIS_MAX_TIME:-90}"
 PG=postgres://postgres@127.0.0.1:5432
 RABBIT_API=http://127.0.0.1:15672/api
 
@@ -109,6 +111,7 @@ config="$PWD/.ci/schemathesis.toml"
   --checks all \
   --header "Authorization: Bearer $admin_token" \
   --max-examples "$MAX_EXAMPLES" \
+  --max-time "$MAX_TIME" \
   ${SCHEMATHESIS_SEED:+--seed "$SCHEMATHESIS_SEED"}) ||
   status=$?
 if ((status != 0)); then
