@@ -329,13 +329,27 @@ async fn the_document_lists_the_configured_locations_and_refuses_unknown_fields(
 async fn links_lead_from_a_new_key_to_its_routes_and_from_a_user_to_theirs() {
     let api = Api::start().await;
     let document = document(&api).await;
-    let ids: BTreeSet<String> = document["paths"]
-        .as_object()
-        .expect("paths")
-        .values()
-        .flat_map(|item| item.as_object().expect("path item").values())
-        .filter_map(|operation| operation["operationId"].as_str().map(str::to_owned))
-        .collect();
+    // Every operation's id, and those that take a key id or a user id in their path.
+    let mut ids = BTreeSet::new();
+    let mut taking = |parameter: &str| -> BTreeSet<String> {
+        let mut taking = BTreeSet::new();
+        for (path, item) in document["paths"].as_object().expect("paths") {
+            for operation in item.as_object().expect("path item").values() {
+                let id = operation["operationId"].as_str().expect("id").to_owned();
+                if path.contains(parameter) {
+                    taking.insert(id.clone());
+                }
+                ids.insert(id);
+            }
+        }
+        taking
+    };
+    let key_routes = taking("{key_id}");
+    let user_routes = taking("{user_id}");
+    assert!(
+        key_routes.len() >= 6 && user_routes.len() >= 6,
+        "{user_routes:?}"
+    );
     let links = |id: &str, status: &str| -> BTreeSet<String> {
         let links = &operation(&document, id)["responses"][status]["links"];
         let links = links
@@ -351,23 +365,19 @@ async fn links_lead_from_a_new_key_to_its_routes_and_from_a_user_to_theirs() {
             .collect()
     };
     let from_new_key = links("request_key", "202");
-    for target in [
-        "get_key",
-        "rotate_key",
-        "revoke_key",
-        "renew_key",
-        "change_quota",
-        "key_history",
-        "user_keys",
-        "get_subscription",
-    ] {
+    for target in key_routes.union(&user_routes) {
         assert!(
             from_new_key.contains(target),
             "POST /v1/keys does not lead to {target}"
         );
     }
-    let from_user = links("user_keys", "200");
-    assert!(from_user.contains("get_subscription"), "{from_user:?}");
+    for user_route in ["user_keys", "get_subscription", "user_access"] {
+        let from_user = links(user_route, "200");
+        assert_eq!(
+            from_user, user_routes,
+            "{user_route} leads to the user's routes"
+        );
+    }
 
     // Following a link's expression from a real answer reaches the key.
     let (status, requested) = api
