@@ -26,6 +26,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{self, Answer, IdempotencyKey};
 use crate::params::{
     IdempotencyHeader, KeyIdPath, UserIdPath, check_reason, parse_key_id, parse_user_id,
+    reason_schema,
 };
 use crate::role::Role;
 
@@ -61,12 +62,7 @@ pub struct RotateKeyBody {}
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeKeyBody {
-    /// Why; 1 to 500 characters, not all white space, no NUL; kept in the log.
-    #[schema(
-        min_length = 1,
-        max_length = 500,
-        pattern = r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    )]
+    #[schema(schema_with = reason_schema)]
     pub reason: String,
 }
 

@@ -6,6 +6,7 @@
 
 use domain::{KeyId, UserId};
 use utoipa::IntoParams;
+use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -74,8 +75,36 @@ pub(crate) fn parse_integer(raw: &str) -> Option<i128> {
     Some(if negative { -magnitude } else { magnitude })
 }
 
+/// What [`check_reason`] takes, as a pattern: no NUL, and one character that is not white
+/// space as `str::trim` knows it (Rust's `char::is_whitespace`, named one by one, since
+/// `\s` means other sets in other regular expression engines).
+const REASON_PATTERN: &str = r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$";
+
+/// The schema of a reason field, for `#[schema(schema_with = reason_schema)]`.
+pub(crate) fn reason_schema() -> Object {
+    reason_object(Type::String.into())
+}
+
+/// The schema of an optional reason field (absent or null: a default reason).
+pub(crate) fn optional_reason_schema() -> Object {
+    reason_object([Type::String, Type::Null].into_iter().collect())
+}
+
+fn reason_object(schema_type: SchemaType) -> Object {
+    ObjectBuilder::new()
+        .schema_type(schema_type)
+        .description(Some(format!(
+            "Why; 1 to {} characters, not all white space, no NUL; kept in the log.",
+            domain::MAX_REASON_CHARS
+        )))
+        .min_length(Some(1))
+        .max_length(Some(domain::MAX_REASON_CHARS))
+        .pattern(Some(REASON_PATTERN))
+        .build()
+}
+
 /// A reason kept in the log: 1 to [`domain::MAX_REASON_CHARS`] characters, not all white
-/// space (the document's `pattern` names Rust's white space one by one).
+/// space. The body has been checked for NUL already.
 pub(crate) fn check_reason(reason: &str) -> Result<(), ApiError> {
     if reason.trim().is_empty() || reason.chars().count() > domain::MAX_REASON_CHARS {
         return Err(ApiError::bad_request(

@@ -23,7 +23,9 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::keys::actor;
-use crate::params::{IdempotencyHeader, UserIdPath, check_reason, parse_user_id};
+use crate::params::{
+    IdempotencyHeader, UserIdPath, check_reason, optional_reason_schema, parse_user_id,
+};
 
 /// The reason recorded when a caller gives none.
 const DEFAULT_REASON: &str = "new link requested through the API";
@@ -46,12 +48,7 @@ pub struct SubscriptionBody {
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSubscriptionBody {
-    /// Why; 1 to 500 characters, not all white space, no NUL; kept in the log.
-    #[schema(
-        min_length = 1,
-        max_length = 500,
-        pattern = r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    )]
+    #[schema(schema_with = optional_reason_schema)]
     pub reason: Option<String>,
 }
 

@@ -20,7 +20,7 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::keys::actor;
-use crate::params::{IdempotencyHeader, UserIdPath, check_reason, parse_user_id};
+use crate::params::{IdempotencyHeader, UserIdPath, check_reason, parse_user_id, reason_schema};
 use crate::role::Role;
 
 /// Only administrators block and unblock: it is a decision about a person, not a
@@ -34,12 +34,7 @@ impl Allowed for Admins {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessChangeBody {
-    /// Why; 1 to 500 characters, not all white space, no NUL; kept in the log.
-    #[schema(
-        min_length = 1,
-        max_length = 500,
-        pattern = r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
-    )]
+    #[schema(schema_with = reason_schema)]
     pub reason: String,
 }
 

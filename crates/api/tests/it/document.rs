@@ -194,7 +194,11 @@ async fn a_reason_is_bounded_as_the_document_says() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{requested}");
     let key = requested["key_id"].as_str().expect("key id").to_owned();
-    for name in ["RevokeKeyBody", "RotateSubscriptionBody"] {
+    for name in [
+        "RevokeKeyBody",
+        "RotateSubscriptionBody",
+        "AccessChangeBody",
+    ] {
         let reason = &schema(&document, name)["properties"]["reason"];
         assert_eq!(
             reason["maxLength"],
@@ -310,6 +314,7 @@ async fn the_document_lists_the_configured_locations_and_refuses_unknown_fields(
         "RenewKeyBody",
         "ChangeQuotaBody",
         "RotateSubscriptionBody",
+        "AccessChangeBody",
     ] {
         assert_eq!(
             schema(&document, name)["additionalProperties"],
