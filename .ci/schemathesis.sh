@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # CI: the HTTP API against its own OpenAPI document. Starts `keyledger serve --roles api` on
-# a scratch database and RabbitMQ vhost, runs schemathesis with every check (examples,
-# coverage, fuzzing, and stateful sequences along the document's links) as the admin, and
-# fails on any finding. Needs PostgreSQL and RabbitMQ (with its management API) up, as
-# .ci/run leaves them.
+# a scratch database and RabbitMQ vhost, with the panel simulator as its locations' panel
+# (the API's /readyz probes them), runs schemathesis with every check (coverage, fuzzing,
+# and stateful sequences along the document's links) as the admin, and fails on any
+# finding. Needs PostgreSQL and RabbitMQ (with its management API) up, as .ci/run leaves them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,20 +23,22 @@ if [ "$(python3 -m pip show schemathesis 2>/dev/null | sed -n 's/^Version: //p')
     { echo "ci: cannot install schemathesis (pip install schemathesis==$SCHEMATHESIS_VERSION failed)" >&2; exit 1; }
 fi
 
-# The production binary .ci/run has just built (a no-op build then), or KEYLEDGER_BIN.
+# The binary with its default `lab` feature, for `panel-sim` (the test command builds the
+# same one), or KEYLEDGER_BIN. `serve --roles api` is the same code in both builds.
 keyledger="${KEYLEDGER_BIN:-$CARGO_TARGET_DIR/debug/keyledger}"
 if [ -z "${KEYLEDGER_BIN:-}" ]; then
-  cargo build --locked -q -p keyledger --no-default-features
+  cargo build --locked -q -p keyledger
 fi
 
 name="keyledger_schemathesis_$$"
 scratch=$(mktemp -d)
 server=
+panel=
 cleanup() {
-  if [ -n "$server" ]; then
-    kill "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-  fi
+  for process in $server $panel; do
+    kill "$process" 2>/dev/null || true
+    wait "$process" 2>/dev/null || true
+  done
   psql -q "$PG/postgres" -c "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null 2>&1 || true
   curl -sf -u guest:guest -X DELETE "$RABBIT_API/vhosts/$name" >/dev/null 2>&1 || true
   rm -rf "$scratch"
@@ -48,13 +50,23 @@ curl -sf -u guest:guest -X PUT "$RABBIT_API/vhosts/$name" >/dev/null
 curl -sf -u guest:guest -X PUT -H 'content-type: application/json' \
   -d '{"configure": ".*", "write": ".*", "read": ".*"}' "$RABBIT_API/permissions/$name/guest" >/dev/null
 
-# Two locations, so a key request has a choice. The panels are never called: an API-only
-# process sends commands to the log, and the worker that would call the panels is not run.
-cat >"$scratch/keyledger.toml" <<'EOF'
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+random_secret() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+
+export SCHEMATHESIS_PANEL_PASSWORD
+SCHEMATHESIS_PANEL_PASSWORD=$(random_secret)
+panel_port=$(free_port)
+"$keyledger" panel-sim --addr "127.0.0.1:$panel_port" --password-env SCHEMATHESIS_PANEL_PASSWORD \
+  >"$scratch/panel.log" 2>&1 &
+panel=$!
+
+# Two locations, so a key request has a choice; one simulated panel serves both.
+cat >"$scratch/keyledger.toml" <<EOF
 [[locations]]
 id = "ams"
 name = "Amsterdam"
-panel_url = "https://127.0.0.1:9/ams/"
+panel_url = "http://127.0.0.1:$panel_port/panel-sim/"
+allow_plain_http = true
 username = "admin"
 password_env = "SCHEMATHESIS_PANEL_PASSWORD"
 inbound_id = 1
@@ -63,15 +75,15 @@ public_host = "ams.example.com"
 [[locations]]
 id = "fra-2"
 name = "Frankfurt"
-panel_url = "https://127.0.0.1:9/fra/"
+panel_url = "http://127.0.0.1:$panel_port/panel-sim/"
+allow_plain_http = true
 username = "admin"
 password_env = "SCHEMATHESIS_PANEL_PASSWORD"
 inbound_id = 1
 public_host = "fra.example.com"
 EOF
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-random_secret() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+port=$(free_port)
 admin_token=$(random_secret)
 export KEYLEDGER_CONFIG="$scratch/keyledger.toml"
 export DATABASE_URL="$PG/$name"
@@ -81,8 +93,6 @@ export KEYLEDGER_ADMIN_TOKEN="$admin_token"
 export KEYLEDGER_SUB_PUBLIC_URL="https://sub.example.com"
 export KEYLEDGER_SUB_SECRET
 KEYLEDGER_SUB_SECRET=$(random_secret)
-export SCHEMATHESIS_PANEL_PASSWORD
-SCHEMATHESIS_PANEL_PASSWORD=$(random_secret)
 export KEYLEDGER_LOG_FORMAT=json RUST_LOG=warn
 
 "$keyledger" migrate >"$scratch/migrate.log" 2>&1 ||
@@ -94,7 +104,8 @@ base="http://127.0.0.1:$port"
 deadline=$((SECONDS + 60))
 until curl -sf "$base/readyz" >/dev/null 2>&1; do
   if ! kill -0 "$server" 2>/dev/null || ((SECONDS >= deadline)); then
-    cat "$scratch/serve.log" >&2
+    cat "$scratch/panel.log" "$scratch/serve.log" >&2
+    curl -s "$base/readyz" >&2 || true
     echo "ci: keyledger serve --roles api did not become ready within 60s" >&2
     exit 1
   fi

@@ -251,11 +251,7 @@ impl Pipeline {
         };
         for role in roles {
             match role {
-                Role::Api => {
-                    let serves_panels = roles.contains(&Role::Worker);
-                    self.start_api(&mut running, metrics.clone(), serves_panels)
-                        .await?
-                }
+                Role::Api => self.start_api(&mut running, metrics.clone()).await?,
                 Role::Relay => {
                     let relay = Relay::new(self.store.clone(), RelayConfig::new(&self.amqp_url));
                     running.tasks.spawn(relay.run(running.stop.clone()));
@@ -290,7 +286,6 @@ impl Pipeline {
         &self,
         running: &mut RunningRoles,
         metrics: metrics_exporter_prometheus::PrometheusHandle,
-        serves_panels: bool,
     ) -> Result<(), Failure> {
         let Some(settings) = &self.api else {
             tracing::warn!("api role not started: no listen address was given");
@@ -310,13 +305,12 @@ impl Pipeline {
             locations: self.locations.clone(),
             amqp_url: Some(self.amqp_url.clone()),
             subscription_urls: self.subscription_urls.clone(),
-            // Only a process that runs the worker serves panels: `/readyz` of one that does
-            // not (an API-only container) must not fail because a panel it never calls is down.
-            panels: self.panels.clone().filter(|_| serves_panels).map(|panels| {
+            panels: self.panels.clone().map(|panels| {
                 Arc::new(crate::panels::PanelsStatus::new(panels)) as Arc<dyn api::PanelStatus>
             }),
         };
-        let router = api::router(self.store.clone(), config, metrics);
+        let console = console::router(self.store.clone(), config.clone());
+        let router = api::router(self.store.clone(), config, metrics).merge(console);
         let stop = running.stop.clone();
         running.tasks.spawn(async move {
             if let Err(error) = api::serve(listener, router, stop).await {
