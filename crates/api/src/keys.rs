@@ -138,7 +138,7 @@ async fn usages(
 }
 
 /// `views` with their usage.
-async fn with_usage(
+pub async fn with_usage(
     pool: &sqlx::PgPool,
     views: Vec<KeyView>,
 ) -> Result<Vec<KeyViewBody>, ApiError> {

@@ -39,18 +39,22 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use audit::{VerifyReport, verify_report};
 use auth::BearerScheme;
 pub use auth::Tokens;
 pub use domain::Secret;
 pub use error::ApiError;
 pub use http_listener::{ServeLimits, serve_with};
+pub use keys::{KeyUsage, KeyViewBody, with_usage};
 pub use panels::{BoxFuture, Breaker, PanelHealth, PanelProbe, PanelStatus};
+pub use probes::{LocationHealth, location_health};
 pub use role::Role;
 
 /// Largest request body accepted; every body of this API is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
 /// What the API needs to serve.
+#[derive(Clone)]
 pub struct ApiConfig {
     pub tokens: Tokens,
     pub locations: Vec<Location>,

@@ -35,7 +35,7 @@ pub const WEBHOOK_PATH: &str = "/telegram/webhook";
 /// The header Telegram sends the webhook's secret in.
 const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 /// The advisory lock whose holder polls (any fixed number; it is per database).
-const POLLER_LOCK: i64 = 0x6b65_796c_6267_0001;
+pub const POLLER_LOCK: i64 = 0x6b65_796c_6267_0001;
 /// How often a replica that does not poll asks again whether it may.
 const POLLER_RETRY: Duration = Duration::from_secs(3);
 

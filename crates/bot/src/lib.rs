@@ -43,7 +43,7 @@ use uuid::Uuid;
 pub use callback::{Action, KeyRef};
 pub use config::{BotConfig, RequestPolicy};
 pub use error::BotError;
-pub use ingress::{Ingress, WEBHOOK_PATH, WebhookConfig};
+pub use ingress::{Ingress, POLLER_LOCK, WEBHOOK_PATH, WebhookConfig};
 pub use limits::{Costly, Limit, UserLimits};
 pub use notify::NotifyHandler;
 pub use partitions::LANE_BACKLOG;

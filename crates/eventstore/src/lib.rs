@@ -35,6 +35,7 @@ pub use checkpoint::{
 pub use error::{AppendError, StoreError};
 pub use integrity::{
     ChainBreak, ChainFormula, ChainLink, ChainReport, content_digest, link_hash, verify_chains,
+    verify_stream_chain,
 };
 pub use jsonb_text::jsonb_text;
 pub use ledger::{

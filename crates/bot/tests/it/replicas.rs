@@ -249,3 +249,56 @@ async fn two_webhook_replicas_share_the_load_keep_each_chat_in_order_and_take_ov
         h.handled(*update).await;
     }
 }
+
+/// The backend sessions holding the poller lock in the test's database.
+async fn poller_sessions(h: &Harness) -> Vec<i32> {
+    // The lock's bigint key shows as its high and low halves.
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND objsubid = 1
+           AND classid::bigint = $1 AND objid::bigint = $2
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(bot::POLLER_LOCK >> 32)
+    .bind(bot::POLLER_LOCK & 0xffff_ffff)
+    .fetch_all(h.db.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_long_polling_one_replica_polls_and_another_takes_over_when_its_session_dies() {
+    let mut second_config: Option<BotConfig> = None;
+    let h = Harness::with(&[("ams", "Amsterdam")], |config| {
+        second_config = Some(config.clone());
+    })
+    .await;
+    let stop_second = CancellationToken::new();
+    let _second_bot = {
+        let (store, amqp_url) = (h.db.store.clone(), h.broker.amqp_url.clone());
+        let (config, stop) = (second_config.unwrap(), stop_second.clone());
+        tokio::spawn(async move { bot::run_bot(store, &amqp_url, config, stop).await })
+    };
+    let user = TestUser::new(7_000_001, "Carol", Some("en"));
+    let mark = h.say(&user, "/help").await;
+    h.expect(&user, mark, "What I can do").await;
+    let first = poller_sessions(&h).await;
+    assert_eq!(first.len(), 1, "exactly one replica polls: {first:?}");
+
+    // The poller's session dies (a restarted connection pooler, an operator's kill): the
+    // lock is free, and a replica polls again.
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(first[0])
+        .execute(h.db.pool())
+        .await
+        .unwrap();
+    h.until("another session polls", || async {
+        let now = poller_sessions(&h).await;
+        now.len() == 1 && now[0] != first[0]
+    })
+    .await;
+    let mark = h.say(&user, "/help").await;
+    h.expect(&user, mark, "What I can do").await;
+    assert_eq!(poller_sessions(&h).await.len(), 1, "still one poller");
+    stop_second.cancel();
+}
