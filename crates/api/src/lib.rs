@@ -49,6 +49,7 @@ pub use keys::{KeyUsage, KeyViewBody, with_usage};
 pub use panels::{BoxFuture, Breaker, PanelHealth, PanelProbe, PanelStatus};
 pub use probes::{LocationHealth, location_health};
 pub use role::Role;
+pub use users::user_key_ids;
 
 /// Largest request body accepted; every body of this API is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;

@@ -74,14 +74,18 @@ pub(crate) async fn refuse_blocked(state: &AppState, user: UserId) -> Result<(),
 
 /// Every key the user may hold: one per configured location, and any the views know at a
 /// location no longer configured.
-async fn user_key_ids(state: &AppState, user: UserId) -> Result<Vec<KeyId>, ApiError> {
-    let mut keys: Vec<KeyId> = state
-        .config
-        .locations
+/// Every key `user` may have: one per configured location (their ids are derived, so a
+/// key the projector has not shown yet is found too), and any other the views know of.
+pub async fn user_key_ids(
+    store: &eventstore::EventStore,
+    locations: &[domain::Location],
+    user: UserId,
+) -> Result<Vec<KeyId>, sqlx::Error> {
+    let mut keys: Vec<KeyId> = locations
         .iter()
         .map(|l| KeyId::for_user_at(user, &l.id))
         .collect();
-    for view in projector::user_views(state.store.pool(), user.get()).await? {
+    for view in projector::user_views(store.pool(), user.get()).await? {
         let key_id = KeyId::from_uuid(view.key_id);
         if !keys.contains(&key_id) {
             keys.push(key_id);
@@ -183,7 +187,10 @@ async fn change_access(
     let user = parse_user_id(&user_id)?;
     check_reason(&body.reason)?;
     let (name, keys) = match change {
-        Change::Block => ("block", user_key_ids(&state, user).await?),
+        Change::Block => (
+            "block",
+            user_key_ids(&state.store, &state.config.locations, user).await?,
+        ),
         Change::Unblock => ("unblock", vec![]),
     };
     let route = format!("POST /v1/users/{}/{name}", user.get());
