@@ -40,7 +40,7 @@ impl Tokens {
 
     /// The role `presented` grants, checking every configured token so the time taken
     /// does not say which one matched.
-    fn role_of(&self, presented: &str) -> Option<Role> {
+    pub fn role_of(&self, presented: &str) -> Option<Role> {
         let presented = digest(presented);
         let mut granted = None;
         for (role, expected) in &self.digests {
@@ -49,6 +49,17 @@ impl Tokens {
             }
         }
         granted
+    }
+
+    /// A key for signing `role`'s console sessions, derived from its token's digest (never
+    /// the token itself): every replica with the same token derives the same key, and
+    /// changing the token ends every session signed with the old one.
+    pub fn session_key(&self, role: Role) -> Option<[u8; 32]> {
+        let (_, token_digest) = self.digests.iter().find(|(r, _)| *r == role)?;
+        let mut hasher = Sha256::new();
+        hasher.update(b"keyledger console session\n");
+        hasher.update(token_digest);
+        Some(hasher.finalize().into())
     }
 }
 

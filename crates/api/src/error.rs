@@ -124,6 +124,7 @@ fn refusal_code(refusal: &DomainError) -> &'static str {
         DomainError::KeyDepleted => "key_depleted",
         DomainError::QuotaStillUsedUp { .. } => "quota_still_used_up",
         DomainError::SubscriptionNotFound => "subscription_not_found",
+        DomainError::UserBlocked => "user_blocked",
     }
 }
 

@@ -125,7 +125,7 @@ async fn usages(
 }
 
 /// `views` with their usage.
-async fn with_usage(
+pub async fn with_usage(
     pool: &sqlx::PgPool,
     views: Vec<KeyView>,
 ) -> Result<Vec<KeyViewBody>, ApiError> {
@@ -178,6 +178,7 @@ pub(crate) async fn request_key(
     let now = OffsetDateTime::now_utc();
     future_expiry(body.expires_at, now)?;
     let key_id = KeyId::for_user_at(user, &location);
+    crate::users::refuse_blocked(&state, user).await?;
     ensure_subscription(&state, command_context.role, user).await?;
     let command = KeyCommand::Request(RequestKey {
         user_id: user,
@@ -505,7 +506,14 @@ async fn run_command(
         actor = role.as_str(),
     );
     async {
-        let outcome = state.ledger.execute(key_id, &command, &metadata).await;
+        let outcome = match &command {
+            // A new key passes its user's access check, before and after it is recorded.
+            KeyCommand::Request(request) => {
+                let access = eventstore::AccessControl::new(state.store.clone());
+                access.request_key(key_id, request, &metadata).await
+            }
+            _ => state.ledger.execute(key_id, &command, &metadata).await,
+        };
         if let Err(error) = &outcome {
             tracing::info!(%error, "command not recorded");
         }

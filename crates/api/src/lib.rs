@@ -21,6 +21,7 @@ mod panels;
 mod probes;
 mod role;
 mod subscriptions;
+mod users;
 
 use std::sync::Arc;
 
@@ -34,18 +35,22 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use audit::{VerifyReport, verify_report};
 use auth::BearerScheme;
 pub use auth::Tokens;
 pub use domain::Secret;
 pub use error::ApiError;
 pub use http_listener::{ServeLimits, serve_with};
+pub use keys::{KeyUsage, KeyViewBody, with_usage};
 pub use panels::{BoxFuture, Breaker, PanelHealth, PanelProbe, PanelStatus};
+pub use probes::{LocationHealth, location_health};
 pub use role::Role;
 
 /// Largest request body accepted; every body of this API is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
 /// What the API needs to serve.
+#[derive(Clone)]
 pub struct ApiConfig {
     pub tokens: Tokens,
     pub locations: Vec<Location>,
@@ -98,6 +103,7 @@ pub(crate) type AppState = Arc<ApiState>;
     tags(
         (name = "keys", description = "Request, rotate, revoke and renew keys; read their views"),
         (name = "subscriptions", description = "Users' subscription URLs and new links"),
+        (name = "users", description = "Block and unblock users; read whether one is blocked"),
         (name = "audit", description = "The log itself: histories, paging, verification"),
         (name = "operations", description = "Probes, metrics and locations")
     )
@@ -116,6 +122,9 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(keys::user_keys))
         .routes(routes!(subscriptions::get_subscription))
         .routes(routes!(subscriptions::rotate_subscription))
+        .routes(routes!(users::block_user))
+        .routes(routes!(users::unblock_user))
+        .routes(routes!(users::user_access))
         .routes(routes!(audit::key_history))
         .routes(routes!(audit::events))
         .routes(routes!(audit::verify))

@@ -33,9 +33,9 @@ pub trait PanelStatus: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PanelProbe {
     pub location: String,
-    /// `Ok` when the panel answered in time, else why not. The text is shown to
-    /// operators, so it must name the location and the call, never a password.
-    pub outcome: Result<(), String>,
+    /// How long the panel took to answer, or why it did not in time. The text is shown
+    /// to operators, so it must name the location and the call, never a password.
+    pub outcome: Result<Duration, String>,
 }
 
 /// A panel client's circuit breaker, as `/v1/locations` names it.

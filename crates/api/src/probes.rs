@@ -117,7 +117,7 @@ async fn run_checks(state: &AppState) -> HashMap<String, String> {
     if let Some(panels) = &state.config.panels {
         for probe in panels.probe(CHECK_TIMEOUT).await {
             let verdict = match probe.outcome {
-                Ok(()) => "ok".to_owned(),
+                Ok(_) => "ok".to_owned(),
                 // Panel errors name the location and the call, never the password.
                 Err(error) => format!("error: {error}"),
             };
@@ -200,18 +200,22 @@ pub(crate) async fn locations(
     _caller: Caller<Readers>,
     State(state): State<AppState>,
 ) -> Result<Json<Vec<LocationHealth>>, ApiError> {
-    let drift = drift_by_location(&state).await?;
-    let shown = state
-        .config
+    Ok(Json(location_health(&state.store, &state.config).await?))
+}
+
+/// Every location with its panel's health and its drift record, as `/v1/locations` and the
+/// console show it.
+pub async fn location_health(
+    store: &eventstore::EventStore,
+    config: &crate::ApiConfig,
+) -> Result<Vec<LocationHealth>, ApiError> {
+    let drift = drift_by_location(store).await?;
+    let shown = config
         .locations
         .iter()
         .map(|location| {
             let id = location.id.as_str();
-            let health = state
-                .config
-                .panels
-                .as_ref()
-                .and_then(|panels| panels.health(id));
+            let health = config.panels.as_ref().and_then(|panels| panels.health(id));
             let breaker = health.as_ref().map(|h| h.breaker);
             let (detected, repaired, last) = drift.get(id).copied().unwrap_or((0, 0, None));
             LocationHealth {
@@ -229,13 +233,15 @@ pub(crate) async fn locations(
             }
         })
         .collect();
-    Ok(Json(shown))
+    Ok(shown)
 }
 
 type DriftRecord = (i64, i64, Option<OffsetDateTime>);
 
 /// Drift events per location; a key's location is in its first event, `key.requested`.
-async fn drift_by_location(state: &AppState) -> Result<HashMap<String, DriftRecord>, ApiError> {
+async fn drift_by_location(
+    store: &eventstore::EventStore,
+) -> Result<HashMap<String, DriftRecord>, ApiError> {
     let rows: Vec<(String, i64, i64, Option<OffsetDateTime>)> = sqlx::query_as(
         "SELECT r.data->>'location',
                 count(*) FILTER (WHERE d.type = $1),
@@ -248,7 +254,7 @@ async fn drift_by_location(state: &AppState) -> Result<HashMap<String, DriftReco
     )
     .bind(EventType::DriftDetected.as_str())
     .bind(EventType::DriftRepaired.as_str())
-    .fetch_all(state.store.pool())
+    .fetch_all(store.pool())
     .await?;
     Ok(rows
         .into_iter()

@@ -63,7 +63,7 @@ pub struct RotatedSubscriptionBody {
     pub skipped_keys: Vec<Uuid>,
 }
 
-fn parse_user(raw: &str) -> Result<UserId, ApiError> {
+pub(crate) fn parse_user(raw: &str) -> Result<UserId, ApiError> {
     raw.parse::<i64>()
         .ok()
         .and_then(|id| UserId::new(id).ok())

@@ -183,6 +183,10 @@ limit-reached = ⏸ That was a lot in a short time. Please try again in { $minut
        *[other] { $minutes } minutes
     }.
 revoked-by-admin = 🚫 Your key for { $location } was switched off by an administrator, so I cannot issue a new one myself. Please contact support.
+# The user was blocked by an administrator: no new key, no new link.
+user-blocked = 🚫 Sorry, your access has been suspended by an administrator, so I cannot issue or change keys for you. Please contact support if you think this is a mistake.
+# Only the users on the operator's list may get keys here.
+not-allowed = 🔒 Sorry, keys here are only for invited users. Please contact support if you should have access.
 
 ## Notifications.
 

@@ -153,7 +153,9 @@ pub fn milestone(event_type: &str) -> Option<Milestone> {
         | EventType::RevocationRequested
         | EventType::DriftDetected
         | EventType::SubscriptionIssued
-        | EventType::SubscriptionLinkRotated => return None,
+        | EventType::SubscriptionLinkRotated
+        | EventType::UserBlocked
+        | EventType::UserUnblocked => return None,
     })
 }
 

@@ -1,14 +1,16 @@
 //! The bot role's settings: the token, the Bot API URL, the locations offered, the
-//! subscription URLs (when the `sub` role serves them) and the timings.
+//! subscription URLs (when the `sub` role serves them), the timings and who may ask for keys.
 //! `service` builds a [`BotConfig`] from its configuration; the type lives here because
 //! `service` depends on this crate, not the other way round. The token is a
 //! `domain::Secret`, so it cannot reach a log through `Debug`, and errors quoting it are
 //! scrubbed.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use domain::{Location, Secret, SubscriptionUrls};
+use domain::{Location, Secret, SubscriptionUrls, UserId};
 
+use crate::ingress::Ingress;
 use crate::limits::UserLimits;
 use url::Url;
 
@@ -36,6 +38,30 @@ pub struct BotConfig {
     pub subscription_urls: Option<SubscriptionUrls>,
     /// How much of each costly thing one user may do per window.
     pub limits: UserLimits,
+    /// How updates come in: long polling (the default) or a webhook.
+    pub ingress: Ingress,
+    /// Who may ask for a key by themselves.
+    pub request_policy: RequestPolicy,
+}
+
+/// Who may ask the bot for a key by themselves (docs/bot.md, "Who may ask for keys"). Keys
+/// an admin or a service requests over the API are the operator's decision and pass
+/// regardless; a blocked user gets none either way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RequestPolicy {
+    #[default]
+    Anyone,
+    /// Only these Telegram users.
+    Allowlist(BTreeSet<UserId>),
+}
+
+impl RequestPolicy {
+    pub fn admits(&self, user: UserId) -> bool {
+        match self {
+            Self::Anyone => true,
+            Self::Allowlist(users) => users.contains(&user),
+        }
+    }
 }
 
 impl BotConfig {
@@ -53,6 +79,8 @@ impl BotConfig {
             send_poll_every: Duration::from_millis(500),
             subscription_urls: None,
             limits: UserLimits::default(),
+            ingress: Ingress::Polling,
+            request_policy: RequestPolicy::Anyone,
         }
     }
 
@@ -77,6 +105,16 @@ impl BotConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_allowlist_admits_only_its_users() {
+        let listed = UserId::new(123).expect("valid");
+        let stranger = UserId::new(456).expect("valid");
+        let policy = RequestPolicy::Allowlist(BTreeSet::from([listed]));
+        assert!(policy.admits(listed));
+        assert!(!policy.admits(stranger));
+        assert!(RequestPolicy::default().admits(stranger));
+    }
 
     #[test]
     fn the_token_never_shows() {

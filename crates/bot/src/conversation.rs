@@ -2,7 +2,8 @@
 //! enter here; the user's identity comes from Telegram's update, never from callback data,
 //! and every key a button names is checked against the presser in the log before anything
 //! is done to it. When subscriptions are served, the user's subscription leads `/key`, and
-//! a subscription a button names must be the presser's own.
+//! a subscription a button names must be the presser's own. A user an administrator blocked
+//! gets no key and no new link, and with an allowlist only listed users may ask for keys.
 
 use std::sync::Arc;
 
@@ -11,7 +12,8 @@ use domain::{
     RotateKey, SubscriptionId, SubscriptionState, UserId,
 };
 use eventstore::{
-    Actor, ActorKind, EventMetadata, ExecuteError, KeyLedger, RecordedEvent, Subscriptions,
+    AccessControl, AccessStatus, Actor, ActorKind, EventMetadata, ExecuteError, KeyLedger,
+    RecordedEvent, Subscriptions,
 };
 use teloxide::types::{CallbackQuery, Message, Update, UpdateKind, User};
 use time::OffsetDateTime;
@@ -51,6 +53,8 @@ pub struct Context {
     pub config: BotConfig,
     /// Wakes the notification sender when something is owed.
     pub wake_sender: Arc<Notify>,
+    /// This replica, as the partition leases and the handled updates name it.
+    pub replica: Uuid,
 }
 
 /// Who is talking, from the update itself.
@@ -76,7 +80,7 @@ fn command_id(name: &str) -> Uuid {
 }
 
 impl Context {
-    fn pool(&self) -> &sqlx::PgPool {
+    pub(crate) fn pool(&self) -> &sqlx::PgPool {
         self.ledger.store().pool()
     }
 
@@ -95,7 +99,7 @@ impl Context {
             UpdateKind::EditedMessage(_) => {}
             _ => {}
         }
-        store::mark_update(self.pool(), update_id).await?;
+        store::mark_update(self.pool(), update_id, self.replica).await?;
         Ok(())
     }
 
@@ -220,6 +224,9 @@ impl Context {
                 self.key_at(speaker, &location, update_id, true).await
             }
             several => {
+                if self.refused_as_blocked(speaker, None).await? {
+                    return Ok(());
+                }
                 let mut rows = Vec::new();
                 let mut holds_a_key = false;
                 for location in several {
@@ -235,6 +242,9 @@ impl Context {
                         format!("{mark}{}", location.name),
                         Action::KeyAt(location.id.as_str().to_owned()),
                     )]);
+                }
+                if !holds_a_key && !self.config.request_policy.admits(speaker.user) {
+                    return self.tell_not_allowed(speaker).await;
                 }
                 if holds_a_key {
                     self.show_subscription(speaker).await?;
@@ -270,6 +280,10 @@ impl Context {
         lead_with_subscription: bool,
     ) -> Result<(), BotError> {
         let texts = speaker.texts();
+        let access = self.access_status(speaker).await?;
+        if access.state.blocked {
+            return self.tell_blocked(speaker).await;
+        }
         let key_id = KeyId::for_user_at(speaker.user, location);
         let (state, events) = self.ledger.load(key_id).await?;
         let name = self.config.location_name(location.as_str());
@@ -279,27 +293,38 @@ impl Context {
             }
             return self.show_key(speaker, key_id).await;
         }
-        if state.phase == Phase::Revoked && revoked_by_staff(&events) {
+        if state.phase == Phase::Revoked && revoked_by_staff(&events, &access) {
             tracing::info!(user_id = %speaker.user, %key_id, "refused a new key: revoked by an administrator");
             let texts = speaker.texts();
             return self
                 .send(speaker, &texts.revoked_by_admin(&name), None)
                 .await;
         }
+        if !self.config.request_policy.admits(speaker.user) {
+            return self.tell_not_allowed(speaker).await;
+        }
         if self.over_limit(speaker, Costly::KeyRequest).await? {
             return Ok(());
         }
         let now = OffsetDateTime::now_utc();
-        let command = KeyCommand::Request(RequestKey {
+        let request = RequestKey {
             user_id: speaker.user,
             location: location.clone(),
             fresh_client_uuid: Uuid::new_v4(),
             expires_at: self.config.key_lifetime.map(|lifetime| now + lifetime),
             traffic_limit_bytes: 0,
             now,
-        });
+        };
         let id = command_id(&format!("update/{update_id}/request/{key_id}"));
-        self.execute(speaker, key_id, &command, id).await?;
+        let metadata = EventMetadata::for_command(id, speaker.actor());
+        match self.access().request_key(key_id, &request, &metadata).await {
+            Ok(_) => {}
+            // Blocked between the check above and the request: it was revoked at once.
+            Err(ExecuteError::Refused(DomainError::UserBlocked)) => {
+                return self.tell_blocked(speaker).await;
+            }
+            Err(source) => return Err(BotError::Execute { key_id, source }),
+        }
         tracing::info!(user_id = %speaker.user, %key_id, location = %location, "key requested from Telegram");
         let subscription = self.config.subscription_urls.is_some();
         // The user's first key: the subscription (issued now) is what they add to the app;
@@ -560,6 +585,9 @@ impl Context {
                 let Some(state) = self.owned_subscription(speaker, query_id, sub).await? else {
                     return Ok(());
                 };
+                if self.refused_as_blocked(speaker, Some(query_id)).await? {
+                    return Ok(());
+                }
                 if state.generation != sub.generation {
                     return self.stale_subscription(speaker, query_id).await;
                 }
@@ -707,6 +735,45 @@ impl Context {
 }
 
 impl Context {
+    fn access(&self) -> AccessControl {
+        AccessControl::new(self.ledger.store().clone())
+    }
+
+    async fn access_status(&self, speaker: &Speaker) -> Result<AccessStatus, BotError> {
+        Ok(self.access().status(speaker.user).await?)
+    }
+
+    /// The speaker is blocked: no key, no new link; told so politely.
+    async fn tell_blocked(&self, speaker: &Speaker) -> Result<(), BotError> {
+        tracing::info!(user_id = %speaker.user, "refused: the user is blocked");
+        self.send(speaker, &speaker.texts().user_blocked(), None)
+            .await
+    }
+
+    /// Whether the speaker is blocked, and then told so (after answering the button press
+    /// that asked, if one did); `true` means: do not go on.
+    async fn refused_as_blocked(
+        &self,
+        speaker: &Speaker,
+        query_id: Option<&str>,
+    ) -> Result<bool, BotError> {
+        if !self.access_status(speaker).await?.state.blocked {
+            return Ok(false);
+        }
+        if let Some(query_id) = query_id {
+            self.answer(query_id, None).await?;
+        }
+        self.tell_blocked(speaker).await?;
+        Ok(true)
+    }
+
+    /// The speaker is not on the allowlist; told so politely.
+    async fn tell_not_allowed(&self, speaker: &Speaker) -> Result<(), BotError> {
+        tracing::info!(user_id = %speaker.user, "refused: the user is not on the allowlist");
+        self.send(speaker, &speaker.texts().not_allowed(), None)
+            .await
+    }
+
     /// Counts one `action` by the speaker. Over the limit, the first refusal of the window
     /// tells the user when to try again and later ones are ignored quietly (answering each
     /// would be the very cost the limit saves); `true` means: do not go on.
@@ -790,6 +857,9 @@ impl Context {
         if state.generation != sub.generation {
             return self.stale_subscription(speaker, query_id).await;
         }
+        if self.refused_as_blocked(speaker, Some(query_id)).await? {
+            return Ok(());
+        }
         if self.over_limit(speaker, Costly::NewLink).await? {
             return self.answer(query_id, None).await;
         }
@@ -831,8 +901,9 @@ impl Context {
 }
 
 /// Whether the key's last revocation was an administrator's or the service's: such a key
-/// is not the user's to re-issue by pressing "My key" (docs/bot.md, "Limits").
-fn revoked_by_staff(events: &[RecordedEvent]) -> bool {
+/// is not the user's to re-issue by pressing "My key" (docs/bot.md, "Limits"), unless an
+/// administrator unblocked the user after it, which is their word that the user may ask again.
+fn revoked_by_staff(events: &[RecordedEvent], access: &AccessStatus) -> bool {
     let Some(revocation) = events
         .iter()
         .rev()
@@ -840,6 +911,12 @@ fn revoked_by_staff(events: &[RecordedEvent]) -> bool {
     else {
         return false;
     };
+    if access
+        .unblocked_at
+        .is_some_and(|unblocked| unblocked > revocation.position)
+    {
+        return false;
+    }
     matches!(
         revocation.metadata["actor"]["kind"].as_str(),
         Some("admin" | "service")

@@ -12,6 +12,12 @@ use crate::qr::QrError;
 pub enum BotError {
     #[error("cannot build the HTTP client for the Bot API: {0}")]
     HttpClient(#[source] reqwest::Error),
+    #[error("cannot listen for the webhook on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("event store: {0}")]
@@ -33,4 +39,12 @@ pub enum BotError {
     Telegram(String),
     #[error(transparent)]
     Qr(#[from] QrError),
+}
+
+impl BotError {
+    /// Whether the failure is on our side (the database), so handling the update again
+    /// later may succeed; a refusal by Telegram or the domain would only repeat.
+    pub fn is_ours(&self) -> bool {
+        matches!(self, BotError::Database(_) | BotError::Store(_))
+    }
 }

@@ -21,12 +21,15 @@ mod card;
 mod config;
 mod conversation;
 mod error;
+mod ingress;
 mod limits;
 mod notify;
+mod partitions;
 mod qr;
 mod store;
 mod telegram;
 pub mod texts;
+mod updates;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,20 +38,27 @@ use broker::{Consumer, ConsumerConfig, Queue};
 use eventstore::{EventStore, KeyLedger, Subscriptions};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 pub use callback::{Action, KeyRef};
-pub use config::BotConfig;
+pub use config::{BotConfig, RequestPolicy};
 pub use error::BotError;
+pub use ingress::{Ingress, POLLER_LOCK, WEBHOOK_PATH, WebhookConfig};
 pub use limits::{Costly, Limit, UserLimits};
 pub use notify::NotifyHandler;
+pub use partitions::LANE_BACKLOG;
 pub use qr::{QrError, png as qr_png};
+pub use updates::{MAX_UPDATE_BYTES, UpdateRejected, chat_of, parse_update, route_update};
 
 use conversation::Context;
+use ingress::Publisher;
 use telegram::Telegram;
 
-/// Runs the bot until `stop` is cancelled: long polling for updates, the consumer of
-/// `keyledger.bot-notify`, the notification sender and the expiry warnings. Fails only at
-/// start (the HTTP client cannot be built); after that every failure is logged and retried.
+/// Runs one replica of the bot until `stop` is cancelled: its door for updates (long
+/// polling, by one replica at a time, or a webhook), its share of the update partitions,
+/// the consumer of `keyledger.bot-notify`, the notification sender and the expiry
+/// warnings. Fails only at start (the HTTP client cannot be built, the webhook address
+/// cannot be bound); after that every failure is logged and retried.
 pub async fn run_bot(
     store: EventStore,
     amqp_url: &str,
@@ -61,24 +71,57 @@ pub async fn run_bot(
         config.poll_timeout + Duration::from_secs(15),
     )
     .map_err(BotError::HttpClient)?;
+    let webhook_listener = match &config.ingress {
+        Ingress::Webhook(webhook) => Some(
+            tokio::net::TcpListener::bind(webhook.listen)
+                .await
+                .map_err(|source| BotError::Listen {
+                    address: webhook.listen,
+                    source,
+                })?,
+        ),
+        Ingress::Polling => None,
+    };
     let wake = Arc::new(Notify::new());
+    let replica = Uuid::new_v4();
+    tracing::info!(%replica, "bot replica starting");
     let context = Arc::new(Context {
         ledger: KeyLedger::new(store.clone()),
         subscriptions: Subscriptions::new(store.clone()),
         telegram,
         config,
         wake_sender: wake.clone(),
+        replica,
     });
     let consumer = Consumer::new(
         store.clone(),
         ConsumerConfig::new(amqp_url, Queue::BotNotify),
         NotifyHandler::new(store, wake),
     );
+    let publisher = Arc::new(Publisher::new(amqp_url));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(consumer.run(stop.clone()));
     tasks.spawn(notify::run_sender(context.clone(), stop.clone()));
     tasks.spawn(notify::run_expiry_warnings(context.clone(), stop.clone()));
-    tasks.spawn(run_updates(context, stop));
+    tasks.spawn(partitions::run_partitions(
+        context.clone(),
+        amqp_url.to_owned(),
+        stop.clone(),
+    ));
+    tasks.spawn({
+        let context = context.clone();
+        async move { register_commands(&context).await }
+    });
+    match (context.config.ingress.clone(), webhook_listener) {
+        (Ingress::Webhook(webhook), Some(listener)) => {
+            tasks.spawn(ingress::run_webhook(
+                context, publisher, webhook, listener, stop,
+            ));
+        }
+        _ => {
+            tasks.spawn(ingress::run_polling(context, publisher, stop));
+        }
+    }
     while tasks.join_next().await.is_some() {}
     tracing::info!("bot stopped");
     Ok(())
@@ -99,43 +142,4 @@ async fn register_commands(context: &Context) {
             tracing::warn!(%error, language = lang.code(), "could not register the command menu");
         }
     }
-}
-
-/// Long polling: asks for updates, handles each once, confirms them with the next offset.
-async fn run_updates(context: Arc<Context>, stop: CancellationToken) {
-    register_commands(&context).await;
-    tracing::info!("bot polling for updates");
-    let mut offset: i32 = 0;
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let polled = tokio::select! {
-            _ = stop.cancelled() => break,
-            polled = context.telegram.updates(offset, context.config.poll_timeout) => polled,
-        };
-        let wait = match polled {
-            Ok(updates) => {
-                backoff = Duration::from_millis(500);
-                for update in updates {
-                    let id = update.id.0;
-                    if let Err(error) = context.handle_update(update).await {
-                        tracing::error!(update_id = id, %error, "update not handled");
-                    }
-                    offset = offset.max(i32::try_from(id).unwrap_or(i32::MAX).saturating_add(1));
-                }
-                continue;
-            }
-            Err(telegram::SendError::RetryAfter(wait)) => wait,
-            Err(error) => {
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "cannot get updates from Telegram");
-                let wait = backoff;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                wait
-            }
-        };
-        tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = tokio::time::sleep(wait) => {}
-        }
-    }
-    tracing::info!("bot stopped polling");
 }

@@ -66,11 +66,15 @@ pub async fn update_seen(pool: &PgPool, update_id: i64) -> Result<bool, sqlx::Er
     Ok(seen.is_some())
 }
 
-pub async fn mark_update(pool: &PgPool, update_id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO bot_updates (update_id) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(update_id)
-        .execute(pool)
-        .await?;
+/// Records that `replica` handled the update.
+pub async fn mark_update(pool: &PgPool, update_id: i64, replica: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO bot_updates (update_id, handled_by) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(update_id)
+    .bind(replica)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use teloxide::payloads::{
     AnswerCallbackQuerySetters, EditMessageTextSetters, GetUpdatesSetters, SendMessageSetters,
-    SendPhotoSetters, SetMyCommandsSetters,
+    SendPhotoSetters, SetMyCommandsSetters, SetWebhookSetters,
 };
 use teloxide::requests::Requester;
 use teloxide::types::{
@@ -74,6 +74,13 @@ impl fmt::Debug for Telegram {
 /// A redelivered 429 is waited out at most this many times in a conversation before the
 /// reply is given up (the user can press again); notifications are never given up for it.
 const CONVERSATION_RETRIES: u32 = 5;
+/// The update kinds the bot asks for, by either door.
+const ALLOWED_UPDATES: [AllowedUpdate; 3] = [
+    AllowedUpdate::Message,
+    AllowedUpdate::EditedMessage,
+    AllowedUpdate::CallbackQuery,
+];
+
 /// Longest wait for one rate limit inside a conversation.
 const MAX_CONVERSATION_WAIT: Duration = Duration::from_secs(60);
 
@@ -116,12 +123,29 @@ impl Telegram {
             .get_updates()
             .offset(offset)
             .timeout(timeout.as_secs().min(u64::from(u32::MAX)) as u32)
-            .allowed_updates(vec![
-                AllowedUpdate::Message,
-                AllowedUpdate::EditedMessage,
-                AllowedUpdate::CallbackQuery,
-            ])
+            .allowed_updates(ALLOWED_UPDATES)
             .await
+            .map_err(|e| self.classify(e))
+    }
+
+    /// Asks Telegram to POST updates to `url` with `secret` in the
+    /// `X-Telegram-Bot-Api-Secret-Token` header.
+    pub async fn set_webhook(&self, url: &Url, secret: &Secret) -> Result<(), SendError> {
+        self.bot
+            .set_webhook(url.clone())
+            .secret_token(secret.expose())
+            .allowed_updates(ALLOWED_UPDATES)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.classify(e))
+    }
+
+    /// Turns a webhook off, so `getUpdates` answers (Telegram refuses it while one is set).
+    pub async fn delete_webhook(&self) -> Result<(), SendError> {
+        self.bot
+            .delete_webhook()
+            .await
+            .map(|_| ())
             .map_err(|e| self.classify(e))
     }
 

@@ -54,6 +54,17 @@ pub enum HandlerError {
     Reject(String),
 }
 
+/// Longest dead-letter reason (header `x-keyledger-reason`) and logged handler error, in
+/// characters.
+pub const MAX_REASON_CHARS: usize = 1024;
+
+/// A handler's error or a dead letter's reason as logs and headers carry it. Handler
+/// errors quote outsiders (a panel's message, a malformed body), so they are cleaned and
+/// bounded like any foreign text ([`domain::bounded_text`]).
+fn bounded(text: &str) -> String {
+    domain::bounded_text(text, MAX_REASON_CHARS)
+}
+
 /// How often a consuming session checks that its channel is still open. The delivery
 /// stream does not always end when the broker goes away (reported for lapin in
 /// amqp-rs/lapin#389), and a consumer waiting on a dead session would never reconnect.
@@ -311,7 +322,7 @@ impl<H: EventHandler> Inner<H> {
         let event = match message::decode(&delivery.data, &delivery.properties) {
             Ok(event) => event,
             Err(malformed) => {
-                let reason = format!("malformed message: {malformed}");
+                let reason = bounded(&format!("malformed message: {malformed}"));
                 tracing::error!(queue, %reason, "dead-lettering a malformed message");
                 return self.dead_letter(delivery, dead_letters, &reason).await;
             }
@@ -347,12 +358,12 @@ impl<H: EventHandler> Inner<H> {
         let previous_deliveries = message::delivery_count(&delivery.properties);
         if previous_deliveries + 1 > self.config.max_deliveries {
             let last_error = self.take_last_error(event.event_id);
-            let reason = format!(
+            let reason = bounded(&format!(
                 "gave up after {previous_deliveries} deliveries; last error: {}",
                 last_error
                     .as_deref()
                     .unwrap_or("unknown (an earlier consumer process)")
-            );
+            ));
             tracing::error!(queue, %key_id, event_id = %event.event_id, %reason, "dead-lettering an event");
             return self.dead_letter(delivery, dead_letters, &reason).await;
         }
@@ -363,10 +374,12 @@ impl<H: EventHandler> Inner<H> {
                 Ok(disposition)
             }
             Err(HandlerError::Reject(reason)) => {
+                let reason = bounded(&reason);
                 tracing::error!(queue, %key_id, event_id = %event.event_id, %reason, "handler refused an event; dead-lettering it");
                 self.dead_letter(delivery, dead_letters, &reason).await
             }
             Err(HandlerError::Retry(error)) => {
+                let error = bounded(&error);
                 let delay = Backoff::delay_for(
                     self.config.retry_base,
                     self.config.retry_max,
@@ -480,6 +493,8 @@ impl<H: EventHandler> Inner<H> {
     ) -> Result<Disposition, BrokerError> {
         let queue = self.config.queue.name();
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        // Bounded here too, whoever built it: the header is what operators read.
+        let reason = bounded(reason);
         headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
         headers.insert(
             SOURCE_QUEUE_HEADER.into(),

@@ -6,6 +6,7 @@
 //! Delivery is at least once end to end; "exactly once" is the consumers' effect, made so
 //! by recording each consumer's progress per stream in the same transaction as its work.
 
+pub mod bot_updates;
 mod connection;
 pub mod consumer;
 pub mod management;
@@ -13,6 +14,7 @@ pub mod message;
 pub mod relay;
 pub mod topology;
 
+pub use bot_updates::{UpdatePublisher, consume_partition, partition_of};
 pub use connection::{Backoff, OPERATION_TIMEOUT, close as connection_close, connect};
 pub use consumer::{
     Consumer, ConsumerConfig, ConsumerStats, Disposition, EventHandler, HandlerError,

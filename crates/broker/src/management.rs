@@ -24,6 +24,9 @@ pub enum ManagementError {
     },
     #[error("AMQP URL cannot be turned into a management URL: {0}")]
     Url(String),
+    /// The configured management URL (`RABBITMQ_MANAGEMENT_URL`) cannot be used.
+    #[error("management URL: {0}")]
+    ManagementUrl(String),
 }
 
 /// A queue as the management API reports it.
@@ -100,22 +103,70 @@ impl Management {
     /// 15672 for `amqp://`, https on 15671 for `amqps://`, so a broker reached over TLS never
     /// gets its password sent in clear to the management API.
     pub fn for_amqp_url(amqp_url: &str) -> Result<Self, ManagementError> {
+        Self::for_broker(amqp_url, None)
+    }
+
+    /// The management API of the broker at `amqp_url`: at `management_url` when one is
+    /// configured (`RABBITMQ_MANAGEMENT_URL`, e.g. behind a proxy or on another port),
+    /// otherwise as [`Management::for_amqp_url`] derives it.
+    ///
+    /// The credentials are the management URL's own when it names a user (then it must
+    /// carry the password too), and the AMQP URL's otherwise. A plain `http://` management
+    /// URL is refused for a broker reached over `amqps://`: the password would cross the
+    /// network in clear on one of its two ways.
+    pub fn for_broker(
+        amqp_url: &str,
+        management_url: Option<&Url>,
+    ) -> Result<Self, ManagementError> {
         let amqp = Url::parse(amqp_url).map_err(|e| ManagementError::Url(e.to_string()))?;
         let host = amqp
             .host_str()
             .ok_or_else(|| ManagementError::Url("no host".into()))?;
-        let (scheme, port) = match amqp.scheme() {
-            "amqps" => ("https", 15671),
-            _ => ("http", 15672),
+        let Some(configured) = management_url else {
+            let (scheme, port) = match amqp.scheme() {
+                "amqps" => ("https", 15671),
+                _ => ("http", 15672),
+            };
+            let base = Url::parse(&format!("{scheme}://{host}:{port}/"))
+                .map_err(|e| ManagementError::Url(e.to_string()))?;
+            let (user, password) = credentials(&amqp);
+            return Ok(Self::new(base, user, password));
         };
-        let base = Url::parse(&format!("{scheme}://{host}:{port}/"))
-            .map_err(|e| ManagementError::Url(e.to_string()))?;
-        let user = if amqp.username().is_empty() {
-            "guest".to_owned()
+        let refuse = |why: &str| Err(ManagementError::ManagementUrl(why.to_owned()));
+        match configured.scheme() {
+            "https" => {}
+            "http" if amqp.scheme() == "amqps" => {
+                return refuse(
+                    "is plain http:// while AMQP_URL is amqps://; use https:// so the password is not sent in clear",
+                );
+            }
+            "http" => {}
+            _ => return refuse("must be an http:// or https:// URL"),
+        }
+        if configured.host_str().is_none() {
+            return refuse("has no host");
+        }
+        let (user, password) = if configured.username().is_empty() {
+            if configured.password().is_some() {
+                return refuse("carries a password but no user");
+            }
+            credentials(&amqp)
         } else {
-            decode(amqp.username())
+            if configured.password().is_none() {
+                return refuse("names a user but no password");
+            }
+            credentials(configured)
         };
-        let password = decode(amqp.password().unwrap_or("guest"));
+        // Credentials travel as basic auth, never in the URL the client logs or shows.
+        let mut base = configured.clone();
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        base.set_query(None);
+        base.set_fragment(None);
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
         Ok(Self::new(base, user, password))
     }
 
@@ -310,6 +361,16 @@ fn names(answer: Option<Value>) -> Vec<String> {
         .collect()
 }
 
+/// The user and password a URL carries, `guest` for what it leaves out.
+fn credentials(url: &Url) -> (String, String) {
+    let user = if url.username().is_empty() {
+        "guest".to_owned()
+    } else {
+        decode(url.username())
+    };
+    (user, decode(url.password().unwrap_or("guest")))
+}
+
 fn decode(value: &str) -> String {
     percent_encoding::percent_decode_str(value)
         .decode_utf8_lossy()
@@ -327,5 +388,60 @@ mod tests {
         let tls = Management::for_amqp_url("amqps://u:p@rabbit:5671/%2f").expect("valid");
         assert_eq!(tls.base.as_str(), "https://rabbit:15671/");
         assert_eq!(tls.user, "u");
+    }
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).expect("valid URL")
+    }
+
+    #[test]
+    fn a_configured_management_url_is_used_instead_of_the_derived_one() {
+        let amqp = "amqps://svc:amqp-pw@rabbit:5671/keyledger";
+        let configured = url("https://rabbit.internal:15671/rabbitmq?x=1");
+        let management = Management::for_broker(amqp, Some(&configured)).expect("valid");
+        assert_eq!(
+            management.base.as_str(),
+            "https://rabbit.internal:15671/rabbitmq/"
+        );
+        // No user in it: the broker's credentials.
+        assert_eq!(
+            (management.user.as_str(), management.password.as_str()),
+            ("svc", "amqp-pw")
+        );
+
+        let own = url("https://admin:mgmt%2Fpw@rabbit.internal/");
+        let management = Management::for_broker(amqp, Some(&own)).expect("valid");
+        assert_eq!(
+            (management.user.as_str(), management.password.as_str()),
+            ("admin", "mgmt/pw")
+        );
+        assert_eq!(management.base.as_str(), "https://rabbit.internal/");
+        let shown = format!("{management:?}");
+        assert!(
+            !shown.contains("mgmt") && !shown.contains("amqp-pw"),
+            "{shown}"
+        );
+
+        let derived = Management::for_broker(amqp, None).expect("valid");
+        assert_eq!(derived.base.as_str(), "https://rabbit:15671/");
+    }
+
+    #[test]
+    fn a_management_url_that_would_leak_or_lacks_credentials_is_refused() {
+        let tls = "amqps://svc:pw@rabbit:5671/keyledger";
+        let plain = "amqp://svc:pw@rabbit:5672/keyledger";
+        let refused = |amqp: &str, management: &str| {
+            Management::for_broker(amqp, Some(&url(management)))
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(refused(tls, "http://rabbit:15672/").contains("in clear"));
+        assert!(refused(plain, "https://admin@rabbit/").contains("no password"));
+        assert!(refused(plain, "https://:pw@rabbit/").contains("no user"));
+        assert!(refused(plain, "ftp://rabbit/").contains("http://"));
+        // Plain http for a plain broker is what the derived URL is too.
+        let local =
+            Management::for_broker(plain, Some(&url("http://127.0.0.1:15672"))).expect("valid");
+        assert_eq!(local.base.as_str(), "http://127.0.0.1:15672/");
     }
 }

@@ -5,6 +5,11 @@
 //! [`policies`]): operators change it in the management UI without redeclaring anything.
 
 use domain::EventType;
+
+use crate::bot_updates::{
+    BOT_UPDATE_PARTITIONS, BOT_UPDATES_DEAD_LETTER_KEY, BOT_UPDATES_DEAD_LETTERS,
+    BOT_UPDATES_EXCHANGE, partition_queue,
+};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
@@ -61,7 +66,9 @@ impl Queue {
                     ]
                 }
             }
-            Queue::Projector => &["key.#", "subscription.#"],
+            // Every event, so none is unroutable (the relay treats a return as a failure);
+            // the projector passes over those of users' access streams.
+            Queue::Projector => &["key.#", "subscription.#", "user.#"],
             // What a user hears about.
             Queue::BotNotify => {
                 const {
@@ -168,6 +175,58 @@ pub async fn declare(channel: &Channel) -> Result<(), lapin::Error> {
             )
             .await?;
     }
+    declare_bot_updates(channel, durable, queue_options).await
+}
+
+/// The bot's update partitions (see [`crate::bot_updates`]) and their dead-letter queue.
+async fn declare_bot_updates(
+    channel: &Channel,
+    durable: ExchangeDeclareOptions,
+    queue_options: QueueDeclareOptions,
+) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            BOT_UPDATES_EXCHANGE.into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    for partition in 0..BOT_UPDATE_PARTITIONS {
+        let queue = partition_queue(partition);
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                queue_options,
+                quorum_arguments(Some(BOT_UPDATES_DEAD_LETTER_KEY)),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                BOT_UPDATES_EXCHANGE.into(),
+                partition.to_string().as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    channel
+        .queue_declare(
+            BOT_UPDATES_DEAD_LETTERS.into(),
+            queue_options,
+            quorum_arguments(None),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            BOT_UPDATES_DEAD_LETTERS.into(),
+            DEAD_LETTER_EXCHANGE.into(),
+            BOT_UPDATES_DEAD_LETTER_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     Ok(())
 }
 
@@ -202,8 +261,34 @@ pub fn definitions(vhost: &str) -> Value {
             "routing_key": queue.name(), "arguments": {}
         }));
     }
+    for partition in 0..BOT_UPDATE_PARTITIONS {
+        let queue = partition_queue(partition);
+        queues.push(json!({
+            "name": queue, "vhost": vhost, "durable": true, "auto_delete": false,
+            "arguments": {
+                "x-queue-type": "quorum",
+                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+                "x-dead-letter-routing-key": BOT_UPDATES_DEAD_LETTER_KEY,
+            }
+        }));
+        bindings.push(json!({
+            "source": BOT_UPDATES_EXCHANGE, "vhost": vhost, "destination": queue,
+            "destination_type": "queue", "routing_key": partition.to_string(), "arguments": {}
+        }));
+    }
+    queues.push(json!({
+        "name": BOT_UPDATES_DEAD_LETTERS, "vhost": vhost, "durable": true,
+        "auto_delete": false, "arguments": {"x-queue-type": "quorum"}
+    }));
+    bindings.push(json!({
+        "source": DEAD_LETTER_EXCHANGE, "vhost": vhost,
+        "destination": BOT_UPDATES_DEAD_LETTERS, "destination_type": "queue",
+        "routing_key": BOT_UPDATES_DEAD_LETTER_KEY, "arguments": {}
+    }));
     json!({
         "exchanges": [
+            {"name": BOT_UPDATES_EXCHANGE, "vhost": vhost, "type": "direct", "durable": true,
+             "auto_delete": false, "internal": false, "arguments": {}},
             {"name": EVENTS_EXCHANGE, "vhost": vhost, "type": "topic", "durable": true,
              "auto_delete": false, "internal": false, "arguments": {}},
             {"name": DEAD_LETTER_EXCHANGE, "vhost": vhost, "type": "direct", "durable": true,
@@ -220,7 +305,7 @@ pub fn policies(vhost: &str) -> Value {
     json!([{
         "name": "keyledger-delivery-limit",
         "vhost": vhost,
-        "pattern": r"^keyledger\.(x3ui-worker|projector|bot-notify)$",
+        "pattern": r"^keyledger\.(x3ui-worker|projector|bot-notify|bot-updates\.[0-9]+)$",
         "apply-to": "queues",
         "priority": 0,
         "definition": {"delivery-limit": BROKER_DELIVERY_LIMIT},

@@ -1,14 +1,18 @@
 //! [`Aggregate`]: what the event store needs to run commands against any kind of stream — a
-//! key's or a subscription's — without knowing which: how to name the stream, fold its
-//! events, decide a command and encode or decode an event. One ledger then serves both.
+//! key's, a subscription's or a user's access — without knowing which: how to name the stream, fold its
+//! events, decide a command and encode or decode an event. One ledger then serves them all.
 
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::access::{
+    UserAccessCommand, UserAccessEvent, UserAccessId, UserAccessState, decide_user_access,
+    evolve_user_access,
+};
 use crate::command::KeyCommand;
 use crate::decide::{decide, evolve};
 use crate::error::DomainError;
-use crate::event::{EventDecodeError, KeyEvent};
+use crate::event::{EventDecodeError, KeyEvent, data_of, from_type_and_data};
 use crate::identity::KeyId;
 use crate::state::KeyState;
 use crate::subscription::{
@@ -102,5 +106,41 @@ impl Aggregate for Subscription {
     }
     fn decode(event_type: &str, data: &Value) -> Result<SubscriptionEvent, EventDecodeError> {
         SubscriptionEvent::from_parts(event_type, data)
+    }
+}
+
+/// A user's access stream: blocked or not.
+#[derive(Debug, Clone, Copy)]
+pub struct UserAccess;
+
+impl Aggregate for UserAccess {
+    type Id = UserAccessId;
+    type State = UserAccessState;
+    type Command = UserAccessCommand;
+    type Event = UserAccessEvent;
+
+    fn stream_id(id: UserAccessId) -> Uuid {
+        id.as_uuid()
+    }
+    fn version(state: &UserAccessState) -> u32 {
+        state.version
+    }
+    fn decide(
+        state: &UserAccessState,
+        command: &UserAccessCommand,
+    ) -> Result<Vec<UserAccessEvent>, DomainError> {
+        decide_user_access(state, command)
+    }
+    fn evolve(state: UserAccessState, event: &UserAccessEvent) -> UserAccessState {
+        evolve_user_access(state, event)
+    }
+    fn event_type(event: &UserAccessEvent) -> &'static str {
+        event.event_type()
+    }
+    fn event_data(event: &UserAccessEvent) -> Value {
+        data_of(event)
+    }
+    fn decode(event_type: &str, data: &Value) -> Result<UserAccessEvent, EventDecodeError> {
+        from_type_and_data(event_type, data)
     }
 }

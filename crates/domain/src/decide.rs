@@ -6,6 +6,7 @@
 use crate::command::*;
 use crate::error::DomainError;
 use crate::event::*;
+use crate::foreign_text::{MAX_FOREIGN_TEXT_CHARS, bounded_json, bounded_text};
 use crate::identity::client_email;
 use crate::state::{FailureNote, KeyDetails, KeyState, Phase};
 
@@ -270,7 +271,8 @@ fn record_failure(
     cmd: &RecordProvisioningFailure,
 ) -> Result<Vec<KeyEvent>, DomainError> {
     details(state)?;
-    let error: String = cmd.error.trim().chars().take(MAX_ERROR_CHARS).collect();
+    // The text is mostly the panel's own words: kept clean and bounded in the log.
+    let error = bounded_text(cmd.error.trim(), MAX_ERROR_CHARS);
     if error.is_empty() || cmd.attempt == 0 {
         return Err(DomainError::InvalidFailure);
     }
@@ -289,10 +291,11 @@ fn record_failure(
 
 fn record_drift(state: &KeyState, cmd: &RecordDrift) -> Result<Vec<KeyEvent>, DomainError> {
     details(state)?;
+    // `observed` is what the panel holds: any of its strings may be hostile.
     Ok(vec![KeyEvent::DriftDetected(KeyDriftDetected {
         kind: cmd.kind,
-        expected: cmd.expected.clone(),
-        observed: cmd.observed.clone(),
+        expected: bounded_json(&cmd.expected, MAX_FOREIGN_TEXT_CHARS),
+        observed: bounded_json(&cmd.observed, MAX_FOREIGN_TEXT_CHARS),
     })])
 }
 

@@ -43,6 +43,8 @@ pub enum DomainError {
     QuotaStillUsedUp { used_bytes: u64, limit_bytes: u64 },
     #[error("no subscription has been issued in this stream")]
     SubscriptionNotFound,
+    #[error("the user is blocked by an administrator; unblock them first")]
+    UserBlocked,
     #[error("command does not apply to a key in phase {0:?}")]
     WrongPhase(Phase),
 }

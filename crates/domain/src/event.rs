@@ -46,8 +46,8 @@ pub enum KeyEvent {
 }
 
 /// The `type` of an event, as stored in the event store and used as the routing key on the
-/// broker. [`EventType::as_str`] is the one place outside the serde renames of [`KeyEvent`]
-/// and [`crate::SubscriptionEvent`] where the names are spelled; unit tests tie them together.
+/// broker. [`EventType::as_str`] is the one place outside the serde renames of [`KeyEvent`],
+/// [`crate::SubscriptionEvent`] and [`crate::UserAccessEvent`] where the names are spelled; unit tests tie them together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
     Requested,
@@ -65,18 +65,21 @@ pub enum EventType {
     QuotaChanged,
     SubscriptionIssued,
     SubscriptionLinkRotated,
+    UserBlocked,
+    UserUnblocked,
 }
 
-/// What kind of stream an event belongs to: a key's or a subscription's.
+/// What kind of stream an event belongs to: a key's, a subscription's or a user's access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StreamKind {
     Key,
     Subscription,
+    UserAccess,
 }
 
 impl EventType {
     /// Every event type, in the order of docs/events.md.
-    pub const ALL: [EventType; 15] = [
+    pub const ALL: [EventType; 17] = [
         Self::Requested,
         Self::Provisioned,
         Self::RotationRequested,
@@ -92,6 +95,8 @@ impl EventType {
         Self::QuotaChanged,
         Self::SubscriptionIssued,
         Self::SubscriptionLinkRotated,
+        Self::UserBlocked,
+        Self::UserUnblocked,
     ];
 
     /// The event types of key streams.
@@ -105,6 +110,7 @@ impl EventType {
     pub const fn stream_kind(self) -> StreamKind {
         match self {
             Self::SubscriptionIssued | Self::SubscriptionLinkRotated => StreamKind::Subscription,
+            Self::UserBlocked | Self::UserUnblocked => StreamKind::UserAccess,
             _ => StreamKind::Key,
         }
     }
@@ -127,6 +133,8 @@ impl EventType {
             Self::QuotaChanged => "key.quota_changed",
             Self::SubscriptionIssued => "subscription.issued",
             Self::SubscriptionLinkRotated => "subscription.link_rotated",
+            Self::UserBlocked => "user.blocked",
+            Self::UserUnblocked => "user.unblocked",
         }
     }
 
@@ -292,21 +300,35 @@ impl KeyEvent {
 
     /// The event's `data` object.
     pub fn data(&self) -> Value {
-        let mut tagged = serde_json::to_value(self).unwrap_or(Value::Null);
-        tagged
-            .get_mut("data")
-            .map(Value::take)
-            .unwrap_or_else(|| Value::Object(Default::default()))
+        data_of(self)
     }
 
     /// Rebuilds an event from its stored `type` and `data`.
     pub fn from_parts(event_type: &str, data: &Value) -> Result<Self, EventDecodeError> {
-        let tagged = serde_json::json!({ "type": event_type, "data": data });
-        serde_json::from_value(tagged).map_err(|source| EventDecodeError {
-            event_type: event_type.to_owned(),
-            source,
-        })
+        from_type_and_data(event_type, data)
     }
+}
+
+/// The `data` object of an event serialised as `{"type": …, "data": …}`: what the log's
+/// `data` column holds for every kind of stream.
+pub(crate) fn data_of(event: &impl Serialize) -> Value {
+    let mut tagged = serde_json::to_value(event).unwrap_or(Value::Null);
+    tagged
+        .get_mut("data")
+        .map(Value::take)
+        .unwrap_or_else(|| Value::Object(Default::default()))
+}
+
+/// An event of any kind of stream rebuilt from its stored `type` and `data`.
+pub(crate) fn from_type_and_data<E: serde::de::DeserializeOwned>(
+    event_type: &str,
+    data: &Value,
+) -> Result<E, EventDecodeError> {
+    let tagged = serde_json::json!({ "type": event_type, "data": data });
+    serde_json::from_value(tagged).map_err(|source| EventDecodeError {
+        event_type: event_type.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -414,14 +436,15 @@ mod tests {
     }
 
     #[test]
-    fn event_types_are_fifteen_distinct_names_that_parse_back() {
+    fn event_types_are_seventeen_distinct_names_that_parse_back() {
         let names: std::collections::HashSet<&str> =
             EventType::ALL.iter().map(|kind| kind.as_str()).collect();
-        assert_eq!(names.len(), 15);
+        assert_eq!(names.len(), 17);
         for kind in EventType::ALL {
             let prefix = match kind.stream_kind() {
                 StreamKind::Key => "key.",
                 StreamKind::Subscription => "subscription.",
+                StreamKind::UserAccess => "user.",
             };
             assert!(kind.as_str().starts_with(prefix), "{kind}");
             assert_eq!(EventType::parse(kind.as_str()), Some(kind));

@@ -49,6 +49,10 @@ impl Then {
         events.iter().fold(self.state, evolve)
     }
 
+    fn then_recorded(self) -> Vec<KeyEvent> {
+        self.result.expect("command accepted")
+    }
+
     fn then_nothing(self) {
         assert_eq!(self.result.expect("command accepted"), vec![]);
     }
@@ -553,6 +557,43 @@ fn a_failure_record_must_say_what_failed() {
     given(&active_key())
         .when(failure(1, "x"))
         .then_refused(DomainError::WrongPhase(Phase::Active));
+}
+
+#[test]
+fn a_panel_text_is_recorded_clean_and_bounded() {
+    use crate::decide::MAX_ERROR_CHARS;
+    let hostile = format!(
+        "refused\n\u{1b}[31mfake line\0{}",
+        "x".repeat(MAX_ERROR_CHARS * 3)
+    );
+    let events = given(&[requested(1)])
+        .when(failure(1, &hostile))
+        .then_recorded();
+    let Some(KeyEvent::ProvisioningFailed(event)) = events.first() else {
+        panic!("{events:?}");
+    };
+    assert_eq!(event.error.chars().count(), MAX_ERROR_CHARS);
+    assert!(
+        event.error.starts_with("refused fake line\u{fffd}xxx"),
+        "{}",
+        event.error
+    );
+    assert!(!event.error.chars().any(char::is_control));
+    let observed =
+        json!({"email": "tg4242-ams", "flow": "\u{1b}[2J".to_owned() + &"y".repeat(5000)});
+    let drift = given(&active_key())
+        .when(KeyCommand::RecordDrift(RecordDrift {
+            kind: DriftKind::SettingsDiffer,
+            expected: json!(null),
+            observed,
+        }))
+        .then_recorded();
+    let Some(KeyEvent::DriftDetected(event)) = drift.first() else {
+        panic!("{drift:?}");
+    };
+    let flow = event.observed["flow"].as_str().unwrap_or_default();
+    assert_eq!(flow.chars().count(), crate::MAX_FOREIGN_TEXT_CHARS);
+    assert!(flow.starts_with("yyy"), "{flow}");
 }
 
 #[test]

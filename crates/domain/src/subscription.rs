@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::decide::MAX_REASON_CHARS;
 use crate::error::DomainError;
-use crate::event::{EventDecodeError, EventType};
+use crate::event::{EventDecodeError, EventType, data_of, from_type_and_data};
 use crate::identity::UserId;
 
 /// Namespace of the name-based (v5) subscription ids; fixed for the life of the system, like
@@ -88,11 +88,7 @@ impl SubscriptionEvent {
 
     /// The event's `data` object.
     pub fn data(&self) -> serde_json::Value {
-        let mut tagged = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        tagged
-            .get_mut("data")
-            .map(serde_json::Value::take)
-            .unwrap_or_else(|| serde_json::Value::Object(Default::default()))
+        data_of(self)
     }
 
     /// Rebuilds an event from its stored `type` and `data`.
@@ -100,11 +96,7 @@ impl SubscriptionEvent {
         event_type: &str,
         data: &serde_json::Value,
     ) -> Result<Self, EventDecodeError> {
-        let tagged = serde_json::json!({ "type": event_type, "data": data });
-        serde_json::from_value(tagged).map_err(|source| EventDecodeError {
-            event_type: event_type.to_owned(),
-            source,
-        })
+        from_type_and_data(event_type, data)
     }
 }
 

@@ -133,18 +133,36 @@ async fn content_digest_from(pool: &PgPool) -> Result<i64, StoreError> {
 
 /// Recomputes every stream's hash chain and checks the append-only guards are in place.
 pub async fn verify_chains(pool: &PgPool) -> Result<ChainReport, StoreError> {
+    check_chains(pool, None).await
+}
+
+/// The same check for one stream only (through its `(stream_id, version)` index): what a
+/// page showing one key's history can afford on every view.
+pub async fn verify_stream_chain(
+    pool: &PgPool,
+    stream_id: Uuid,
+) -> Result<ChainReport, StoreError> {
+    check_chains(pool, Some(stream_id)).await
+}
+
+async fn check_chains(pool: &PgPool, stream: Option<Uuid>) -> Result<ChainReport, StoreError> {
     let mut report = ChainReport {
         disabled_guards: disabled_guards(pool).await?,
         ..ChainReport::default()
     };
     let digest_from = content_digest_from(pool).await?;
-    let mut rows = sqlx::query(
-        "SELECT stream_id, version, position, event_id, type, data::text AS data_text,
+    let columns = "SELECT stream_id, version, position, event_id, type, data::text AS data_text,
                 metadata::text AS metadata_text, hash,
                 (extract(epoch FROM recorded_at) * 1000000)::bigint AS recorded_at_micros
-         FROM events ORDER BY stream_id, version",
-    )
-    .fetch(pool);
+         FROM events";
+    let sql = match stream {
+        None => format!("{columns} ORDER BY stream_id, version"),
+        Some(_) => format!("{columns} WHERE stream_id = $1 ORDER BY version"),
+    };
+    let mut rows = match stream {
+        None => sqlx::query(&sql).fetch(pool),
+        Some(id) => sqlx::query(&sql).bind(id).fetch(pool),
+    };
 
     let mut previous: Option<(Uuid, i32, String)> = None;
     while let Some(row) = rows.try_next().await? {

@@ -1,5 +1,5 @@
-//! [`Ledger`]: a domain command run against a stream — a key's ([`KeyLedger`]) or a
-//! subscription's ([`SubscriptionLedger`]): load and fold its events, `decide`, append at the
+//! [`Ledger`]: a domain command run against a stream — a key's ([`KeyLedger`]), a
+//! subscription's ([`SubscriptionLedger`]) or a user's access ([`UserAccessLedger`]): load and fold its events, `decide`, append at the
 //! version that was loaded. When another writer appended first, the
 //! append fails on the version and the command is decided again on the new state (a few times
 //! at most) instead of being appended blindly; a command id already in the log is answered
@@ -7,7 +7,7 @@
 
 use std::marker::PhantomData;
 
-use domain::{Aggregate, DomainError, Key, Subscription};
+use domain::{Aggregate, DomainError, Key, Subscription, UserAccess};
 use uuid::Uuid;
 
 use crate::error::{AppendError, StoreError};
@@ -37,6 +37,8 @@ impl<A> Clone for Ledger<A> {
 pub type KeyLedger = Ledger<Key>;
 /// Runs commands against subscriptions' streams.
 pub type SubscriptionLedger = Ledger<Subscription>;
+/// Runs commands against users' access streams.
+pub type UserAccessLedger = Ledger<UserAccess>;
 
 /// What a command did.
 #[derive(Debug, Clone)]

@@ -4,14 +4,16 @@
 //! command id; readers follow the log by global position without ever skipping an event
 //! that commits late; the table refuses UPDATE, DELETE and TRUNCATE; every stream is a hash
 //! chain an auditor can check with plain SQL. [`Ledger`] runs a domain command against a
-//! key's or a subscription's stream: load, `decide`, append, retrying on a concurrent
-//! writer; [`Subscriptions`] runs the commands that touch a subscription and its keys.
+//! key's, a subscription's or a user's access stream: load, `decide`, append, retrying on a concurrent
+//! writer; [`Subscriptions`] runs the commands that touch a subscription and its keys, and
+//! [`AccessControl`] those that block and unblock a user and check each new key's user.
 //!
 //! There is no separate outbox table: the relay follows the log itself by position. The
 //! log is already written in the command's transaction and already gap-free for readers
 //! (see `keyledger_reserve_positions` in the migration), so an outbox would be a second
 //! copy of every event kept in step with the first, for nothing.
 
+mod access;
 mod append;
 mod checkpoint;
 mod error;
@@ -24,6 +26,7 @@ mod privileges;
 mod read;
 mod subscriptions;
 
+pub use access::{AccessControl, AccessStatus, Blocked};
 pub use append::{AppendOutcome, AppendedRange};
 pub use checkpoint::{
     Checkpoint, CheckpointError, CheckpointVerdict, LogHash, NotaryKey, PublicKey, log_hash_up_to,
@@ -32,9 +35,12 @@ pub use checkpoint::{
 pub use error::{AppendError, StoreError};
 pub use integrity::{
     ChainBreak, ChainFormula, ChainLink, ChainReport, content_digest, link_hash, verify_chains,
+    verify_stream_chain,
 };
 pub use jsonb_text::jsonb_text;
-pub use ledger::{CommandOutcome, ExecuteError, KeyLedger, Ledger, SubscriptionLedger};
+pub use ledger::{
+    CommandOutcome, ExecuteError, KeyLedger, Ledger, SubscriptionLedger, UserAccessLedger,
+};
 pub use model::{Actor, ActorKind, EventMetadata, NewEvent, RecordedEvent};
 pub use privileges::{is_permission_denied, login_role};
 pub use subscriptions::{LinkReplaced, Subscriptions};
@@ -130,10 +136,24 @@ pub async fn create_database(database_url: &str) -> Result<(), StoreError> {
     Ok(sqlx::Postgres::create_database(database_url).await?)
 }
 
-/// Drops the database named in `database_url`, ending its open sessions.
+/// Drops the database named in `database_url`, ending its open sessions. The server ends
+/// them itself (`WITH (FORCE)`, PostgreSQL 13+): terminating them one by one from here
+/// races sessions that end on their own, and the server warns about each it misses.
 pub async fn drop_database(database_url: &str) -> Result<(), StoreError> {
-    use sqlx::migrate::MigrateDatabase;
-    Ok(sqlx::Postgres::force_drop_database(database_url).await?)
+    use sqlx::{ConnectOptions, Connection};
+    let options: sqlx::postgres::PgConnectOptions = database_url.parse()?;
+    let Some(database) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut conn = options.database("postgres").connect().await?;
+    let quoted = database.replace('"', "\"\"");
+    sqlx::query(&format!(
+        r#"DROP DATABASE IF EXISTS "{quoted}" WITH (FORCE)"#
+    ))
+    .execute(&mut conn)
+    .await?;
+    let _ = conn.close().await;
+    Ok(())
 }
 
 /// Creates the database named in `database_url` if it does not exist yet.

@@ -21,5 +21,6 @@ pub use subscription_view::{
     rebuild_subscription_views, subscription_view_of, verify_subscription_views,
 };
 pub use view::{
-    KeyView, ViewDifference, ViewError, ViewReport, load_view, user_views, verify_views, view_of,
+    KeyView, ViewDifference, ViewError, ViewReport, is_key_event, load_view, user_views,
+    verify_views, view_of,
 };

@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::subscription_view::{is_subscription_event, subscription_view_of, upsert_subscription};
-use crate::view::{ViewError, upsert, view_of};
+use crate::view::{ViewError, is_key_event, upsert, view_of};
 
 /// The live projector: on each event, recomputes the key's view from the log (up to that
 /// event) and stores it, in the consumer runtime's transaction.
@@ -31,6 +31,10 @@ impl EventHandler for KeyViewProjector {
         event: &RecordedEvent,
         tx: &mut PgConnection,
     ) -> Result<(), HandlerError> {
+        if !is_key_event(event) && !is_subscription_event(event) {
+            // A user's access stream: no view of it is kept; its readers read the log.
+            return Ok(());
+        }
         let events = self
             .store
             .read_stream_after_on(tx, event.stream_id, 0, event.version.max(0) as u32)

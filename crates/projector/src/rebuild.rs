@@ -10,8 +10,8 @@ use eventstore::EventStore;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::subscription_view::{is_subscription_event, rebuild_subscription_views};
-use crate::view::{KeyFold, KeyView, ViewError, upsert, view_of};
+use crate::subscription_view::rebuild_subscription_views;
+use crate::view::{KeyFold, KeyView, ViewError, is_key_event, upsert, view_of};
 
 /// What a rebuild did.
 #[derive(Debug, Serialize)]
@@ -55,7 +55,7 @@ async fn fold_log(
     let mut folds: HashMap<Uuid, KeyFold> = HashMap::new();
     let mut events = 0usize;
     while let Some(page) = received.recv().await {
-        for event in page.iter().filter(|e| !is_subscription_event(e)) {
+        for event in page.iter().filter(|e| is_key_event(e)) {
             folds.entry(event.stream_id).or_default().apply(event)?;
         }
         events += page.len();

@@ -80,6 +80,12 @@ impl Scheduler {
             };
             self.position = last.position;
             for recorded in &page {
+                // Subscriptions' and users' access streams share the log; nothing in them
+                // expires.
+                let kind = domain::EventType::parse(&recorded.event_type);
+                if kind.is_some_and(|kind| kind.stream_kind() != domain::StreamKind::Key) {
+                    continue;
+                }
                 let Ok(event) = recorded.key_event() else {
                     tracing::warn!(position = recorded.position, key_id = %recorded.stream_id, "undecodable event skipped by scheduler");
                     continue;

@@ -16,6 +16,10 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/keyle
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_SUB_ADDR: &str = "127.0.0.1:8090";
+/// The bot's doors, as this configuration names them.
+pub use bot::{Ingress as BotIngress, WebhookConfig as BotWebhook};
+
+pub const DEFAULT_BOT_WEBHOOK_ADDR: &str = "127.0.0.1:8443";
 pub const DEFAULT_TELEGRAM_API_URL: &str = "https://api.telegram.org";
 /// Bearer tokens shorter than this are refused: they could be guessed.
 pub const MIN_TOKEN_CHARS: usize = 16;
@@ -108,6 +112,9 @@ pub struct Config {
     /// owner's password), used to migrate; `database_url` when not set.
     pub database_owner_url: ServiceUrl,
     pub amqp_url: ServiceUrl,
+    /// `RABBITMQ_MANAGEMENT_URL` (environment only): the management API's base URL, used
+    /// instead of the one derived from `amqp_url`; checked by [`broker::Management::for_broker`].
+    pub management_url: Option<ServiceUrl>,
     pub http_addr: SocketAddr,
     pub admin_token: Option<Secret>,
     pub auditor_token: Option<Secret>,
@@ -129,6 +136,8 @@ pub struct Config {
     pub subscription_urls: Option<domain::SubscriptionUrls>,
     /// Per-user limits of the bot (file section `[limits]`).
     pub user_limits: bot::UserLimits,
+    /// Who may ask the bot for keys (file section `[access]`).
+    pub request_policy: bot::RequestPolicy,
     /// `KEYLEDGER_SUB_WEB_PAGE_URL`: the bot's t.me link, sent to apps as
     /// `Profile-Web-Page-Url`.
     pub sub_web_page_url: Option<Url>,
@@ -137,6 +146,10 @@ pub struct Config {
     /// `KEYLEDGER_SUB_TRUSTED_PROXIES`: reverse proxies whose `X-Forwarded-For` names the
     /// subscription's client.
     pub sub_trusted_proxies: Vec<std::net::IpAddr>,
+    /// How the bot takes updates: long polling, or a webhook when
+    /// `KEYLEDGER_BOT_WEBHOOK_URL` is set (with `KEYLEDGER_BOT_WEBHOOK_SECRET`, listening on
+    /// `KEYLEDGER_BOT_WEBHOOK_ADDR`).
+    pub bot_ingress: bot::Ingress,
 }
 
 /// When the worker role's reconciler runs (file section `[reconcile]`).
@@ -187,6 +200,18 @@ struct FileConfig {
     notary: crate::notary::FileNotary,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    access: FileAccess,
+}
+
+/// `[access]`: who may ask the bot for keys by themselves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAccess {
+    /// `anyone` (the default) or `allowlist`.
+    request_policy: Option<String>,
+    /// The Telegram user ids of `allowlist`.
+    allowlist: Option<Vec<i64>>,
 }
 
 /// `[limits]`: how much of each costly thing one Telegram user may do.
@@ -270,6 +295,7 @@ impl Config {
             DEFAULT_AMQP_URL,
             &["amqp", "amqps"],
         )?;
+        let management_url = management_url(env("RABBITMQ_MANAGEMENT_URL"), &amqp_url)?;
         let http_addr = env("KEYLEDGER_HTTP_ADDR")
             .or(file.http_addr)
             .unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
@@ -313,6 +339,7 @@ impl Config {
         })?;
         let subscription_urls = subscription_urls(&env)?;
         let user_limits = user_limits(&file.limits)?;
+        let request_policy = request_policy(&file.access)?;
 
         let admin_token = token(&env, "KEYLEDGER_ADMIN_TOKEN")?;
         let auditor_token = token(&env, "KEYLEDGER_AUDITOR_TOKEN")?;
@@ -326,11 +353,13 @@ impl Config {
         let sub_web_page_url = optional_url("KEYLEDGER_SUB_WEB_PAGE_URL")?;
         let sub_support_url = optional_url("KEYLEDGER_SUB_SUPPORT_URL")?;
         let sub_trusted_proxies = trusted_proxies(env("KEYLEDGER_SUB_TRUSTED_PROXIES"))?;
+        let bot_ingress = bot_ingress(&env)?;
 
         Ok(Self {
             database_url,
             database_owner_url,
             amqp_url,
+            management_url,
             http_addr,
             admin_token,
             auditor_token,
@@ -346,9 +375,11 @@ impl Config {
             sub_addr,
             subscription_urls,
             user_limits,
+            request_policy,
             sub_web_page_url,
             sub_support_url,
             sub_trusted_proxies,
+            bot_ingress,
         })
     }
 }
@@ -404,6 +435,34 @@ fn user_limits(file: &FileLimits) -> Result<bot::UserLimits, ConfigError> {
             defaults.new_links,
         )?,
     })
+}
+
+/// `[access]`, checked: an allowlist names at least one valid user id, and a list is given
+/// only with the policy that reads it, so a forgotten `request_policy` is not taken for one.
+fn request_policy(file: &FileAccess) -> Result<bot::RequestPolicy, ConfigError> {
+    match (file.request_policy.as_deref(), file.allowlist.as_deref()) {
+        (None | Some("anyone"), None) => Ok(bot::RequestPolicy::Anyone),
+        (None | Some("anyone"), Some(_)) => Err(ConfigError::new(
+            "access.allowlist",
+            "is only read with request_policy = \"allowlist\"",
+        )),
+        (Some("allowlist"), None | Some([])) => Err(ConfigError::new(
+            "access.allowlist",
+            "request_policy = \"allowlist\" needs at least one Telegram user id",
+        )),
+        (Some("allowlist"), Some(ids)) => ids
+            .iter()
+            .map(|&id| {
+                domain::UserId::new(id)
+                    .map_err(|e| ConfigError::new("access.allowlist", e.to_string()))
+            })
+            .collect::<Result<_, _>>()
+            .map(bot::RequestPolicy::Allowlist),
+        (Some(other), _) => Err(ConfigError::new(
+            "access.request_policy",
+            format!("{other:?} is neither \"anyone\" nor \"allowlist\""),
+        )),
+    }
 }
 
 /// Files are read by more people and tools than the environment is: a URL in one may name
@@ -475,6 +534,54 @@ fn subscription_urls(
     Ok(Some(urls))
 }
 
+/// The bot's door: a webhook when its public URL is set, long polling otherwise.
+fn bot_ingress(env: &impl Fn(&str) -> Option<String>) -> Result<bot::Ingress, ConfigError> {
+    const URL: &str = "KEYLEDGER_BOT_WEBHOOK_URL";
+    const SECRET: &str = "KEYLEDGER_BOT_WEBHOOK_SECRET";
+    const ADDR: &str = "KEYLEDGER_BOT_WEBHOOK_ADDR";
+    let Some(raw_url) = env(URL) else {
+        if env(SECRET).is_some() {
+            return Err(ConfigError::new(
+                URL,
+                format!("must be set when {SECRET} is"),
+            ));
+        }
+        return Ok(bot::Ingress::Polling);
+    };
+    let url = http_url(URL, &raw_url)?;
+    if url.scheme() != "https" {
+        return Err(ConfigError::new(
+            URL,
+            "Telegram calls webhooks over https only",
+        ));
+    }
+    let secret = env(SECRET)
+        .ok_or_else(|| ConfigError::new(SECRET, format!("must be set when {URL} is")))?;
+    // Telegram's rule for `secret_token`.
+    let valid = (1..=256).contains(&secret.len())
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid || secret.len() < 32 {
+        return Err(ConfigError::new(
+            SECRET,
+            "must be 32 to 256 characters of A-Z, a-z, 0-9, _ and -",
+        ));
+    }
+    let listen = env(ADDR).unwrap_or_else(|| DEFAULT_BOT_WEBHOOK_ADDR.into());
+    let listen = listen.parse().map_err(|_| {
+        ConfigError::new(
+            ADDR,
+            format!("{listen:?} is not an address like 127.0.0.1:8443"),
+        )
+    })?;
+    Ok(bot::Ingress::Webhook(bot::WebhookConfig {
+        listen,
+        url,
+        secret: Secret::new(secret),
+    }))
+}
+
 fn reconcile_settings(file: &FileReconcile) -> Result<ReconcileSettings, ConfigError> {
     let defaults = ReconcileSettings::default();
     let seconds = |field: &str, value: Option<u64>, default: Duration| match value {
@@ -522,6 +629,22 @@ fn service_url(
         ));
     }
     Ok(ServiceUrl(url))
+}
+
+/// `RABBITMQ_MANAGEMENT_URL`, refused here for what the broker crate would refuse at start.
+fn management_url(
+    raw: Option<String>,
+    amqp_url: &ServiceUrl,
+) -> Result<Option<ServiceUrl>, ConfigError> {
+    const FIELD: &str = "RABBITMQ_MANAGEMENT_URL";
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let url =
+        Url::parse(&raw).map_err(|e| ConfigError::new(FIELD, format!("not a valid URL: {e}")))?;
+    broker::Management::for_broker(amqp_url.as_str(), Some(&url))
+        .map_err(|e| ConfigError::new(FIELD, e.to_string()))?;
+    Ok(Some(ServiceUrl(url)))
 }
 
 /// `DATABASE_OWNER_URL`: a PostgreSQL URL naming the same database as `DATABASE_URL`.
@@ -716,4 +839,45 @@ fn ensure_unique_ids(locations: &[LocationConfig]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy_of(file: &str) -> Result<bot::RequestPolicy, ConfigError> {
+        Config::from_sources(Some(file), |_| None).map(|config| config.request_policy)
+    }
+
+    #[test]
+    fn the_access_section_sets_who_may_ask_for_keys_and_is_checked_at_start() {
+        assert_eq!(policy_of(""), Ok(bot::RequestPolicy::Anyone));
+        let listed = policy_of("[access]\nrequest_policy = \"allowlist\"\nallowlist = [123, 456]")
+            .expect("an allowlist");
+        let user = |id| domain::UserId::new(id).expect("valid");
+        assert!(listed.admits(user(123)) && listed.admits(user(456)));
+        assert!(!listed.admits(user(789)));
+        for (file, field) in [
+            (
+                "[access]\nrequest_policy = \"allowlist\"",
+                "access.allowlist",
+            ),
+            (
+                "[access]\nrequest_policy = \"allowlist\"\nallowlist = []",
+                "access.allowlist",
+            ),
+            (
+                "[access]\nrequest_policy = \"allowlist\"\nallowlist = [0]",
+                "access.allowlist",
+            ),
+            ("[access]\nallowlist = [123]", "access.allowlist"),
+            (
+                "[access]\nrequest_policy = \"friends\"",
+                "access.request_policy",
+            ),
+        ] {
+            let error = policy_of(file).expect_err(file);
+            assert_eq!(error.field, field, "{file}: {error}");
+        }
+    }
 }

@@ -82,7 +82,7 @@ impl api::PanelStatus for PanelsStatus {
                 .map(|probe| api::PanelProbe {
                     location: probe.location,
                     // Panel errors name the location and the call, never the password.
-                    outcome: probe.outcome.map(|_| ()).map_err(|error| error.to_string()),
+                    outcome: probe.outcome.map_err(|error| error.to_string()),
                 })
                 .collect()
         })

@@ -54,6 +54,8 @@ pub struct Pipeline {
     worker_retry: Option<WorkerRetry>,
     scheduler_tick: Duration,
     broker_policies: bool,
+    /// `RABBITMQ_MANAGEMENT_URL`; `None`: derived from the AMQP URL.
+    management_url: Option<url::Url>,
     notary: Option<crate::notary::Notary>,
     sub: Option<SubRole>,
     subscription_urls: Option<domain::SubscriptionUrls>,
@@ -82,6 +84,7 @@ impl Pipeline {
             worker_retry: None,
             scheduler_tick: SCHEDULER_TICK,
             broker_policies: false,
+            management_url: None,
             notary: None,
             sub: None,
             subscription_urls: None,
@@ -110,6 +113,9 @@ impl Pipeline {
             })
             .with_reconcile(config.reconcile)
             .with_broker_policies();
+        if let Some(url) = &config.management_url {
+            pipeline = pipeline.with_management_url(url.url().clone());
+        }
         if !config.locations.is_empty() {
             pipeline = pipeline.with_panels(crate::panels::panels(config)?);
         }
@@ -137,6 +143,8 @@ impl Pipeline {
             .with_subscription_urls(config.subscription_urls.clone());
             let bot = bot::BotConfig {
                 limits: config.user_limits,
+                ingress: config.bot_ingress.clone(),
+                request_policy: config.request_policy.clone(),
                 ..bot
             };
             pipeline = pipeline.with_bot(bot);
@@ -220,10 +228,17 @@ impl Pipeline {
         self
     }
 
+    /// Reaches the management API at `url` instead of the one derived from the AMQP URL
+    /// (`RABBITMQ_MANAGEMENT_URL`).
+    pub fn with_management_url(mut self, url: url::Url) -> Self {
+        self.management_url = Some(url);
+        self
+    }
+
     /// Starts `roles` in this process.
     pub async fn start(self, roles: &[Role]) -> Result<RunningRoles, Failure> {
         if self.broker_policies && roles.iter().any(|role| role.uses_broker()) {
-            apply_broker_policies(&self.amqp_url).await;
+            apply_broker_policies(&self.amqp_url, self.management_url.as_ref()).await;
         }
         // One recorder for every role, before any of them records.
         let metrics = api::metrics::recorder();
@@ -294,7 +309,8 @@ impl Pipeline {
                 Arc::new(crate::panels::PanelsStatus::new(panels)) as Arc<dyn api::PanelStatus>
             }),
         };
-        let router = api::router(self.store.clone(), config, metrics);
+        let console = console::router(self.store.clone(), config.clone());
+        let router = api::router(self.store.clone(), config, metrics).merge(console);
         let stop = running.stop.clone();
         running.tasks.spawn(async move {
             if let Err(error) = api::serve(listener, router, stop).await {
@@ -399,12 +415,12 @@ impl RunningRoles {
 }
 
 /// Sets the broker's tunables (the policies of docs/queues.md) through the management API
-/// on the AMQP host. Best effort: the topology itself is declared over AMQP by each role,
+/// (on the AMQP host, or at `management_url`). Best effort: the topology itself is declared over AMQP by each role,
 /// and the consumer runtime keeps its own delivery limit, so a broker without the
 /// management API still works, with the backstop missing; the log line says so.
-async fn apply_broker_policies(url: &str) {
+async fn apply_broker_policies(url: &str, management_url: Option<&url::Url>) {
     let vhost = vhost_of(url).unwrap_or_else(|_| "/".to_owned());
-    let applied = match Management::for_amqp_url(url) {
+    let applied = match Management::for_broker(url, management_url) {
         Ok(management) => management
             .apply_policies(&vhost)
             .await

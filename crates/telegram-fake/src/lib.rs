@@ -2,7 +2,10 @@
 //! updates (messages, stickers, edits, button presses) into the queue `getUpdates` serves
 //! with long polling, and read back everything the bot sent: texts, photos (the PNG bytes),
 //! edits, callback answers and the registered command menus. It can answer the next calls
-//! of a method with 429 `retry_after`, as Telegram's flood control does.
+//! of a method with 429 `retry_after`, or every message to one chat for a while, as
+//! Telegram's flood control does. With a webhook set (`setWebhook`), `getUpdates` answers
+//! 409 as Telegram does, and the test delivers the pending updates itself
+//! ([`FakeTelegram::take_pending`]), playing Telegram and the load balancer.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -108,6 +111,8 @@ pub type CommandMenu = (Option<String>, Vec<(String, String)>);
 #[derive(Debug, Clone)]
 pub struct RateLimited {
     pub method: String,
+    /// The chat refused, for a chat's own limit (`None` for a method's).
+    pub chat_id: Option<i64>,
     pub at: Instant,
     pub retry_after: u32,
 }
@@ -130,7 +135,11 @@ struct Inner {
     callback_chats: HashMap<String, i64>,
     commands: Vec<CommandMenu>,
     limits: HashMap<String, VecDeque<u32>>,
+    /// Chats whose messages are refused with 429 until the instant given.
+    chat_limits: HashMap<i64, Instant>,
     rate_limited: Vec<RateLimited>,
+    /// The webhook set with `setWebhook`: its URL and secret token.
+    webhook: Option<(String, String)>,
     unauthorized: usize,
     get_updates_calls: usize,
 }
@@ -408,6 +417,39 @@ impl FakeTelegram {
         queue.extend(std::iter::repeat_n(retry_after, times));
     }
 
+    /// Refuses every message to `chat_id` with 429 for `duration`, telling the seconds left.
+    pub fn rate_limit_chat(&self, chat_id: i64, duration: Duration) {
+        self.shared
+            .lock()
+            .chat_limits
+            .insert(chat_id, Instant::now() + duration);
+    }
+
+    /// The webhook the bot set: its URL and secret token.
+    pub fn webhook(&self) -> Option<(String, String)> {
+        self.shared.lock().webhook.clone()
+    }
+
+    /// Waits until the bot sets a webhook; its URL and secret token.
+    pub async fn wait_webhook(&self) -> (String, String) {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(webhook) = self.webhook() {
+                return webhook;
+            }
+            assert!(Instant::now() < until, "the bot never set a webhook");
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
+    }
+
+    /// Takes every update not yet delivered, oldest first, to deliver them to a webhook.
+    pub fn take_pending(&self) -> Vec<Value> {
+        self.shared.lock().pending.drain(..).collect()
+    }
+
     pub fn rate_limited(&self) -> Vec<RateLimited> {
         self.shared.lock().rate_limited.clone()
     }
@@ -571,6 +613,8 @@ async fn call(
         "sendphoto" => "sendPhoto",
         "editmessagetext" => "editMessageText",
         "answercallbackquery" => "answerCallbackQuery",
+        "setwebhook" => "setWebhook",
+        "deletewebhook" => "deleteWebhook",
         _ => return error(StatusCode::NOT_FOUND, "Not Found: method not found", None),
     };
     {
@@ -578,6 +622,7 @@ async fn call(
         if let Some(retry_after) = inner.limits.get_mut(method).and_then(VecDeque::pop_front) {
             inner.rate_limited.push(RateLimited {
                 method: method.to_owned(),
+                chat_id: None,
                 at: Instant::now(),
                 retry_after,
             });
@@ -590,8 +635,33 @@ async fn call(
             );
         }
     }
+    if let Some(limited) = chat_limited(&shared, method, &fields) {
+        return limited;
+    }
     match method {
+        "getUpdates" if shared.lock().webhook.is_some() => error(
+            StatusCode::CONFLICT,
+            "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
+            None,
+        ),
         "getUpdates" => get_updates(&shared, &fields).await,
+        "setWebhook" => {
+            let url = fields
+                .get("url")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let secret = fields
+                .get("secret_token")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            shared.lock().webhook = Some((url.to_owned(), secret.to_owned()));
+            shared.changed.notify_waiters();
+            ok(json!(true))
+        }
+        "deleteWebhook" => {
+            shared.lock().webhook = None;
+            ok(json!(true))
+        }
         "getMe" => ok(
             json!({"id": BOT_USER_ID, "is_bot": true, "first_name": "keyledger", "username": "keyledger_bot"}),
         ),
@@ -622,6 +692,35 @@ async fn call(
         }
         _ => error(StatusCode::NOT_FOUND, "Not Found: method not found", None),
     }
+}
+
+/// A 429 for a message to a chat under its own flood limit, with the seconds left.
+fn chat_limited(shared: &Shared, method: &str, fields: &Map<String, Value>) -> Option<Response> {
+    if !matches!(method, "sendMessage" | "sendPhoto" | "editMessageText") {
+        return None;
+    }
+    let chat = as_i64(fields.get("chat_id"))?;
+    let mut inner = shared.lock();
+    let until = *inner.chat_limits.get(&chat)?;
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        inner.chat_limits.remove(&chat);
+        return None;
+    }
+    let retry_after = u32::try_from(left.as_secs() + 1).unwrap_or(u32::MAX);
+    inner.rate_limited.push(RateLimited {
+        method: method.to_owned(),
+        chat_id: Some(chat),
+        at: Instant::now(),
+        retry_after,
+    });
+    drop(inner);
+    shared.changed.notify_waiters();
+    Some(error(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("Too Many Requests: retry after {retry_after}"),
+        Some(json!({"retry_after": retry_after})),
+    ))
 }
 
 fn record(

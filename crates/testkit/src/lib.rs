@@ -18,6 +18,6 @@ mod wait;
 pub use broker::{TestBroker, VHOST_PREFIX, broker_server_url};
 pub use database::{DATABASE_PREFIX, TEMPLATE_PREFIX, TestDatabase, database_server_url};
 pub use logs::init_logs;
-pub use metadata::{command_metadata, metadata};
+pub use metadata::{command_metadata, key_request, metadata};
 pub use tamper::{NOTARY_SEED, notary_key, rewrite_history};
 pub use wait::{DEADLINE, eventually, wait_until};

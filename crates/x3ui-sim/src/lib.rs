@@ -192,6 +192,9 @@ pub struct Faults {
     pub drop_after_handling: bool,
     /// Drops hit only POST requests (the panel's writes), not reads or the login page.
     pub drop_writes_only: bool,
+    /// Every write (a POST under `/panel/api/`) is refused, HTTP 200 `success: false`,
+    /// with this `msg`, however long or strange: a broken or hostile panel's text.
+    pub refusal_msg: Option<String>,
     pub(crate) bad_gateway: bool,
 }
 
@@ -534,5 +537,11 @@ impl SimHandle {
     /// Requests answered so far, faults included.
     pub fn requests(&self) -> u64 {
         self.shared.stats.requests.load(Ordering::Relaxed)
+    }
+
+    /// The newest requests (up to 10 000), oldest first, each as `METHOD path?query`
+    /// exactly as it arrived, base path included.
+    pub fn request_log(&self) -> Vec<String> {
+        self.shared.requests_seen()
     }
 }

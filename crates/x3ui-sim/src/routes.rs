@@ -90,15 +90,27 @@ async fn not_found() -> Response {
 
 async fn faults(State(shared): Shr, request: Request, next: Next) -> Response {
     Counters::bump(&shared.stats.requests);
-    let (latency, bad_gateway, error_rate) = {
+    shared.record_request(request.method(), request.uri());
+    let (latency, bad_gateway, error_rate, refusal_msg) = {
         let f = shared.faults();
-        (f.latency, f.bad_gateway, f.error_rate)
+        (
+            f.latency,
+            f.bad_gateway,
+            f.error_rate,
+            f.refusal_msg.clone(),
+        )
     };
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     if bad_gateway {
         return StatusCode::BAD_GATEWAY.into_response();
+    }
+    if let Some(msg) = refusal_msg
+        && request.method() == Method::POST
+        && request.uri().path().contains("/panel/api/")
+    {
+        return envelope(false, &msg, Value::Null);
     }
     if request.uri().path().contains("/panel/api/") && shared.roll(error_rate) {
         Counters::bump(&shared.stats.injected_errors);

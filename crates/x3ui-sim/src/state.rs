@@ -1,7 +1,7 @@
 //! The simulated panel's data: inbounds whose `settings` is a JSON string, as the real
 //! panel stores it, sessions, and the counters tests read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -73,7 +73,13 @@ pub(crate) struct Shared {
     /// The traffic job's passes so far, bumped while the data is still locked, so a
     /// waiter that saw a change knows the pass saw everything done before it waited.
     pub passes: tokio::sync::watch::Sender<u64>,
+    /// The newest requests as `METHOD path?query`, oldest first.
+    requests: Mutex<VecDeque<String>>,
 }
+
+/// Requests kept for [`Shared::requests_seen`]: enough for any test, bounded for a
+/// simulator that runs for days (`keyledger panel-sim`).
+const KEPT_REQUESTS: usize = 10_000;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Handlers never leave data half-written across a panic point.
@@ -89,7 +95,25 @@ impl Shared {
             data: Mutex::new(Data::default()),
             faults: Mutex::new(Faults::default()),
             passes: tokio::sync::watch::Sender::new(0),
+            requests: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Notes a request as it arrived, before any fault or route sees it.
+    pub(crate) fn record_request(&self, method: &axum::http::Method, uri: &axum::http::Uri) {
+        let line = match uri.path_and_query() {
+            Some(path) => format!("{method} {path}"),
+            None => format!("{method} {uri}"),
+        };
+        let mut requests = lock(&self.requests);
+        if requests.len() == KEPT_REQUESTS {
+            requests.pop_front();
+        }
+        requests.push_back(line);
+    }
+
+    pub(crate) fn requests_seen(&self) -> Vec<String> {
+        lock(&self.requests).iter().cloned().collect()
     }
 
     pub(crate) fn data(&self) -> MutexGuard<'_, Data> {

@@ -489,6 +489,8 @@ impl<A: PanelApi> Panel<A> {
                 "ok"
             }
             Err(PanelError::Timeout { .. }) => "timeout",
+            // Not sent at all: the panel offered an id or email we would not address.
+            Err(PanelError::Unaddressable { .. }) => "unaddressable",
             Err(_) => "error",
         };
         self.count_call(operation, outcome);

@@ -139,6 +139,14 @@ pub enum PanelError {
         operation: Operation,
         detail: String,
     },
+    /// A value from the panel (a client id or email) that is not the shape keyledger
+    /// writes, refused before it went into a request: nothing was sent.
+    #[error("{location}: {operation}: {detail}; nothing was sent")]
+    Unaddressable {
+        location: String,
+        operation: Operation,
+        detail: String,
+    },
     #[error("{location}: {email}: the panel still differs after writing it ({detail})")]
     ReadBackMismatch {
         location: String,
@@ -173,6 +181,7 @@ impl PanelError {
             Self::LoginRefused { .. }
             | Self::SessionRejected { .. }
             | Self::Refused { .. }
+            | Self::Unaddressable { .. }
             | Self::EmailTakenElsewhere { .. }
             | Self::CircuitOpen { .. }
             | Self::Config { .. } => false,

@@ -870,7 +870,8 @@ fn compare(
         };
         findings.push(Finding {
             kind,
-            email: client.email.clone(),
+            // A foreign email is any text the panel holds; ours pass unchanged.
+            email: domain::bounded_text(&client.email, domain::MAX_FOREIGN_TEXT_CHARS),
             key_id: None,
             version: None,
             expected: Value::Null,
@@ -938,13 +939,15 @@ fn spec_json(spec: &ClientSpec) -> Value {
     })
 }
 
-/// The fields of a panel client we own; never its traffic or other panel data.
+/// The fields of a panel client we own; never its traffic or other panel data. Its
+/// strings are the panel's, so they are cleaned and bounded for reports and events.
 fn client_json(client: &PanelClient) -> Value {
-    json!({
+    let observed = json!({
         "id": client.id, "email": client.email, "enable": client.enable, "flow": client.flow,
         "limitIp": client.limit_ip, "totalGB": client.total_bytes,
         "expiryTime": client.expiry_time_ms, "tgId": client.tg_id,
-    })
+    });
+    domain::bounded_json(&observed, domain::MAX_FOREIGN_TEXT_CHARS)
 }
 
 /// Runs a pass over every location every `interval` until `stop` is cancelled, with the

@@ -215,6 +215,19 @@ fn routes() -> Vec<(Method, String, Option<Value>, &'static [&'static str])> {
             auditors,
         ),
         (Method::GET, "/v1/locations".into(), None, readers),
+        (
+            Method::POST,
+            "/v1/users/42/block".into(),
+            Some(json!({"reason": "test"})),
+            &["admin"],
+        ),
+        (
+            Method::POST,
+            "/v1/users/42/unblock".into(),
+            Some(json!({"reason": "test"})),
+            &["admin"],
+        ),
+        (Method::GET, "/v1/users/42/access".into(), None, readers),
     ]
 }
 
@@ -624,7 +637,7 @@ impl PanelStatus for CountingPanels {
         Box::pin(async {
             vec![PanelProbe {
                 location: "ams".to_owned(),
-                outcome: Ok(()),
+                outcome: Ok(std::time::Duration::from_millis(3)),
             }]
         })
     }
@@ -731,6 +744,9 @@ async fn the_openapi_document_lists_exactly_the_routes_served() {
         "GET /v1/users/{user_id}/keys",
         "GET /v1/users/{user_id}/subscription",
         "POST /v1/users/{user_id}/subscription/rotate",
+        "POST /v1/users/{user_id}/block",
+        "POST /v1/users/{user_id}/unblock",
+        "GET /v1/users/{user_id}/access",
         "GET /v1/keys/{key_id}/history",
         "GET /v1/events",
         "GET /v1/audit/verify",
@@ -1080,4 +1096,200 @@ async fn clients_that_never_finish_their_headers_are_cut_off_and_do_not_hold_shu
         .expect("task")
         .expect("served");
     assert!(stopped_at.elapsed() < Duration::from_secs(4));
+}
+
+/// The events of a stream, as the log holds them.
+async fn stream(api: &Api, stream_id: Uuid) -> Vec<eventstore::RecordedEvent> {
+    api.db
+        .store
+        .read_stream(stream_id)
+        .await
+        .expect("read stream")
+}
+
+fn key_at(user_id: i64, location: &str) -> Uuid {
+    KeyId::for_user_at(
+        UserId::new(user_id).expect("user"),
+        &LocationId::new(location).expect("location"),
+    )
+    .as_uuid()
+}
+
+#[tokio::test]
+async fn blocking_revokes_the_users_keys_refuses_new_ones_and_unblocking_lets_them_ask_again() {
+    let api = Api::start().await;
+    let (_, requested) = api.post("/v1/keys", request_body(77)).await;
+    let client: Uuid = serde_json::from_value(requested["client_uuid"].clone()).expect("uuid");
+    api.confirm_provisioned(key_at(77, "ams"), client).await;
+    api.post("/v1/keys", json!({"user_id": 77, "location": "fra"}))
+        .await;
+    api.post("/v1/keys", request_body(78)).await;
+
+    let (status, access) = api
+        .post("/v1/users/77/block", json!({"reason": "abuse report"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{access}");
+    assert_eq!(access["user_id"], json!(77));
+    assert_eq!(access["blocked"], json!(true));
+    assert_eq!(access["reason"], json!("abuse report"));
+    assert!(access["since"].is_string(), "{access}");
+    // Both keys of the user, the active one and the one still being set up, are revoked
+    // by the admin with the block's reason; another user's key is not touched.
+    for location in ["ams", "fra"] {
+        let events = stream(&api, key_at(77, location)).await;
+        let last = events.last().expect("events");
+        assert_eq!(
+            last.event_type,
+            EventType::RevocationRequested.as_str(),
+            "{location}"
+        );
+        assert_eq!(last.data["reason"], json!("user blocked: abuse report"));
+        assert_eq!(last.metadata["actor"]["kind"], json!("admin"));
+    }
+    let other = stream(&api, key_at(78, "ams")).await;
+    assert_eq!(other.len(), 1, "user 78 keeps their key: {other:?}");
+    let access_stream = domain::UserAccessId::for_user(UserId::new(77).expect("user"));
+    let recorded = stream(&api, access_stream.as_uuid()).await;
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].event_type, EventType::UserBlocked.as_str());
+    assert_eq!(
+        recorded[0].data,
+        json!({"user_id": 77, "reason": "abuse report"})
+    );
+
+    let (status, seen) = api
+        .call(Method::GET, "/v1/users/77/access", Some(AUDITOR), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        seen, access,
+        "the access view reads what the block answered"
+    );
+
+    // No new key for a blocked user, whoever asks; nothing is recorded.
+    let before = api.event_count().await;
+    for token in [ADMIN, SERVICE] {
+        let (status, error) = api
+            .call(
+                Method::POST,
+                "/v1/keys",
+                Some(token),
+                Some(request_body(77)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        assert_eq!(error["error"]["code"], json!("user_blocked"));
+    }
+    // Blocking again changes nothing and still answers.
+    let (status, again) = api
+        .post("/v1/users/77/block", json!({"reason": "second report"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["reason"], json!("abuse report"));
+    assert_eq!(api.event_count().await, before);
+
+    let (status, access) = api
+        .post("/v1/users/77/unblock", json!({"reason": "appeal accepted"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{access}");
+    assert_eq!(access["blocked"], json!(false));
+    assert_eq!(access["reason"], json!("appeal accepted"));
+    // Unblocking restores nothing by itself…
+    let fra = stream(&api, key_at(77, "fra")).await;
+    assert_eq!(
+        fra.last().expect("events").event_type,
+        EventType::RevocationRequested.as_str()
+    );
+    // …but the user may be given a key again.
+    let (status, view) = api.post("/v1/keys", request_body(77)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{view}");
+    assert_eq!(view["status"], json!("provisioning"));
+    assert_ne!(view["client_uuid"], requested["client_uuid"]);
+}
+
+#[tokio::test]
+async fn block_and_unblock_are_the_admins_alone_and_bad_requests_change_nothing() {
+    let api = Api::start().await;
+    for token in [SERVICE, AUDITOR] {
+        for action in ["block", "unblock"] {
+            let (status, error) = api
+                .call(
+                    Method::POST,
+                    &format!("/v1/users/9/{action}"),
+                    Some(token),
+                    Some(json!({"reason": "no"})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{action}: {error}");
+        }
+    }
+    let too_long = "x".repeat(501);
+    for (path, body, code) in [
+        ("/v1/users/9/block", json!({}), "invalid_body"),
+        (
+            "/v1/users/9/block",
+            json!({"reason": "   "}),
+            "invalid_reason",
+        ),
+        (
+            "/v1/users/9/block",
+            json!({"reason": too_long}),
+            "invalid_reason",
+        ),
+        (
+            "/v1/users/9/block",
+            json!({"reason": "x", "until": "never"}),
+            "invalid_body",
+        ),
+        (
+            "/v1/users/9/unblock",
+            json!({"reason": ""}),
+            "invalid_reason",
+        ),
+        (
+            "/v1/users/0/block",
+            json!({"reason": "x"}),
+            "invalid_user_id",
+        ),
+        (
+            "/v1/users/4503599627370497/block",
+            json!({"reason": "x"}),
+            "invalid_user_id",
+        ),
+    ] {
+        let (status, error) = api.post(path, body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {body}: {error}");
+        assert_eq!(error["error"]["code"], json!(code), "{path} {body}");
+    }
+    let (status, _) = api.get("/v1/users/abc/access").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(api.event_count().await, 0);
+    // A user never blocked reads as such.
+    let (status, access) = api.get("/v1/users/9/access").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        access,
+        json!({"user_id": 9, "blocked": false, "reason": null, "since": null})
+    );
+    // Unblocking someone not blocked records nothing.
+    let (status, _) = api
+        .post("/v1/users/9/unblock", json!({"reason": "just in case"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(api.event_count().await, 0);
+
+    let (_, document) = api.call(Method::GET, "/openapi.json", None, None).await;
+    let schemas = &document["components"]["schemas"];
+    let reason = &schemas["AccessChangeBody"]["properties"]["reason"];
+    assert_eq!(reason["maxLength"], json!(500), "{document}");
+    assert_eq!(reason["minLength"], json!(1));
+    assert_eq!(
+        schemas["AccessChangeBody"]["additionalProperties"],
+        json!(false)
+    );
+    let block = &document["paths"]["/v1/users/{user_id}/block"]["post"];
+    assert_eq!(block["requestBody"]["required"], json!(true), "{block}");
+    let user_id = &block["parameters"][0]["schema"];
+    assert_eq!(user_id["minimum"], json!(1), "{block}");
+    assert_eq!(user_id["maximum"], json!(4_503_599_627_370_496_i64));
 }

@@ -241,6 +241,10 @@ pub trait Texts: Send + Sync {
     fn limit_reached(&self, minutes: u64) -> String;
     /// The user's key at `location` was revoked by an administrator: no new one by themselves.
     fn revoked_by_admin(&self, location: &str) -> String;
+    /// An administrator blocked the user: no new key, no new link.
+    fn user_blocked(&self) -> String;
+    /// The request policy is an allowlist and the user is not on it.
+    fn not_allowed(&self) -> String;
 
     // Notifications.
     fn notify_ready(&self, notice: &KeyNotice<'_>) -> String;
@@ -684,6 +688,14 @@ impl Texts for Locale {
 
     fn revoked_by_admin(&self, location: &str) -> String {
         self.about("revoked-by-admin", location)
+    }
+
+    fn user_blocked(&self) -> String {
+        self.message("user-blocked", &FluentArgs::new())
+    }
+
+    fn not_allowed(&self) -> String {
+        self.message("not-allowed", &FluentArgs::new())
     }
 
     fn notify_ready(&self, notice: &KeyNotice<'_>) -> String {

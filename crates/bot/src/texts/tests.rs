@@ -295,6 +295,8 @@ fn everything(texts: &dyn Texts) -> Vec<String> {
         texts.limit_reached(3),
         texts.limit_reached(25),
         texts.revoked_by_admin("Ams"),
+        texts.user_blocked(),
+        texts.not_allowed(),
         texts.notify_revoked("Ams"),
         texts.notify_expired("Ams"),
         texts.notify_renewed("Ams", at),

@@ -53,8 +53,8 @@ async fn get_refresh_three_times_revoke_and_history() {
         // A quick double press of the confirmation: one rotation.
         let first_press = h.telegram.press(&alice, &confirm, &data);
         let second_press = h.telegram.press(&alice, &confirm, &data);
-        h.telegram.wait_handled(first_press).await;
-        h.telegram.wait_handled(second_press).await;
+        h.handled(first_press).await;
+        h.handled(second_press).await;
         h.expect(&alice, mark, "Refreshing your key for Amsterdam")
             .await;
         let refreshed = h.expect(&alice, mark, "was refreshed").await;
@@ -165,7 +165,7 @@ async fn another_users_button_and_forged_data_are_refused() {
         let mark = h.telegram.mark();
         // Mallory replays Alice's button data from his own chat.
         let update = h.telegram.press_in(&mallory, mallory.id, 1, &data);
-        h.telegram.wait_handled(update).await;
+        h.handled(update).await;
         h.telegram
             .wait_for("the refusal", mark, |s| {
                 s.chat_id == mallory.id
@@ -183,7 +183,7 @@ async fn another_users_button_and_forged_data_are_refused() {
     ] {
         let mark = h.telegram.mark();
         let update = h.telegram.press_in(&mallory, mallory.id, 1, data);
-        h.telegram.wait_handled(update).await;
+        h.handled(update).await;
         h.telegram
             .wait_for("the stale answer", mark, |s| {
                 s.chat_id == mallory.id && s.method == "answerCallbackQuery"
@@ -275,7 +275,7 @@ async fn odd_input_gets_a_helpful_answer_and_retried_updates_act_once() {
 
     let mark = h.telegram.mark();
     let update = h.telegram.send_sticker(&user);
-    h.telegram.wait_handled(update).await;
+    h.handled(update).await;
     h.expect(&user, mark, helpful).await;
 
     let mark = h.say(&user, &"long text ".repeat(500)).await;
@@ -288,7 +288,7 @@ async fn odd_input_gets_a_helpful_answer_and_retried_updates_act_once() {
     // An edited message is ignored; the next real message is answered as usual.
     let mark = h.telegram.mark();
     let edit = h.telegram.edit_text(&user, "/key");
-    h.telegram.wait_handled(edit).await;
+    h.handled(edit).await;
     let after_edit = h.say(&user, "/help").await;
     h.expect(&user, after_edit, "What I can do").await;
     assert!(
@@ -308,7 +308,7 @@ async fn odd_input_gets_a_helpful_answer_and_retried_updates_act_once() {
     // Telegram delivers an update again (the bot's confirmation was lost): handled once.
     let mark = h.telegram.mark();
     let update = h.telegram.send_text(&user, "/key");
-    h.telegram.wait_handled(update).await;
+    h.handled(update).await;
     h.telegram.redeliver(update);
     h.telegram.wait_redelivered().await;
     let ready = h.expect(&user, mark, "is ready").await;

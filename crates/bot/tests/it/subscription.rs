@@ -133,7 +133,7 @@ async fn a_new_link_takes_a_confirmation_and_replaces_the_url_and_the_key() {
     for data in [ask, confirmed] {
         let mark = h.telegram.mark();
         let update = h.telegram.press_in(&mallory, mallory.id, 1, &data);
-        h.telegram.wait_handled(update).await;
+        h.handled(update).await;
         h.telegram
             .wait_for("the refusal", mark, |s| {
                 s.chat_id == mallory.id

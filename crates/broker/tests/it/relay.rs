@@ -173,3 +173,49 @@ async fn two_relays_publish_each_event_once_and_the_survivor_takes_over() {
     assert_eq!(ids.len(), 70, "an event was published twice");
     stop.cancel();
 }
+
+/// A user's access events go out like every other event: routed (to the projector's queue,
+/// which binds `user.#`), so the relay's "unroutable" check never stops it on one, and the
+/// checkpoint moves past them to the key event that follows.
+#[tokio::test]
+async fn a_users_access_events_are_routed_and_the_relay_moves_past_them() {
+    let env = Env::new().await;
+    let access_stream = Uuid::new_v4();
+    let data = serde_json::json!({"user_id": 7, "reason": "abuse report"});
+    for (version, kind) in [EventType::UserBlocked, EventType::UserUnblocked]
+        .into_iter()
+        .enumerate()
+    {
+        let event = eventstore::NewEvent::new(kind.as_str(), data.clone());
+        env.store()
+            .append(access_stream, version as u32, &[event], &common::metadata())
+            .await
+            .expect("append");
+    }
+    let key_stream = Uuid::new_v4();
+    env.append(key_stream, 0, 1).await;
+    let relay = Relay::new(env.store(), RelayConfig::new(&env.broker.amqp_url));
+    let stats = relay.stats();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(relay.run(stop.clone()));
+    let last = env.store().last_position().await.expect("position");
+    wait_until(
+        "the checkpoint past every event",
+        Duration::from_secs(20),
+        || async { stats.checkpoint.load(std::sync::atomic::Ordering::SeqCst) >= last },
+    )
+    .await;
+    let delivered = take_all(&env.broker.amqp_url, Queue::Projector.name()).await;
+    let kinds: Vec<&str> = delivered.iter().map(|d| d.routing_key.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventType::UserBlocked.as_str(),
+            EventType::UserUnblocked.as_str(),
+            EventType::Requested.as_str()
+        ]
+    );
+    assert_eq!(env.queue_depth(Queue::BotNotify.name()).await, 0);
+    stop.cancel();
+    task.await.expect("relay task");
+}

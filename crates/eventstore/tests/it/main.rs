@@ -6,3 +6,4 @@ mod integrity;
 mod jsonb_text;
 mod ledger;
 mod subscriptions;
+mod user_access;

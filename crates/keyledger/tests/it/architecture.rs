@@ -16,7 +16,7 @@ use serde_json::Value;
 const LAB_CRATES: [&str; 4] = ["x3ui-sim", "telegram-fake", "lab", "testkit"];
 
 /// Every crate that ends up in a production build.
-const PRODUCTION_CRATES: [&str; 12] = [
+const PRODUCTION_CRATES: [&str; 13] = [
     "domain",
     "http-listener",
     "subscription",
@@ -26,6 +26,7 @@ const PRODUCTION_CRATES: [&str; 12] = [
     "x3ui-worker",
     "scheduler",
     "api",
+    "console",
     "bot",
     "service",
     "keyledger",
@@ -57,7 +58,7 @@ struct Boundary {
     why: &'static str,
 }
 
-const BOUNDARIES: [Boundary; 8] = [
+const BOUNDARIES: [Boundary; 9] = [
     Boundary {
         from: "domain",
         to: &IO_CRATES,
@@ -67,6 +68,11 @@ const BOUNDARIES: [Boundary; 8] = [
         from: "api",
         to: &["x3ui-worker"],
         why: "the API sees panels only through the trait the binary injects",
+    },
+    Boundary {
+        from: "console",
+        to: &["x3ui-worker", "bot"],
+        why: "the console sees panels through the API's injected trait and acts through the log",
     },
     Boundary {
         from: "bot",

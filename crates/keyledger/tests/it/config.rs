@@ -200,6 +200,40 @@ fn bad_environment_values_name_their_variable() {
 }
 
 #[test]
+fn the_management_api_url_is_its_own_setting_when_given() {
+    let derived = Config::from_sources(None, env(&[])).expect("defaults");
+    assert!(derived.management_url.is_none());
+    const TLS_BROKER: (&str, &str) = ("AMQP_URL", "amqps://svc:amqp-pw@rabbit:5671/keyledger");
+    let config = Config::from_sources(
+        None,
+        env(&[
+            TLS_BROKER,
+            (
+                "RABBITMQ_MANAGEMENT_URL",
+                "https://ops:mgmt-secret@rabbit.internal:15671/",
+            ),
+        ]),
+    )
+    .expect("valid");
+    let url = config.management_url.as_ref().expect("set").url();
+    assert_eq!(url.host_str(), Some("rabbit.internal"));
+    assert_eq!(url.port(), Some(15671));
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("mgmt-secret"), "{shown}");
+    for refused in [
+        "http://rabbit:15672/",
+        "https://ops@rabbit.internal/",
+        "rabbit.internal:15671",
+    ] {
+        assert_eq!(
+            error_field(None, &[TLS_BROKER, ("RABBITMQ_MANAGEMENT_URL", refused)]),
+            "RABBITMQ_MANAGEMENT_URL",
+            "{refused}"
+        );
+    }
+}
+
+#[test]
 fn the_reconcile_section_sets_the_period_and_when_a_key_counts_as_stuck() {
     let defaults = Config::from_sources(None, env(&[])).expect("defaults");
     assert_eq!(defaults.reconcile.interval.as_secs(), 300);
@@ -333,4 +367,69 @@ fn a_plain_http_panel_needs_to_be_allowed_explicitly() {
     );
     let config = Config::from_sources(Some(&allowed), env(&full_env())).expect("allowed");
     assert_eq!(config.locations[0].panel_url.scheme(), "http");
+}
+
+#[test]
+fn a_bot_webhook_needs_https_and_a_long_secret_and_polls_otherwise() {
+    let secret = "webhook-secret_0123456789abcdefXYZ";
+    let url = "https://bot.example.com/telegram/webhook";
+    assert_eq!(
+        Config::from_sources(None, env(&[]))
+            .expect("defaults")
+            .bot_ingress,
+        service::config::BotIngress::Polling
+    );
+    assert_eq!(
+        error_field(None, &[("KEYLEDGER_BOT_WEBHOOK_URL", url)]),
+        "KEYLEDGER_BOT_WEBHOOK_SECRET"
+    );
+    assert_eq!(
+        error_field(None, &[("KEYLEDGER_BOT_WEBHOOK_SECRET", secret)]),
+        "KEYLEDGER_BOT_WEBHOOK_URL"
+    );
+    for bad_secret in [
+        "short",
+        "has spaces in it and is long enough!!",
+        &"x".repeat(257),
+    ] {
+        assert_eq!(
+            error_field(
+                None,
+                &[
+                    ("KEYLEDGER_BOT_WEBHOOK_URL", url),
+                    ("KEYLEDGER_BOT_WEBHOOK_SECRET", bad_secret)
+                ]
+            ),
+            "KEYLEDGER_BOT_WEBHOOK_SECRET",
+            "{bad_secret:?}"
+        );
+    }
+    assert_eq!(
+        error_field(
+            None,
+            &[
+                (
+                    "KEYLEDGER_BOT_WEBHOOK_URL",
+                    "http://bot.example.com/telegram/webhook"
+                ),
+                ("KEYLEDGER_BOT_WEBHOOK_SECRET", secret)
+            ]
+        ),
+        "KEYLEDGER_BOT_WEBHOOK_URL"
+    );
+    let config = Config::from_sources(
+        None,
+        env(&[
+            ("KEYLEDGER_BOT_WEBHOOK_URL", url),
+            ("KEYLEDGER_BOT_WEBHOOK_SECRET", secret),
+            ("KEYLEDGER_BOT_WEBHOOK_ADDR", "0.0.0.0:9443"),
+        ]),
+    )
+    .expect("valid");
+    assert!(!format!("{config:?}").contains(secret));
+    let service::config::BotIngress::Webhook(webhook) = config.bot_ingress else {
+        panic!("a webhook when its URL is set");
+    };
+    assert_eq!(webhook.url.as_str(), url);
+    assert_eq!(webhook.listen.to_string(), "0.0.0.0:9443");
 }

@@ -7,6 +7,7 @@ mod checkpoints;
 mod cli;
 mod common;
 mod config;
+mod console;
 mod demo;
 mod faults;
 mod http_api;

@@ -248,3 +248,39 @@ async fn verify_reports_a_view_that_differs_from_the_replay() {
         }
     }
 }
+
+/// Users' access streams share the log but have no view: the live projector, a rebuild and
+/// `audit verify` pass over them instead of failing to read them as keys.
+#[tokio::test]
+async fn a_users_access_events_are_passed_over_by_the_live_projector_rebuild_and_verify() {
+    let db = TestDatabase::create().await;
+    let user = UserId::new(42).expect("user");
+    let ams = LocationId::new("ams").expect("location");
+    let key = KeyId::for_user_at(user, &ams);
+    let access = eventstore::AccessControl::new(db.store.clone());
+    let request = RequestKey {
+        user_id: user,
+        location: ams,
+        fresh_client_uuid: Uuid::new_v4(),
+        expires_at: None,
+        traffic_limit_bytes: 0,
+        now: OffsetDateTime::now_utc(),
+    };
+    access
+        .request_key(key, &request, &metadata())
+        .await
+        .expect("requested");
+    let actor = eventstore::Actor::new(ActorKind::Admin, "ops");
+    access
+        .block(user, "abuse report", &[key], Uuid::new_v4(), actor)
+        .await
+        .expect("blocked");
+
+    project_live(&db).await;
+    let view = load_view(db.pool(), key.as_uuid()).await.expect("load");
+    assert_eq!(view.expect("the key's view").status, "revoking");
+    let report = verify_views(&db.store).await.expect("verify");
+    assert!(report.holds(), "{:?}", report.differences);
+    assert_eq!(report.keys, 1, "the access stream is not counted as a key");
+    assert_eq!(rebuild(&db.store).await.expect("rebuild").views, 1);
+}

@@ -94,55 +94,55 @@ async fn ensure_absent_deletes_once_and_then_reports_already_gone() {
         let flavour = config.flavour;
         let (sim, panel) = start(config).await;
         panel
-            .ensure_clients(&[spec("keep-ams"), spec("drop-ams")])
+            .ensure_clients(&[spec("tg901-ams"), spec("tg902-ams")])
             .await
             .unwrap();
         assert_eq!(
-            panel.ensure_client_absent("drop-ams").await.unwrap(),
+            panel.ensure_client_absent("tg902-ams").await.unwrap(),
             Absence::Deleted,
             "{flavour:?}"
         );
         assert_eq!(
-            panel.ensure_client_absent("drop-ams").await.unwrap(),
+            panel.ensure_client_absent("tg902-ams").await.unwrap(),
             Absence::AlreadyGone,
             "{flavour:?}"
         );
-        assert!(sim.handle().client("drop-ams").is_none());
-        assert!(sim.handle().client("keep-ams").is_some());
+        assert!(sim.handle().client("tg902-ams").is_none());
+        assert!(sim.handle().client("tg901-ams").is_some());
     }
 }
 
 #[tokio::test]
 async fn the_last_client_is_disabled_instead_of_deleted_until_another_exists() {
     let (sim, panel) = start(SimConfig::v2_9()).await;
-    panel.ensure_client(&spec("only-ams")).await.unwrap();
+    panel.ensure_client(&spec("tg903-ams")).await.unwrap();
 
     assert_eq!(
-        panel.ensure_client_absent("only-ams").await.unwrap(),
+        panel.ensure_client_absent("tg903-ams").await.unwrap(),
         Absence::Disabled
     );
-    let stored = sim.handle().client("only-ams").unwrap();
+    let stored = sim.handle().client("tg903-ams").unwrap();
     assert_eq!(stored["enable"], json!(false));
     // Idempotent: still the last one, still disabled, nothing else happens.
     assert_eq!(
-        panel.ensure_client_absent("only-ams").await.unwrap(),
+        panel.ensure_client_absent("tg903-ams").await.unwrap(),
         Absence::Disabled
     );
 
-    panel.ensure_client(&spec("next-ams")).await.unwrap();
+    panel.ensure_client(&spec("tg904-ams")).await.unwrap();
     assert_eq!(
-        panel.ensure_client_absent("only-ams").await.unwrap(),
+        panel.ensure_client_absent("tg903-ams").await.unwrap(),
         Absence::Deleted
     );
-    assert!(sim.handle().client("only-ams").is_none());
+    assert!(sim.handle().client("tg903-ams").is_none());
 }
 
 #[tokio::test]
 async fn on_v3_1_the_last_client_can_be_deleted() {
     let (sim, panel) = start(SimConfig::v3_1()).await;
-    panel.ensure_client(&spec("only-ams")).await.unwrap();
+    panel.ensure_client(&spec("tg903-ams")).await.unwrap();
     assert_eq!(
-        panel.ensure_client_absent("only-ams").await.unwrap(),
+        panel.ensure_client_absent("tg903-ams").await.unwrap(),
         Absence::Deleted
     );
     assert!(sim.handle().clients(1).is_empty());
@@ -151,12 +151,17 @@ async fn on_v3_1_the_last_client_can_be_deleted() {
 #[tokio::test]
 async fn several_missing_clients_go_into_one_add_request() {
     let (sim, panel) = start(SimConfig::v2_9()).await;
-    let mut existing = spec("old-ams");
+    let mut existing = spec("tg905-ams");
     panel.ensure_client(&existing).await.unwrap();
     let adds_before = sim.handle().stats().add_calls;
 
     existing.comment = "changed".into();
-    let batch = [spec("a-ams"), spec("b-ams"), existing, spec("c-ams")];
+    let batch = [
+        spec("tg906-ams"),
+        spec("tg907-ams"),
+        existing,
+        spec("tg908-ams"),
+    ];
     let outcomes = panel.ensure_clients(&batch).await.unwrap();
 
     assert_eq!(
@@ -177,7 +182,7 @@ async fn drift_behind_our_back_is_repaired_by_ensuring_again() {
     let (sim, panel) = start(SimConfig::v2_9()).await;
     let wanted = spec("tg4-ams");
     panel
-        .ensure_clients(&[wanted.clone(), spec("other-ams")])
+        .ensure_clients(&[wanted.clone(), spec("tg909-ams")])
         .await
         .unwrap();
 

@@ -203,7 +203,7 @@ async fn writes_lost_by_the_panel_are_caught_by_read_back_and_redone() {
     // Two workers, each with its own per-panel lock: nothing serialises them.
     let first = Panel::connect(sim.panel_config("ams", 1), fast_policy()).unwrap();
     let second = Panel::connect(sim.panel_config("ams", 1), fast_policy()).unwrap();
-    let (a, b) = (spec("a-ams"), spec("b-ams"));
+    let (a, b) = (spec("tg906-ams"), spec("tg907-ams"));
 
     let (ra, rb) = tokio::join!(first.ensure_client(&a), second.ensure_client(&b));
     ra.unwrap();
@@ -213,8 +213,8 @@ async fn writes_lost_by_the_panel_are_caught_by_read_back_and_redone() {
         sim.handle().stats().lost_writes >= 1,
         "the panel must have lost a write"
     );
-    assert!(sim.handle().client("a-ams").is_some());
-    assert!(sim.handle().client("b-ams").is_some());
+    assert!(sim.handle().client("tg906-ams").is_some());
+    assert!(sim.handle().client("tg907-ams").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,14 +251,14 @@ async fn panel_clients_of_two_processes_take_turns_through_postgresql() {
     let second = Panel::connect(sim.panel_config("ams", 1), fast_policy()).unwrap();
     first.share_write_turns(db.pool());
     second.share_write_turns(db.pool());
-    let (a, b) = (spec("a-ams"), spec("b-ams"));
+    let (a, b) = (spec("tg906-ams"), spec("tg907-ams"));
 
     let (ra, rb) = tokio::join!(first.ensure_client(&a), second.ensure_client(&b));
     assert_eq!(ra.unwrap(), Ensured::Added);
     assert_eq!(rb.unwrap(), Ensured::Added);
     assert_eq!(sim.handle().stats().lost_writes, 0, "the writes overlapped");
-    assert!(sim.handle().client("a-ams").is_some());
-    assert!(sim.handle().client("b-ams").is_some());
+    assert!(sim.handle().client("tg906-ams").is_some());
+    assert!(sim.handle().client("tg907-ams").is_some());
     // The turn is handed on: nobody holds the lock afterwards.
     let held: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")
         .fetch_one(db.pool())

@@ -13,10 +13,10 @@ use x3ui_sim::DownMode;
 use x3ui_worker::{BreakerState, PanelError, Reconciler};
 
 /// What was recorded since the previous snapshot (taking one drains the recorder).
-struct Recorded(Vec<(CompositeKey, DebugValue)>);
+pub(crate) struct Recorded(Vec<(CompositeKey, DebugValue)>);
 
 impl Recorded {
-    fn since_last(snapshotter: &Snapshotter) -> Self {
+    pub(crate) fn since_last(snapshotter: &Snapshotter) -> Self {
         let all = snapshotter.snapshot().into_vec();
         Self(
             all.into_iter()
@@ -39,7 +39,7 @@ impl Recorded {
             .map(|(_, value)| value)
     }
 
-    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+    pub(crate) fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         match self.value(name, labels) {
             Some(DebugValue::Counter(n)) => *n,
             None => 0,

@@ -36,7 +36,8 @@ async fn pass(base: &Base, dry_run: bool) -> ReconcileReport {
         .unwrap()
 }
 
-fn foreign(email: &str) -> Map<String, Value> {
+/// A client put straight onto the panel, as an admin would.
+pub(crate) fn foreign(email: &str) -> Map<String, Value> {
     let value = json!({"id": Uuid::new_v4().to_string(), "email": email, "enable": true,
         "flow": "", "limitIp": 0, "totalGB": 0, "expiryTime": 0, "tgId": 0, "subId": "x", "comment": ""});
     value.as_object().unwrap().clone()

@@ -197,12 +197,7 @@ async fn a_panel_down_for_a_while_is_recorded_once_then_the_key_is_provisioned()
             .await,
         1
     );
-    let failed = stack
-        .events(key)
-        .await
-        .into_iter()
-        .find(|e| e.event_type == EventType::ProvisioningFailed.as_str())
-        .unwrap();
+    let failed = stack.first(key, EventType::ProvisioningFailed).await;
     assert_eq!(failed.data["attempt"], json!(1));
     assert!(
         failed.data["error"]

@@ -80,6 +80,17 @@ impl ClientsApi {
         Err(error)
     }
 
+    /// `clients/{action}/{email}`, the email checked and percent-encoded as one segment.
+    fn email_path(
+        &self,
+        operation: Operation,
+        action: &str,
+        email: &str,
+    ) -> Result<String, PanelError> {
+        let segment = super::email_segment(&self.session, operation, email)?;
+        Ok(format!("panel/api/clients/{action}/{segment}"))
+    }
+
     /// `snapshot` with its clients replaced by the inbound's client records.
     async fn with_records(
         &self,
@@ -115,11 +126,6 @@ impl ClientsApi {
     }
 }
 
-/// `clients/{action}/{email}` with the email percent-encoded as one path segment.
-fn email_path(action: &str, email: &str) -> String {
-    format!("panel/api/clients/{action}/{}", super::path_segment(email))
-}
-
 impl PanelApi for ClientsApi {
     super::session_basics!();
 
@@ -138,11 +144,14 @@ impl PanelApi for ClientsApi {
     }
 
     async fn reset_client_traffic(&self, email: &str) -> Result<(), PanelError> {
-        let path = email_path("resetTraffic", email);
+        let path = self.email_path(Operation::ResetTraffic, "resetTraffic", email)?;
         super::legacy::reset_traffic(&self.session, &path, email).await
     }
 
     async fn add_clients(&self, clients: &[PanelClient]) -> Result<(), PanelError> {
+        for client in clients {
+            super::checked_email(&self.session, Operation::AddClients, &client.email)?;
+        }
         // No batch route here: one client per request.
         for client in clients {
             let body = json!({ "client": client, "inboundIds": [self.inbound_id()] });
@@ -161,7 +170,7 @@ impl PanelApi for ClientsApi {
                 })?;
                 self.post(
                     Operation::UpdateClient,
-                    &email_path("update", &client.email),
+                    &self.email_path(Operation::UpdateClient, "update", &client.email)?,
                     Some(&body),
                     &client.email,
                 )
@@ -176,23 +185,20 @@ impl PanelApi for ClientsApi {
         current: &PanelClient,
         new: &PanelClient,
     ) -> Result<(), PanelError> {
+        let path = self.email_path(Operation::UpdateClient, "update", &current.email)?;
+        super::checked_email(&self.session, Operation::UpdateClient, &new.email)?;
         let body = serde_json::to_value(new).map_err(|e| {
             self.session
                 .protocol(Operation::UpdateClient, e.to_string())
         })?;
-        self.post(
-            Operation::UpdateClient,
-            &email_path("update", &current.email),
-            Some(&body),
-            &current.email,
-        )
-        .await
+        self.post(Operation::UpdateClient, &path, Some(&body), &current.email)
+            .await
     }
 
     async fn delete_client(&self, current: &PanelClient) -> Result<(), PanelError> {
         self.post(
             Operation::DeleteClient,
-            &email_path("del", &current.email),
+            &self.email_path(Operation::DeleteClient, "del", &current.email)?,
             None,
             &current.email,
         )

@@ -103,10 +103,10 @@ impl PanelApi for LegacyApi {
     }
 
     async fn reset_client_traffic(&self, email: &str) -> Result<(), PanelError> {
+        let segment = super::email_segment(&self.session, Operation::ResetTraffic, email)?;
         let path = format!(
-            "panel/api/inbounds/{}/resetClientTraffic/{}",
+            "panel/api/inbounds/{}/resetClientTraffic/{segment}",
             self.inbound_id(),
-            super::path_segment(email)
         );
         reset_traffic(&self.session, &path, email).await
     }
@@ -118,6 +118,9 @@ impl PanelApi for LegacyApi {
     async fn add_clients(&self, clients: &[PanelClient]) -> Result<(), PanelError> {
         if clients.is_empty() {
             return Ok(());
+        }
+        for client in clients {
+            super::checked_email(&self.session, Operation::AddClients, &client.email)?;
         }
         let refs: Vec<&PanelClient> = clients.iter().collect();
         let body = self.settings_body(&refs);
@@ -143,6 +146,7 @@ impl PanelApi for LegacyApi {
     ) -> Result<(), PanelError> {
         // The path names the *old* UUID; the body holds the whole new client.
         let id = super::client_id_segment(&self.session, Operation::UpdateClient, &current.id)?;
+        super::checked_email(&self.session, Operation::UpdateClient, &new.email)?;
         let path = format!("panel/api/inbounds/updateClient/{id}");
         let body = self.settings_body(&[new]);
         self.write(Operation::UpdateClient, &path, Some(&body), &current.email)

@@ -74,27 +74,56 @@ pub(crate) fn client_id_segment(
         uuid::Uuid::parse_str(id).is_ok() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
     match uuid_shaped {
         true => Ok(id.to_owned()),
-        false => {
-            let shown: String = id.chars().take(64).flat_map(char::escape_default).collect();
-            Err(session.protocol(
-                operation,
-                format!("client id \"{shown}\" is not a UUID; it is not put into a path"),
-            ))
-        }
+        false => Err(session.unaddressable(
+            operation,
+            format!("client id \"{}\" is not a UUID", shown(id)),
+        )),
     }
 }
 
-/// `text` percent-encoded as one path segment (emails may hold `+` or `/`).
-pub(crate) fn path_segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
+/// A client email about to be sent in a path or a body. keyledger only ever writes
+/// `tg<user id>-<location>` for a location ([`domain::client_email`]), compared ignoring
+/// case as the panel does; anything else came from someone else and is refused before
+/// any request is made.
+pub(crate) fn checked_email<'a>(
+    session: &session::Session,
+    operation: crate::Operation,
+    email: &'a str,
+) -> Result<&'a str, crate::PanelError> {
+    match crate::usage::our_user(email, session.location()) {
+        Some(_) => Ok(email),
+        None => Err(session.unaddressable(
+            operation,
+            format!(
+                "client email \"{}\" is not one keyledger gives location {}",
+                shown(email),
+                session.location()
+            ),
+        )),
+    }
+}
+
+/// A checked client email, percent-encoded as one path segment.
+pub(crate) fn email_segment(
+    session: &session::Session,
+    operation: crate::Operation,
+    email: &str,
+) -> Result<String, crate::PanelError> {
+    let email = checked_email(session, operation, email)?;
+    let mut out = String::with_capacity(email.len());
+    for byte in email.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~@".contains(&byte) {
             out.push(char::from(byte));
         } else {
             out.push_str(&format!("%{byte:02X}"));
         }
     }
-    out
+    Ok(out)
+}
+
+/// A refused value as its error shows it: short and clean.
+fn shown(value: &str) -> String {
+    domain::bounded_text(value, 64)
 }
 
 /// Either route family, chosen by [`PanelConfig::api`]; lets one collection hold
@@ -212,6 +241,21 @@ mod tests {
         session::Session::new(config).expect("session")
     }
 
+    /// Refused before sending, final, no panel failure, and said on one clean line.
+    fn assert_unaddressable(error: &crate::PanelError, hostile: &str, says: &str) {
+        assert!(
+            matches!(error, crate::PanelError::Unaddressable { .. }),
+            "{hostile}: {error:?}"
+        );
+        assert!(
+            !error.is_transient() && !error.is_panel_failure(),
+            "{error:?}"
+        );
+        let text = error.to_string();
+        assert!(text.contains(says), "{hostile}: {text}");
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+    }
+
     #[test]
     fn only_uuid_shaped_client_ids_go_into_paths() {
         let session = session();
@@ -230,10 +274,35 @@ mod tests {
         ] {
             let error =
                 client_id_segment(&session, Operation::DeleteClient, hostile).expect_err("refused");
-            assert!(
-                error.to_string().contains("not a UUID"),
-                "{hostile}: {error}"
-            );
+            assert_unaddressable(&error, hostile, "not a UUID");
+        }
+    }
+
+    #[test]
+    fn only_our_emails_for_the_location_go_into_requests() {
+        let session = session();
+        assert_eq!(
+            email_segment(&session, Operation::ResetTraffic, "tg42-ams").expect("ours"),
+            "tg42-ams"
+        );
+        assert_eq!(
+            email_segment(&session, Operation::DeleteClient, "TG42-ams").expect("any case"),
+            "TG42-ams"
+        );
+        for hostile in [
+            "../x?y",
+            "a/b",
+            "tg42-ams/../../login",
+            "tg42-ams?x=1",
+            "tg42-fra",
+            "tg-ams",
+            "tg4\n2-ams",
+            "alice@example.org",
+            "",
+        ] {
+            let error =
+                email_segment(&session, Operation::DeleteClient, hostile).expect_err("refused");
+            assert_unaddressable(&error, hostile, "is not one keyledger gives");
         }
     }
 }

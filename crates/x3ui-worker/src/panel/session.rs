@@ -127,18 +127,13 @@ impl Session {
     }
 
     fn rejected(&self, operation: Operation, why: Unauthenticated) -> PanelError {
-        let location = self.location().to_owned();
         match why {
             Unauthenticated::Status(status) => PanelError::SessionRejected {
-                location,
+                location: self.location().to_owned(),
                 operation,
                 status: status.as_u16(),
             },
-            Unauthenticated::NotJson(detail) => PanelError::Protocol {
-                location,
-                operation,
-                detail,
-            },
+            Unauthenticated::NotJson(detail) => self.protocol(operation, detail),
         }
     }
 
@@ -195,17 +190,17 @@ impl Session {
             return Err(self.http_error(Operation::Login, status));
         }
         let bytes = self.read_body(Operation::Login, response).await?;
-        let envelope: Envelope =
-            serde_json::from_slice(&bytes).map_err(|e| PanelError::Protocol {
-                location: self.location().to_owned(),
-                operation: Operation::Login,
-                detail: format!("login answer is not the JSON envelope: {e}"),
-            })?;
+        let envelope: Envelope = serde_json::from_slice(&bytes).map_err(|e| {
+            self.protocol(
+                Operation::Login,
+                format!("login answer is not the JSON envelope: {e}"),
+            )
+        })?;
         // The wrong-password trap: HTTP 200 with success=false.
         if !envelope.success {
             return Err(PanelError::LoginRefused {
                 location: self.location().to_owned(),
-                msg: envelope.msg.trim().to_owned(),
+                msg: foreign(&envelope.msg),
             });
         }
         state.logged_in = true;
@@ -372,7 +367,8 @@ impl Session {
         }
     }
 
-    /// Turns `success:false` into a classified refusal about `email`.
+    /// Turns `success:false` into a classified refusal about `email`. The refusal is read
+    /// from the whole message; only its bounded, clean form is kept.
     pub(crate) fn refused(
         &self,
         operation: Operation,
@@ -382,17 +378,34 @@ impl Session {
         PanelError::Refused {
             location: self.location().to_owned(),
             operation,
-            email: email.to_owned(),
+            email: foreign(email),
             refusal: Refusal::classify(&envelope.msg),
-            msg: envelope.msg.trim().to_owned(),
+            msg: foreign(&envelope.msg),
         }
     }
 
-    pub(crate) fn protocol(&self, operation: Operation, detail: impl Into<String>) -> PanelError {
+    /// An answer we cannot use. `detail` quotes the panel (serde's errors quote the
+    /// offending value), so it is bounded and cleaned like any panel text.
+    pub(crate) fn protocol(&self, operation: Operation, detail: impl AsRef<str>) -> PanelError {
         PanelError::Protocol {
             location: self.location().to_owned(),
             operation,
-            detail: detail.into(),
+            detail: foreign(detail.as_ref()),
         }
     }
+
+    /// A value from the panel refused before it went into a request.
+    pub(crate) fn unaddressable(&self, operation: Operation, detail: String) -> PanelError {
+        PanelError::Unaddressable {
+            location: self.location().to_owned(),
+            operation,
+            detail,
+        }
+    }
+}
+
+/// Panel text as errors keep it: trimmed, cleaned and bounded (docs/panel.md "Hostile
+/// panels"), since errors end up in logs, events and dead-letter headers.
+fn foreign(text: &str) -> String {
+    domain::bounded_text(text.trim(), domain::MAX_FOREIGN_TEXT_CHARS)
 }

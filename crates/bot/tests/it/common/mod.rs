@@ -155,8 +155,24 @@ impl Harness {
     pub async fn say(&self, user: &TestUser, text: &str) -> usize {
         let mark = self.telegram.mark();
         let update = self.telegram.send_text(user, text);
-        self.telegram.wait_handled(update).await;
+        self.handled(update).await;
         mark
+    }
+
+    /// Waits until the bot took the update from Telegram and a replica handled it (it
+    /// comes through the broker, so Telegram's confirmation alone says it was queued).
+    pub async fn handled(&self, update: i64) {
+        self.telegram.wait_handled(update).await;
+        let pool = self.db.pool().clone();
+        testkit::wait_until(
+            &format!("update {update} handled"),
+            telegram_fake::DEADLINE,
+            || {
+                let pool = pool.clone();
+                async move { handled_by(&pool, update).await.is_some() }
+            },
+        )
+        .await;
     }
 
     /// Presses the button labelled `label` under `message`, and waits until it is handled.
@@ -167,7 +183,7 @@ impl Harness {
             .to_owned();
         let mark = self.telegram.mark();
         let update = self.telegram.press(user, message, &data);
-        self.telegram.wait_handled(update).await;
+        self.handled(update).await;
         mark
     }
 
@@ -280,4 +296,13 @@ pub fn check_subscription_message(message: &Sent) -> String {
         "one button, opening the subscription page: {message:#?}"
     );
     url
+}
+
+/// The replica that handled `update`, once one has.
+pub async fn handled_by(pool: &sqlx::PgPool, update: i64) -> Option<Option<Uuid>> {
+    sqlx::query_scalar("SELECT handled_by FROM bot_updates WHERE update_id = $1")
+        .bind(update)
+        .fetch_optional(pool)
+        .await
+        .expect("read bot_updates")
 }

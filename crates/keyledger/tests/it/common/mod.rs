@@ -101,10 +101,12 @@ impl Serving {
             }
             lines
         });
-        tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx)
-            .await
-            .expect("serve became ready in time")
-            .expect("serve logged that it was serving");
+        let ready = tokio::time::timeout(std::time::Duration::from_secs(30), ready_rx).await;
+        if !matches!(ready, Ok(Ok(()))) {
+            let _ = child.kill();
+            let lines = drain.await.unwrap_or_default();
+            panic!("serve did not log that it was serving within 30 s:\n{lines:#?}");
+        }
         Self { child, drain }
     }
 

@@ -142,6 +142,15 @@ impl Base {
             .collect()
     }
 
+    /// The key's first event of `event_type`; panics if it has none.
+    pub async fn first(&self, key: KeyId, event_type: EventType) -> RecordedEvent {
+        self.events(key)
+            .await
+            .into_iter()
+            .find(|e| e.event_type == event_type.as_str())
+            .unwrap_or_else(|| panic!("{key} has no {}", event_type.as_str()))
+    }
+
     pub async fn count(&self, key: KeyId, event_type: &str) -> usize {
         self.types(key)
             .await
@@ -219,6 +228,12 @@ impl std::ops::Deref for Stack {
 
 impl Stack {
     pub async fn start() -> Self {
+        Self::with_max_deliveries(100).await
+    }
+
+    /// [`Stack::start`] with the worker giving a message up (dead-lettering it) after
+    /// `max_deliveries`.
+    pub async fn with_max_deliveries(max_deliveries: i64) -> Self {
         let base = Base::new().await;
         let broker = TestBroker::create().await;
         let running = Pipeline::new(base.db.store.clone(), broker.amqp_url.clone())
@@ -227,7 +242,7 @@ impl Stack {
             .with_worker_retry(WorkerRetry {
                 base: Duration::from_millis(20),
                 max: Duration::from_millis(200),
-                max_deliveries: 100,
+                max_deliveries,
             })
             .start(&[Role::Relay, Role::Worker])
             .await
