@@ -2,12 +2,12 @@
 # CI: build the cargo-fuzz targets (fuzz/, docs/fuzzing.md) and run each briefly from its
 # committed seeds; a crash, a failed assertion, a timeout or running out of memory fails.
 # On stable Rust: no sanitizer (`-s none` asks rustc for no unstable flag), with debug
-# assertions and overflow checks on. FUZZ_SECONDS sets the time per target (default 20).
+# assertions and overflow checks on. FUZZ_SECONDS sets the time per target (default 15).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CARGO_FUZZ_VERSION=0.13.2
-seconds_per_target="${FUZZ_SECONDS:-20}"
+seconds_per_target="${FUZZ_SECONDS:-15}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/keyledger-target}"
 export CARGO_TERM_COLOR=never
 export CARGO_INCREMENTAL=0
