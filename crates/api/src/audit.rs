@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::{Auditors, Caller};
 use crate::error::{ApiError, ErrorBody};
-use crate::keys::parse_key_id;
+use crate::params::{KeyIdPath, parse_integer, parse_key_id};
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1000;
@@ -27,7 +27,7 @@ pub struct KeyHistory {
 /// Every event of a key, oldest first, with the hashes that chain them.
 #[utoipa::path(
     get, path = "/v1/keys/{key_id}/history", tag = "audit",
-    params(("key_id" = Uuid, Path)),
+    params(KeyIdPath),
     responses(
         (status = 200, body = KeyHistory),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -54,8 +54,10 @@ pub(crate) async fn key_history(
 #[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// Items after this log position (0 = from the start).
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9223372036854775807_i64)]
     after: Option<String>,
     /// At most this many items, 1 to 1000 (default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
 }
 
@@ -114,8 +116,8 @@ fn number(
     let Some(raw) = raw else {
         return Ok(default);
     };
-    raw.parse::<i64>()
-        .ok()
+    parse_integer(raw)
+        .and_then(|value| i64::try_from(value).ok())
         .filter(|value| range.contains(value))
         .ok_or_else(|| {
             ApiError::bad_request(

@@ -4,13 +4,17 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_TYPE;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::BODY_LIMIT_BYTES;
 use crate::error::ApiError;
+use crate::params::parse_integer;
 
-/// A JSON body of type `T`. An empty body reads as `{}`, so commands without parameters
-/// (rotate) can be sent bare, while a body that is there must be right.
+/// A JSON body of type `T`. An empty body, or JSON `null`, reads as `{}`, so commands
+/// whose body is optional (rotate) can be sent bare, while a body that is there must be
+/// right. (The document declares an optional body as "the object or null", which is how
+/// OpenAPI 3.1 spells it; for a required body, `{}` still lacks its required fields.)
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -36,7 +40,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 }
                 ApiError::bad_request("unreadable_body", rejection.body_text())
             })?;
-        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) || is_null(&bytes) {
             b"{}"
         } else {
             if declared_json == Some(false) {
@@ -55,6 +59,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             .map_err(|e| ApiError::bad_request("invalid_json", format!("invalid JSON: {e}")))?;
         Ok(Self(value))
     }
+}
+
+fn is_null(bytes: &[u8]) -> bool {
+    bytes.trim_ascii() == b"null"
 }
 
 /// PostgreSQL keeps neither text nor jsonb with a NUL character (`\u0000`) in it: such a
@@ -100,4 +108,20 @@ fn serde_path_error<'de, T: DeserializeOwned>(
         };
         ApiError::bad_request(code, format!("invalid request body: {e}"))
     })
+}
+
+/// A JSON integer however it is written ([`parse_integer`]), where serde's integers take
+/// only `5`. For `#[serde(deserialize_with = "integer")]` in bodies read by [`JsonBody`].
+pub(crate) fn integer<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    use serde::de::Error;
+    // The number's own text: serde_json would hand over a large `5.0` as an `f64` already
+    // rounded.
+    let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+    parse_integer(raw.get())
+        .and_then(|value| T::try_from(value).ok())
+        .ok_or_else(|| D::Error::custom(format!("{} is not an integer in range", raw.get())))
 }

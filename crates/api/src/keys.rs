@@ -8,7 +8,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use domain::{
-    ChangeQuota, KeyCommand, KeyId, LocationId, RenewKey, RequestKey, RevokeKey, RotateKey, UserId,
+    ChangeQuota, DomainError, KeyCommand, KeyId, LocationId, RenewKey, RequestKey, RevokeKey,
+    RotateKey, UserId,
 };
 use eventstore::{Actor, ActorKind, EventMetadata};
 use projector::KeyView;
@@ -20,9 +21,13 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::{Caller, Readers, Writers};
-use crate::body::JsonBody;
+use crate::body::{JsonBody, integer};
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{self, Answer, IdempotencyKey};
+use crate::params::{
+    IdempotencyHeader, KeyIdPath, UserIdPath, check_reason, parse_key_id, parse_user_id,
+    reason_schema,
+};
 use crate::role::Role;
 
 /// The largest traffic limit accepted: 1 PiB, far beyond any plan, well inside the panel's
@@ -32,16 +37,21 @@ const MAX_TRAFFIC_LIMIT_BYTES: u64 = 1 << 50;
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestKeyBody {
-    /// The Telegram user id.
+    /// The Telegram user id, 1 to 2^52.
+    #[schema(minimum = 1, maximum = 4503599627370496_i64)]
+    #[serde(deserialize_with = "integer")]
     pub user_id: i64,
-    /// A configured location id.
+    /// A configured location id (the served document lists them).
+    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9][a-z0-9_-]*$")]
     pub location: String,
-    /// RFC 3339; absent or null for a key that does not expire.
+    /// RFC 3339; absent or null for a key that does not expire. A time not in the future
+    /// is refused with 422 `expiry_not_in_future`.
     #[serde(default, with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<OffsetDateTime>,
-    /// 0 = no limit.
-    #[serde(default)]
+    /// 0 = no limit; at most 2^50 (1 PiB).
+    #[serde(default, deserialize_with = "integer")]
+    #[schema(minimum = 0, maximum = 1125899906842624_i64)]
     pub traffic_limit_bytes: u64,
 }
 
@@ -52,14 +62,15 @@ pub struct RotateKeyBody {}
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeKeyBody {
-    /// Why; 1 to 500 characters, kept in the log.
+    #[schema(schema_with = reason_schema)]
     pub reason: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenewKeyBody {
-    /// The new expiry, RFC 3339, in the future.
+    /// The new expiry, RFC 3339. A time not in the future is refused with 422
+    /// `expiry_not_in_future`.
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: OffsetDateTime,
@@ -68,7 +79,9 @@ pub struct RenewKeyBody {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeQuotaBody {
-    /// The new traffic limit in bytes; 0 = no limit.
+    /// The new traffic limit in bytes; 0 = no limit; at most 2^50 (1 PiB).
+    #[schema(minimum = 0, maximum = 1125899906842624_i64)]
+    #[serde(deserialize_with = "integer")]
     pub traffic_limit_bytes: u64,
     /// Also set the panel's counters back to zero.
     #[serde(default)]
@@ -144,12 +157,12 @@ pub async fn with_usage(
 #[utoipa::path(
     post, path = "/v1/keys", tag = "keys",
     request_body = RequestKeyBody,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")),
+    params(IdempotencyHeader),
     responses(
         (status = 202, description = "Recorded; the view shows `provisioning` until the panel confirms", body = KeyViewBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody)
+        (status = 422, description = "Refused, e.g. `expiry_not_in_future`", body = ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -196,10 +209,7 @@ pub(crate) async fn request_key(
 /// Rotate a key: a new client UUID replaces the old one on the panel.
 #[utoipa::path(
     post, path = "/v1/keys/{key_id}/rotate", tag = "keys",
-    params(
-        ("key_id" = Uuid, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")
-    ),
+    params(KeyIdPath, IdempotencyHeader),
     request_body(content = Option<RotateKeyBody>, description = "Empty or {}"),
     responses(
         (status = 202, description = "Recorded; the view shows `rotating` until the panel confirms", body = KeyViewBody),
@@ -228,10 +238,7 @@ pub(crate) async fn rotate_key(
 /// Revoke a key: its client is removed from the panel.
 #[utoipa::path(
     post, path = "/v1/keys/{key_id}/revoke", tag = "keys",
-    params(
-        ("key_id" = Uuid, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")
-    ),
+    params(KeyIdPath, IdempotencyHeader),
     request_body = RevokeKeyBody,
     responses(
         (status = 202, description = "Recorded; the view shows `revoking` until the panel confirms", body = KeyViewBody),
@@ -248,16 +255,7 @@ pub(crate) async fn revoke_key(
     JsonBody(body): JsonBody<RevokeKeyBody>,
 ) -> Result<Response, ApiError> {
     let key_id = parse_key_id(&key_id)?;
-    let length = body.reason.trim().chars().count();
-    if length == 0 || body.reason.chars().count() > domain::MAX_REASON_CHARS {
-        return Err(ApiError::bad_request(
-            "invalid_reason",
-            format!(
-                "reason must be 1 to {} characters",
-                domain::MAX_REASON_CHARS
-            ),
-        ));
-    }
+    check_reason(&body.reason)?;
     let command = KeyCommand::Revoke(RevokeKey {
         reason: body.reason.clone(),
     });
@@ -270,16 +268,14 @@ pub(crate) async fn revoke_key(
 /// Extend a key's expiry.
 #[utoipa::path(
     post, path = "/v1/keys/{key_id}/renew", tag = "keys",
-    params(
-        ("key_id" = Uuid, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")
-    ),
+    params(KeyIdPath, IdempotencyHeader),
     request_body = RenewKeyBody,
     responses(
         (status = 202, description = "Recorded", body = KeyViewBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)
+        (status = 409, body = ErrorBody),
+        (status = 422, description = "Refused, e.g. `expiry_not_in_future` or `key_revoked`", body = ErrorBody)
     ),
     security(("bearer" = []))
 )]
@@ -305,10 +301,7 @@ pub(crate) async fn renew_key(
 /// Set a key's traffic limit, optionally resetting its usage: brings a depleted key back.
 #[utoipa::path(
     post, path = "/v1/keys/{key_id}/quota", tag = "keys",
-    params(
-        ("key_id" = Uuid, Path),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")
-    ),
+    params(KeyIdPath, IdempotencyHeader),
     request_body = ChangeQuotaBody,
     responses(
         (status = 202, description = "Recorded; the worker applies it to the panel", body = KeyViewBody),
@@ -354,7 +347,7 @@ pub(crate) async fn change_quota(
 /// A key's view.
 #[utoipa::path(
     get, path = "/v1/keys/{key_id}", tag = "keys",
-    params(("key_id" = Uuid, Path)),
+    params(KeyIdPath),
     responses(
         (status = 200, body = KeyViewBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -368,9 +361,12 @@ pub(crate) async fn get_key(
     Path(key_id): Path<String>,
 ) -> Result<Json<KeyViewBody>, ApiError> {
     let key_id = parse_key_id(&key_id)?;
-    let view = projector::load_view(state.store.pool(), key_id.as_uuid())
-        .await?
-        .ok_or(ApiError::KeyNotFound(key_id.as_uuid()))?;
+    let view = match projector::load_view(state.store.pool(), key_id.as_uuid()).await? {
+        Some(view) => view,
+        // Recorded but not projected yet: the log is the truth, so a key is never 404
+        // right after the 202 that recorded it.
+        None => replayed_view(&state, key_id).await?,
+    };
     with_usage(state.store.pool(), vec![view])
         .await?
         .pop()
@@ -378,10 +374,16 @@ pub(crate) async fn get_key(
         .ok_or(ApiError::KeyNotFound(key_id.as_uuid()))
 }
 
+/// The key's view replayed from its events in the log, whatever the projector's progress.
+async fn replayed_view(state: &AppState, key_id: KeyId) -> Result<KeyView, ApiError> {
+    let events = state.store.read_stream(key_id.as_uuid()).await?;
+    projector::view_of(key_id.as_uuid(), &events)?.ok_or(ApiError::KeyNotFound(key_id.as_uuid()))
+}
+
 /// A user's key views, one per location they ever had a key at.
 #[utoipa::path(
     get, path = "/v1/users/{user_id}/keys", tag = "keys",
-    params(("user_id" = i64, Path, description = "Telegram user id")),
+    params(UserIdPath),
     responses(
         (status = 200, body = Vec<KeyViewBody>),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -394,16 +396,7 @@ pub(crate) async fn user_keys(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
 ) -> Result<Json<Vec<KeyViewBody>>, ApiError> {
-    let user = user_id
-        .parse::<i64>()
-        .ok()
-        .and_then(|raw| UserId::new(raw).ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_user_id",
-                format!("{user_id:?} is not a Telegram user id (a positive integer)"),
-            )
-        })?;
+    let user = parse_user_id(&user_id)?;
     let views = projector::user_views(state.store.pool(), user.get()).await?;
     Ok(Json(with_usage(state.store.pool(), views).await?))
 }
@@ -421,20 +414,19 @@ async fn ensure_subscription(state: &AppState, role: Role, user: UserId) -> Resu
     Ok(())
 }
 
+/// An expiry not after `now` is refused as the domain refuses it (422
+/// `expiry_not_in_future`), before anything is recorded: "in the future" is no bound a
+/// schema can state, so the document declares the refusal instead.
 fn future_expiry(expires_at: Option<OffsetDateTime>, now: OffsetDateTime) -> Result<(), ApiError> {
     match expires_at {
-        Some(at) if at <= now => Err(ApiError::bad_request(
-            "invalid_expires_at",
-            format!("expires_at must be in the future (now is {now})"),
-        )),
+        Some(expires_at) if expires_at <= now => {
+            Err(ApiError::Refused(DomainError::ExpiryNotInFuture {
+                expires_at,
+                now,
+            }))
+        }
         _ => Ok(()),
     }
-}
-
-pub(crate) fn parse_key_id(raw: &str) -> Result<KeyId, ApiError> {
-    Uuid::parse_str(raw)
-        .map(KeyId::from_uuid)
-        .map_err(|_| ApiError::bad_request("invalid_key_id", format!("{raw:?} is not a UUID")))
 }
 
 /// What every command request carries besides its body: an admin or service caller, its
@@ -519,9 +511,7 @@ async fn run_command(
         }
         let outcome = outcome?;
         tracing::info!(recorded = outcome.recorded.len(), "command recorded");
-        let events = state.store.read_stream(key_id.as_uuid()).await?;
-        let view = projector::view_of(key_id.as_uuid(), &events)?
-            .ok_or(ApiError::KeyNotFound(key_id.as_uuid()))?;
+        let view = replayed_view(state, key_id).await?;
         let view = with_usage(state.store.pool(), vec![view])
             .await?
             .pop()

@@ -3,21 +3,25 @@
 //!
 //! Commands go through [`eventstore::KeyLedger`] (load, decide, append) and answer once
 //! their events are in the log, with the key view replayed from that log, so an answer
-//! never depends on how far the projector has got. Queries read the projector's views.
+//! never depends on how far the projector has got. Queries read the projector's views (a
+//! single key the projector has not reached yet is replayed from the log instead).
 //! Every route, its role and its schemas come from one table of handlers
 //! ([`router`]), which also generates `/openapi.json`, so the document cannot drift from
-//! what is served. Bearer tokens map to roles and are compared in constant time. The API
+//! what is served; [`document`] adds what annotations cannot say (links, the configured
+//! locations). Bearer tokens map to roles and are compared in constant time. The API
 //! knows the 3x-ui panels only through the [`PanelStatus`] the binary injects.
 
 mod audit;
 mod auth;
 mod body;
 mod checkpoints;
+mod document;
 mod error;
 mod idempotency;
 mod keys;
 pub mod metrics;
 mod panels;
+mod params;
 mod probes;
 mod role;
 mod subscriptions;
@@ -45,6 +49,7 @@ pub use keys::{KeyUsage, KeyViewBody, with_usage};
 pub use panels::{BoxFuture, Breaker, PanelHealth, PanelProbe, PanelStatus};
 pub use probes::{LocationHealth, location_health};
 pub use role::Role;
+pub use users::user_key_ids;
 
 /// Largest request body accepted; every body of this API is a few hundred bytes.
 pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -135,9 +140,10 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(probes::metrics))
 }
 
-/// The OpenAPI document of every route [`router`] serves.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+/// The OpenAPI document of every route [`router`] serves, as served by a process configured
+/// with `locations`.
+pub fn openapi(locations: &[Location]) -> serde_json::Value {
+    document::served(&routes().split_for_parts().1, locations)
 }
 
 /// The API's router, ready to serve.
@@ -150,7 +156,7 @@ pub fn router(store: EventStore, config: ApiConfig, metrics: PrometheusHandle) -
         readiness: probes::ReadinessCache::default(),
     });
     let (router, document) = routes().split_for_parts();
-    let document = Arc::new(document);
+    let document = Arc::new(document::served(&document, &state.config.locations));
     router
         .route(
             "/openapi.json",

@@ -23,6 +23,9 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::keys::actor;
+use crate::params::{
+    IdempotencyHeader, UserIdPath, check_reason, optional_reason_schema, parse_user_id,
+};
 
 /// The reason recorded when a caller gives none.
 const DEFAULT_REASON: &str = "new link requested through the API";
@@ -45,8 +48,7 @@ pub struct SubscriptionBody {
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSubscriptionBody {
-    /// Why; 1 to 500 characters, kept in the log.
-    #[schema(min_length = 1, max_length = 500)]
+    #[schema(schema_with = optional_reason_schema)]
     pub reason: Option<String>,
 }
 
@@ -61,18 +63,6 @@ pub struct RotatedSubscriptionBody {
     pub rotated_keys: Vec<Uuid>,
     /// Keys that could not be rotated now (still provisioning, expired, depleted, …).
     pub skipped_keys: Vec<Uuid>,
-}
-
-pub(crate) fn parse_user(raw: &str) -> Result<UserId, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .and_then(|id| UserId::new(id).ok())
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_user_id",
-                format!("{raw:?} is not a Telegram user id (a positive integer)"),
-            )
-        })
 }
 
 fn urls(state: &AppState) -> Result<&domain::SubscriptionUrls, ApiError> {
@@ -102,7 +92,7 @@ async fn status(state: &AppState, user: UserId) -> Result<&'static str, ApiError
 /// A user's subscription URL, issuing the subscription if they have none.
 #[utoipa::path(
     get, path = "/v1/users/{user_id}/subscription", tag = "subscriptions",
-    params(("user_id" = i64, Path, description = "Telegram user id", minimum = 1)),
+    params(UserIdPath),
     responses(
         (status = 200, body = SubscriptionBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -116,7 +106,7 @@ pub(crate) async fn get_subscription(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
 ) -> Result<Json<SubscriptionBody>, ApiError> {
-    let user = parse_user(&user_id)?;
+    let user = parse_user_id(&user_id)?;
     let urls = urls(&state)?;
     let command_id = Uuid::new_v4();
     let metadata = EventMetadata::for_command(command_id, actor(caller.role));
@@ -134,10 +124,7 @@ pub(crate) async fn get_subscription(
 /// a new client UUID.
 #[utoipa::path(
     post, path = "/v1/users/{user_id}/subscription/rotate", tag = "subscriptions",
-    params(
-        ("user_id" = i64, Path, description = "Telegram user id", minimum = 1),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")
-    ),
+    params(UserIdPath, IdempotencyHeader),
     request_body(content = Option<RotateSubscriptionBody>, description = "Empty, {} or a reason"),
     responses(
         (status = 202, description = "Recorded; the keys show `rotating` until the panels confirm", body = RotatedSubscriptionBody),
@@ -155,19 +142,10 @@ pub(crate) async fn rotate_subscription(
     Path(user_id): Path<String>,
     JsonBody(body): JsonBody<RotateSubscriptionBody>,
 ) -> Result<Response, ApiError> {
-    let user = parse_user(&user_id)?;
+    let user = parse_user_id(&user_id)?;
     let urls = urls(&state)?.clone();
     let reason = body.reason.clone().unwrap_or_else(|| DEFAULT_REASON.into());
-    let length = reason.trim().chars().count();
-    if length == 0 || reason.chars().count() > domain::MAX_REASON_CHARS {
-        return Err(ApiError::bad_request(
-            "invalid_reason",
-            format!(
-                "reason must be 1 to {} characters",
-                domain::MAX_REASON_CHARS
-            ),
-        ));
-    }
+    check_reason(&reason)?;
     let locations: Vec<LocationId> = state
         .config
         .locations

@@ -20,8 +20,8 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::keys::actor;
+use crate::params::{IdempotencyHeader, UserIdPath, check_reason, parse_user_id, reason_schema};
 use crate::role::Role;
-use crate::subscriptions::parse_user;
 
 /// Only administrators block and unblock: it is a decision about a person, not a
 /// service's routine.
@@ -34,8 +34,7 @@ impl Allowed for Admins {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessChangeBody {
-    /// Why; 1 to 500 characters, not only spaces, kept in the log.
-    #[schema(min_length = 1, max_length = 500, pattern = r"\S")]
+    #[schema(schema_with = reason_schema)]
     pub reason: String,
 }
 
@@ -67,20 +66,6 @@ impl From<AccessStatus> for AccessBody {
     }
 }
 
-fn checked_reason(reason: &str) -> Result<(), ApiError> {
-    let length = reason.chars().count();
-    if reason.trim().is_empty() || length > domain::MAX_REASON_CHARS {
-        return Err(ApiError::bad_request(
-            "invalid_reason",
-            format!(
-                "reason must be 1 to {} characters, not only spaces",
-                domain::MAX_REASON_CHARS
-            ),
-        ));
-    }
-    Ok(())
-}
-
 /// Refuses a new key for a blocked user: 422 `user_blocked`.
 pub(crate) async fn refuse_blocked(state: &AppState, user: UserId) -> Result<(), ApiError> {
     let status = AccessControl::new(state.store.clone()).status(user).await?;
@@ -89,14 +74,18 @@ pub(crate) async fn refuse_blocked(state: &AppState, user: UserId) -> Result<(),
 
 /// Every key the user may hold: one per configured location, and any the views know at a
 /// location no longer configured.
-async fn user_key_ids(state: &AppState, user: UserId) -> Result<Vec<KeyId>, ApiError> {
-    let mut keys: Vec<KeyId> = state
-        .config
-        .locations
+/// Every key `user` may have: one per configured location (their ids are derived, so a
+/// key the projector has not shown yet is found too), and any other the views know of.
+pub async fn user_key_ids(
+    store: &eventstore::EventStore,
+    locations: &[domain::Location],
+    user: UserId,
+) -> Result<Vec<KeyId>, sqlx::Error> {
+    let mut keys: Vec<KeyId> = locations
         .iter()
         .map(|l| KeyId::for_user_at(user, &l.id))
         .collect();
-    for view in projector::user_views(state.store.pool(), user.get()).await? {
+    for view in projector::user_views(store.pool(), user.get()).await? {
         let key_id = KeyId::from_uuid(view.key_id);
         if !keys.contains(&key_id) {
             keys.push(key_id);
@@ -109,10 +98,7 @@ async fn user_key_ids(state: &AppState, user: UserId) -> Result<Vec<KeyId>, ApiE
 /// and no new key is given to them until they are unblocked.
 #[utoipa::path(
     post, path = "/v1/users/{user_id}/block", tag = "users",
-    params(
-        ("user_id" = i64, Path, description = "Telegram user id", minimum = 1, maximum = 4503599627370496_i64),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")
-    ),
+    params(UserIdPath, IdempotencyHeader),
     request_body = AccessChangeBody,
     responses(
         (status = 202, description = "Recorded; the user's keys show `revoking` until the panels confirm", body = AccessBody),
@@ -132,10 +118,7 @@ pub(crate) async fn block_user(
 /// Unblock a user: they may ask for keys again; nothing revoked comes back by itself.
 #[utoipa::path(
     post, path = "/v1/users/{user_id}/unblock", tag = "users",
-    params(
-        ("user_id" = i64, Path, description = "Telegram user id", minimum = 1, maximum = 4503599627370496_i64),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same answer")
-    ),
+    params(UserIdPath, IdempotencyHeader),
     request_body = AccessChangeBody,
     responses(
         (status = 202, description = "Recorded", body = AccessBody),
@@ -201,10 +184,13 @@ async fn change_access(
         user_id,
         body,
     } = request;
-    let user = parse_user(&user_id)?;
-    checked_reason(&body.reason)?;
+    let user = parse_user_id(&user_id)?;
+    check_reason(&body.reason)?;
     let (name, keys) = match change {
-        Change::Block => ("block", user_key_ids(&state, user).await?),
+        Change::Block => (
+            "block",
+            user_key_ids(&state.store, &state.config.locations, user).await?,
+        ),
         Change::Unblock => ("unblock", vec![]),
     };
     let route = format!("POST /v1/users/{}/{name}", user.get());
@@ -252,7 +238,7 @@ fn answer(status: AccessStatus) -> Result<idempotency::Answer, ApiError> {
 /// Whether a user is blocked, and since when.
 #[utoipa::path(
     get, path = "/v1/users/{user_id}/access", tag = "users",
-    params(("user_id" = i64, Path, description = "Telegram user id", minimum = 1, maximum = 4503599627370496_i64)),
+    params(UserIdPath),
     responses(
         (status = 200, body = AccessBody),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -265,7 +251,7 @@ pub(crate) async fn user_access(
     State(state): State<AppState>,
     Path(user_id): Path<String>,
 ) -> Result<Json<AccessBody>, ApiError> {
-    let user = parse_user(&user_id)?;
+    let user = parse_user_id(&user_id)?;
     let status = AccessControl::new(state.store.clone()).status(user).await?;
     Ok(Json(status.into()))
 }

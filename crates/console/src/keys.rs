@@ -421,22 +421,24 @@ pub(crate) async fn confirm_block(
         html! {
             h1 { "Block user " (user.get()) "?" }
             div.card {
-                p { "Every key of this user that is not revoked yet is revoked, each with the reason below, "
-                    "so their links stop working on every panel. The user can still ask the bot for a new key." }
+                p { "The user is blocked (they cannot ask for a key until an admin unblocks them through "
+                    "POST /v1/users/{user_id}/unblock), and every key of theirs that is not revoked yet is "
+                    "revoked with the reason below, so their links stop working on every panel." }
                 ul {
                     @for view in &views { li { span.mono { (view.key_id) } " at " (view.location) ": " (view.status) } }
                 }
                 form #confirm method="post" action={ "/console/users/" (user.get()) "/block" } {
                     (csrf_field(&session))
                     p { label for="reason" { "Reason (kept in the log) " } input #reason type="text" name="reason" required maxlength="500"; }
-                    button.danger type="submit" { "Yes, revoke all " (views.len()) " keys" }
+                    button.danger type="submit" { "Yes, block and revoke " (views.len()) " keys" }
                 }
             }
         },
     ))
 }
 
-/// `POST /console/users/{user_id}/block`.
+/// `POST /console/users/{user_id}/block`: records `user.blocked` (so the user cannot ask
+/// for a key again until unblocked) and revokes every key of theirs, as the API's block does.
 pub(crate) async fn run_block(
     Acting(session): Acting,
     State(state): State<ConsoleState>,
@@ -446,17 +448,21 @@ pub(crate) async fn run_block(
     check_csrf(&session, &form.csrf)?;
     let user = parse_user(&user_id)?;
     let reason = reason(form.reason.as_deref())?;
-    let views = projector::user_views(state.store.pool(), user.get()).await?;
-    for view in views {
-        let command = KeyCommand::Revoke(RevokeKey {
-            reason: format!("user blocked: {reason}"),
-        });
-        match record(&state, view.key_id, &command).await {
-            // Already revoked (or being revoked): nothing left to do for this key.
-            Err(ConsoleError::Command(eventstore::ExecuteError::Refused(_))) => {}
-            other => other?,
-        }
-    }
+    let keys = api::user_key_ids(&state.store, &state.api.locations, user).await?;
+    let blocked = eventstore::AccessControl::new(state.store.clone())
+        .block(
+            user,
+            &reason,
+            &keys,
+            Uuid::new_v4(),
+            Actor::new(ActorKind::Admin, "console"),
+        )
+        .await?;
+    tracing::info!(
+        user_id = user.get(),
+        revoked = blocked.revoked.len(),
+        "user blocked from the console"
+    );
     Ok(Redirect::to(&format!("/console/keys?q={}", user.get())).into_response())
 }
 

@@ -253,6 +253,45 @@ async fn the_service_role_has_no_console_and_a_post_needs_the_sessions_csrf_toke
 }
 
 #[tokio::test]
+async fn blocking_from_the_console_records_the_block_and_revokes_the_users_keys() {
+    let db = testkit::TestDatabase::create().await;
+    let key = seed_key(&db, 43, None).await;
+    let served = serve(&db).await;
+    let admin = browser();
+    sign_in(&admin, &served.base, ADMIN).await;
+    let block = format!("{}/console/users/43/block", served.base);
+    let confirm = admin
+        .get(&block)
+        .send()
+        .await
+        .expect("confirm")
+        .text()
+        .await
+        .expect("html");
+    assert!(confirm.contains("Block user 43?"), "{confirm}");
+    let done = admin
+        .post(&block)
+        .form(&[
+            ("csrf", csrf_in(&confirm).as_str()),
+            ("reason", "abuse reported"),
+        ])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(done.status(), StatusCode::SEE_OTHER);
+    let user = domain::UserId::new(43).expect("user");
+    let status = eventstore::AccessControl::new(db.store.clone())
+        .status(user)
+        .await
+        .expect("status");
+    assert!(status.state.blocked, "the block is recorded: {status:?}");
+    let log = db.store.read_stream(key).await.expect("log");
+    let revoke = log.last().expect("events");
+    assert_eq!(revoke.event_type, "key.revocation_requested");
+    assert_eq!(revoke.data["reason"], "user blocked: abuse reported");
+}
+
+#[tokio::test]
 async fn values_from_the_log_are_escaped() {
     let db = testkit::TestDatabase::create().await;
     let key = seed_key(&db, 42, Some("<script>alert(1)</script>")).await;
