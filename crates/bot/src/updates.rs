@@ -27,8 +27,14 @@ pub fn parse_update(body: &[u8]) -> Result<Update, UpdateRejected> {
         return Err(UpdateRejected::TooLarge(body.len()));
     }
     serde_json::from_slice(body).map_err(|error| {
-        // serde's message names a position and a type, never the input itself.
-        UpdateRejected::Malformed(error.to_string())
+        // serde's own message quotes the value it did not expect (a user's text, say), so
+        // only its kind and position are kept.
+        UpdateRejected::Malformed(format!(
+            "{:?} error at line {} column {}",
+            error.classify(),
+            error.line(),
+            error.column()
+        ))
     })
 }
 
@@ -122,5 +128,19 @@ mod tests {
             Err(UpdateRejected::NoChat(12)) | Err(UpdateRejected::Malformed(_)) => {}
             other => panic!("a poll has no chat to answer: {other:?}"),
         }
+    }
+
+    /// Found by the `update_payload` fuzz target: serde's message for a string where an
+    /// update belongs quoted the string.
+    #[test]
+    fn a_refusal_never_quotes_the_payload() {
+        let body = br#""a user's private words""#;
+        let refusal = parse_update(body).unwrap_err();
+        assert!(matches!(refusal, UpdateRejected::Malformed(_)));
+        assert!(!refusal.to_string().contains("private"), "{refusal}");
+        assert!(
+            refusal.to_string().contains("line 1 column 24"),
+            "{refusal}"
+        );
     }
 }

@@ -196,13 +196,22 @@ pub fn render_vless_link(
     ))
 }
 
+/// The host as a link carries it: a name or IPv4 address as given, an IPv6 address in
+/// brackets. Anything else is refused rather than rendered into a link that a VPN app
+/// would read with another host, or not at all (a lone bracket, a space inside, a tab).
 fn link_host(public_host: &str) -> Result<String, LinkError> {
+    let invalid = || LinkError::InvalidHost(public_host.to_owned());
     let host = public_host.trim();
-    if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
-        return Err(LinkError::InvalidHost(public_host.to_owned()));
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    if bracketed.is_some() || host.contains([':', '[', ']']) {
+        let address = bracketed.unwrap_or(host);
+        return match address.parse::<std::net::Ipv6Addr>() {
+            Ok(_) => Ok(format!("[{address}]")),
+            Err(_) => Err(invalid()),
+        };
     }
-    if host.contains(':') && !host.starts_with('[') {
-        return Ok(format!("[{host}]"));
+    if host.is_empty() || url::Host::parse(host).is_err() {
+        return Err(invalid());
     }
     Ok(host.to_owned())
 }
@@ -434,5 +443,41 @@ mod tests {
             Err(LinkError::InvalidHost(_))
         ));
         assert!(InboundLinkSettings::from_panel_strings("h", 1, "r", "{", "{}").is_err());
+    }
+
+    /// Found by the `vless_link` fuzz target (`["::]` rendered as a link no URL parser
+    /// reads); the others are its kin: a lone bracket, a name in brackets, a tab or space.
+    #[test]
+    fn hosts_a_link_cannot_carry_are_refused() {
+        let render = |host: &str| {
+            let mut inbound = inbound(json!({"network": "tcp"}));
+            inbound.public_host = host.into();
+            render_vless_link(&inbound, CLIENT, "", "e")
+        };
+        for host in [
+            "[::1",
+            "::1]",
+            "[\"::]",
+            "[[::1]]",
+            "[ams.example.com]",
+            "ams\texample.com",
+            "a b",
+            "",
+        ] {
+            assert!(
+                matches!(render(host), Err(LinkError::InvalidHost(_))),
+                "{host:?} gave {:?}",
+                render(host)
+            );
+        }
+        for (host, in_link) in [
+            ("2001:db8::1", "@[2001:db8::1]:443?"),
+            (" [2001:db8::1] ", "@[2001:db8::1]:443?"),
+            ("203.0.113.7", "@203.0.113.7:443?"),
+            ("ams.example.com", "@ams.example.com:443?"),
+        ] {
+            let link = render(host).expect("renders");
+            assert!(link.contains(in_link), "{host:?} gave {link}");
+        }
     }
 }

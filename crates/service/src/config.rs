@@ -756,10 +756,12 @@ fn resolve_location(
         ));
     }
     let public_host = raw.public_host.trim().to_owned();
-    let bare = public_host.trim_matches(['[', ']']);
+    // An IPv6 address with its brackets or without, but not with one alone: a link
+    // cannot carry `[::1` (domain::render_vless_link refuses it).
     let host_ok = !public_host.is_empty()
         && (url::Host::parse(&public_host).is_ok()
-            || url::Host::parse(&format!("[{bare}]")).is_ok());
+            || (!public_host.contains(['[', ']'])
+                && url::Host::parse(&format!("[{public_host}]")).is_ok()));
     if !host_ok {
         return Err(ConfigError::new(
             field("public_host"),

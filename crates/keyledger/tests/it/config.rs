@@ -158,6 +158,15 @@ fn unknown_keys_and_bad_values_name_their_field() {
         error_field(Some(&file), &full_env()),
         "locations[0].public_host"
     );
+    // An IPv6 address with one bracket only would give links nobody can read.
+    for host in ["[2001:db8::1", "2001:db8::1]", "[[2001:db8::1]]"] {
+        let file = FILE.replace("\"2001:db8::1\"", &format!("\"{host}\""));
+        assert_eq!(
+            error_field(Some(&file), &full_env()),
+            "locations[1].public_host",
+            "{host}"
+        );
+    }
     let file = FILE.replace("username = \"admin\"\n", "");
     assert_eq!(
         error_field(Some(&file), &full_env()),
