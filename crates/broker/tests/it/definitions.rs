@@ -35,7 +35,10 @@ fn deploy_definitions() -> Value {
             "name": "keyledger",
             "password_hash": "",
             "hashing_algorithm": "rabbit_password_hashing_sha256",
-            "tags": ["management"],
+            // `policymaker`: the roles set the delivery-limit policy at start, and the
+            // console's "move back" creates a shovel; both are confined to this vhost and
+            // its `keyledger.` names by the permissions below.
+            "tags": ["management", "policymaker"],
         }]),
     );
     object.insert(
