@@ -212,6 +212,11 @@ async fn ensure_partition_rows(pool: &PgPool) -> Result<(), sqlx::Error> {
 /// it holds its fair share. Each statement is its own short transaction.
 async fn rebalance(pool: &PgPool, replica: Uuid) -> Result<Share, sqlx::Error> {
     ensure_partition_rows(pool).await?;
+    // Replicas that died without leaving are forgotten after a while, so restarts do not
+    // pile up rows.
+    sqlx::query("DELETE FROM bot_replicas WHERE alive_until < now() - interval '1 hour'")
+        .execute(pool)
+        .await?;
     let live: i64 = sqlx::query_scalar(
         "WITH me AS (
              INSERT INTO bot_replicas (replica_id, alive_until)

@@ -148,6 +148,15 @@ async fn two_webhook_replicas_share_the_load_keep_each_chat_in_order_and_take_ov
         tokio::spawn(async move { bot::run_bot(store, &amqp_url, config, stop).await })
     };
 
+    // A replica that died without leaving, long ago: forgotten, not counted.
+    let ghost = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO bot_replicas (replica_id, alive_until) VALUES ($1, now() - interval '2 hours')",
+    )
+    .bind(ghost)
+    .execute(h.db.pool())
+    .await
+    .unwrap();
     let (url, token) = h.telegram.wait_webhook().await;
     assert_eq!(url, first.url.as_str());
     assert_eq!(token, secret.expose());
@@ -156,6 +165,12 @@ async fn two_webhook_replicas_share_the_load_keep_each_chat_in_order_and_take_ov
         held.len() == 2 && held.iter().all(|(_, n)| *n == 4)
     })
     .await;
+    let ghosts: i64 = sqlx::query_scalar("SELECT count(*) FROM bot_replicas WHERE replica_id = $1")
+        .bind(ghost)
+        .fetch_one(h.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(ghosts, 0, "a long-dead replica's row is removed");
 
     let http = reqwest::Client::new();
     let replicas = [first.listen, second.listen];
