@@ -11,11 +11,11 @@
 
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{BasicProperties, Channel, Connection};
 
 use crate::BrokerError;
 use crate::connection::within;
-use crate::relay::open_confirm_channel;
+use crate::relay::{confirmed, open_confirm_channel};
 
 /// Where the ingress publishes updates; the routing key is the partition number.
 pub const BOT_UPDATES_EXCHANGE: &str = "keyledger.bot-updates";
@@ -94,17 +94,8 @@ impl UpdatePublisher {
             ),
         )
         .await?;
-        match within("confirming an update", confirm).await? {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
-                position: update_id,
-                event_type: "telegram update".into(),
-            }),
-            Confirmation::Nack(_) => Err(BrokerError::Nacked {
-                position: update_id,
-            }),
-            Confirmation::NotRequested => Err(BrokerError::ConfirmsOff),
-        }
+        let confirmation = within("confirming an update", confirm).await?;
+        confirmed(Ok(confirmation), update_id, "telegram update")
     }
 
     pub async fn close(self) {

@@ -466,15 +466,24 @@ fn check_confirmation(
     published: &Published,
     confirmation: Result<Confirmation, lapin::Error>,
 ) -> Result<(), BrokerError> {
+    confirmed(confirmation, published.position, &published.event_type)
+}
+
+/// What the broker's answer to one publish means: only a plain ack is success. `position`
+/// and `what` name the message in the error (an event's position and type, or a Telegram
+/// update's id).
+pub(crate) fn confirmed(
+    confirmation: Result<Confirmation, lapin::Error>,
+    position: i64,
+    what: &str,
+) -> Result<(), BrokerError> {
     match confirmation? {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_returned)) => Err(BrokerError::Unroutable {
-            position: published.position,
-            event_type: published.event_type.clone(),
+            position,
+            event_type: what.to_owned(),
         }),
-        Confirmation::Nack(_) => Err(BrokerError::Nacked {
-            position: published.position,
-        }),
+        Confirmation::Nack(_) => Err(BrokerError::Nacked { position }),
         Confirmation::NotRequested => Err(BrokerError::ConfirmsOff),
     }
 }
