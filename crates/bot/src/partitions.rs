@@ -60,9 +60,7 @@ const HANDLE_ATTEMPTS: u32 = 3;
 pub async fn run_partitions(context: Arc<Context>, amqp_url: String, stop: CancellationToken) {
     let pool = context.pool().clone();
     let replica = context.replica;
-    if let Err(error) = ensure_partition_rows(&pool).await {
-        tracing::error!(%error, "cannot prepare the update partitions; retrying each tick");
-    }
+    let mut prepared = false;
     let mut held: HashMap<u16, RunningPartition> = HashMap::new();
     let mut connection: Option<Arc<Connection>> = None;
     let mut ticks = tokio::time::interval(TICK);
@@ -79,6 +77,15 @@ pub async fn run_partitions(context: Arc<Context>, amqp_url: String, stop: Cance
             }
             alive
         });
+        if !prepared {
+            match prepare(&pool).await {
+                Ok(()) => prepared = true,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot prepare the update partitions");
+                    continue;
+                }
+            }
+        }
         let share = match rebalance(&pool, replica).await {
             Ok(share) => share,
             Err(error) => {
@@ -197,7 +204,9 @@ fn fair_share(live: i64) -> usize {
     usize::from(BOT_UPDATE_PARTITIONS).div_ceil(live)
 }
 
-async fn ensure_partition_rows(pool: &PgPool) -> Result<(), sqlx::Error> {
+/// Once per replica start: the partitions' rows exist, and replicas that died without
+/// leaving long ago are forgotten (only a restart after a crash leaves one behind).
+async fn prepare(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO bot_update_partitions (partition)
          SELECT generate_series(0, $1 - 1) ON CONFLICT DO NOTHING",
@@ -205,18 +214,15 @@ async fn ensure_partition_rows(pool: &PgPool) -> Result<(), sqlx::Error> {
     .bind(i32::from(BOT_UPDATE_PARTITIONS))
     .execute(pool)
     .await?;
+    sqlx::query("DELETE FROM bot_replicas WHERE alive_until < now() - interval '1 hour'")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
 /// Announces the replica, renews its leases, and takes or gives back partitions so that
 /// it holds its fair share. Each statement is its own short transaction.
 async fn rebalance(pool: &PgPool, replica: Uuid) -> Result<Share, sqlx::Error> {
-    ensure_partition_rows(pool).await?;
-    // Replicas that died without leaving are forgotten after a while, so restarts do not
-    // pile up rows.
-    sqlx::query("DELETE FROM bot_replicas WHERE alive_until < now() - interval '1 hour'")
-        .execute(pool)
-        .await?;
     let live: i64 = sqlx::query_scalar(
         "WITH me AS (
              INSERT INTO bot_replicas (replica_id, alive_until)
@@ -342,8 +348,12 @@ async fn consume(
             }
             None => break,
         };
-        // Lanes with nothing waiting or in hand are closed, so idle chats cost nothing.
-        lanes.retain(|_, lane| lane.load.load(Ordering::Acquire) > 0);
+        // Lanes with nothing waiting or in hand are closed, so idle chats cost nothing. At
+        // most `PREFETCH` lanes can be busy (each holds an unacknowledged delivery), so
+        // pruning once the map is past that keeps it small without a scan per delivery.
+        if lanes.len() > usize::from(PREFETCH) {
+            lanes.retain(|_, lane| lane.load.load(Ordering::Acquire) > 0);
+        }
         let update = match parse_update(&delivery.data) {
             Ok(update) => update,
             Err(error) => {

@@ -141,14 +141,8 @@ async fn two_webhook_replicas_share_the_load_keep_each_chat_in_order_and_take_ov
         second_config = Some(other);
     })
     .await;
-    let stop_second = CancellationToken::new();
-    let second_bot = {
-        let (store, amqp_url) = (h.db.store.clone(), h.broker.amqp_url.clone());
-        let (config, stop) = (second_config.unwrap(), stop_second.clone());
-        tokio::spawn(async move { bot::run_bot(store, &amqp_url, config, stop).await })
-    };
-
-    // A replica that died without leaving, long ago: forgotten, not counted.
+    // A replica that died without leaving, long ago: forgotten by the next replica
+    // to start, not counted.
     let ghost = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO bot_replicas (replica_id, alive_until) VALUES ($1, now() - interval '2 hours')",
@@ -157,6 +151,13 @@ async fn two_webhook_replicas_share_the_load_keep_each_chat_in_order_and_take_ov
     .execute(h.db.pool())
     .await
     .unwrap();
+    let stop_second = CancellationToken::new();
+    let second_bot = {
+        let (store, amqp_url) = (h.db.store.clone(), h.broker.amqp_url.clone());
+        let (config, stop) = (second_config.unwrap(), stop_second.clone());
+        tokio::spawn(async move { bot::run_bot(store, &amqp_url, config, stop).await })
+    };
+
     let (url, token) = h.telegram.wait_webhook().await;
     assert_eq!(url, first.url.as_str());
     assert_eq!(token, secret.expose());
