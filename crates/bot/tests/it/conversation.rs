@@ -162,16 +162,8 @@ async fn another_users_button_and_forged_data_are_refused() {
     let confirm_revoke = revoke.replacen("x:", "X:", 1);
 
     for data in [refresh, confirm_refresh, revoke, confirm_revoke] {
-        let mark = h.telegram.mark();
         // Mallory replays Alice's button data from his own chat.
-        let update = h.telegram.press_in(&mallory, mallory.id, 1, &data);
-        h.handled(update).await;
-        h.telegram
-            .wait_for("the refusal", mark, |s| {
-                s.chat_id == mallory.id
-                    && s.method == "answerCallbackQuery"
-                    && s.text.contains("someone else's key")
-            })
+        h.replay_refused(&mallory, &data, "someone else's key")
             .await;
     }
     // Forged or mangled data: a polite answer, nothing else.

@@ -131,16 +131,7 @@ async fn a_new_link_takes_a_confirmation_and_replaces_the_url_and_the_key() {
     let ask = subscription.button("Новая ссылка").unwrap().to_owned();
     let confirmed = confirm.button("Да, новая ссылка").unwrap().to_owned();
     for data in [ask, confirmed] {
-        let mark = h.telegram.mark();
-        let update = h.telegram.press_in(&mallory, mallory.id, 1, &data);
-        h.handled(update).await;
-        h.telegram
-            .wait_for("the refusal", mark, |s| {
-                s.chat_id == mallory.id
-                    && s.method == "answerCallbackQuery"
-                    && s.text.contains("someone else's")
-            })
-            .await;
+        h.replay_refused(&mallory, &data, "someone else's").await;
     }
     assert_eq!(h.subscription_generation(&ivan).await, 1);
     assert_eq!(h.subscription_generation(&mallory).await, 0);

@@ -187,6 +187,21 @@ impl Harness {
         mark
     }
 
+    /// `stranger` replays button `data` from their own chat; waits until the bot answered
+    /// the press with a refusal containing `needle`.
+    pub async fn replay_refused(&self, stranger: &TestUser, data: &str, needle: &str) {
+        let mark = self.telegram.mark();
+        let update = self.telegram.press_in(stranger, stranger.id, 1, data);
+        self.handled(update).await;
+        self.telegram
+            .wait_for("the refusal", mark, |s| {
+                s.chat_id == stranger.id
+                    && s.method == "answerCallbackQuery"
+                    && s.text.contains(needle)
+            })
+            .await;
+    }
+
     /// Waits for a message to `user` at or after `mark` whose text contains `needle`.
     pub async fn expect(&self, user: &TestUser, mark: usize, needle: &str) -> Sent {
         let chat = user.id;
