@@ -492,7 +492,7 @@ async fn run_command(
         command_id: Some(command_id),
     };
     let span = tracing::info_span!(
-        "command",
+        "api.command",
         key_id = %key_id.as_uuid(),
         correlation_id = %metadata.correlation_id,
         actor = role.as_str(),
